@@ -1,0 +1,169 @@
+//! Turning a submitted spec into a job: validate, check the inputs are in the store, hash the
+//! tasks, mark cache hits, and write the task records then the job record (the job record is
+//! written last, so a crash mid-submit leaves no half job behind: orphan task records without
+//! a job are never loaded).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::{StreamExt, TryStreamExt};
+use suanli_shared::layout;
+use suanli_shared::nats::{task_kv_key, Farm};
+use suanli_shared::protocol::api::ApiError;
+use suanli_shared::protocol::{
+    now_ms, InputManifest, JobRecord, JobSpec, JobState, RendererSpec, TaskRecord, TaskState,
+};
+use suanli_shared::store::{Store, StoreErrorKind};
+use suanli_shared::JobId;
+
+use crate::state::{Job, Versioned};
+
+/// Concurrent store look-ups and KV writes while preparing a job.
+const CONCURRENCY: usize = 64;
+
+/// Renderer versions offered by live workers: kind -> versions.
+pub type Offered = BTreeMap<String, BTreeSet<String>>;
+
+pub async fn prepare(
+    mut spec: JobSpec,
+    farm: &Farm,
+    store: &Store,
+    offered: &Offered,
+) -> Result<Job, ApiError> {
+    spec.validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    fill_renderer_version(&mut spec, offered)?;
+
+    let manifest_bytes = store
+        .get_verified(&layout::input_manifest(&spec.inputs), &spec.inputs)
+        .await
+        .map_err(|e| match e.kind() {
+            StoreErrorKind::NotFound => ApiError::bad_request(format!(
+                "input manifest {} is not in the store {}: upload the inputs first (suanli submit does)",
+                spec.inputs.short(),
+                store.url()
+            )),
+            _ => ApiError::internal(format!("cannot read the input manifest: {e}")),
+        })?;
+    let manifest =
+        InputManifest::parse(&manifest_bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(scene) = &spec.scene {
+        if !manifest.files.contains_key(scene) {
+            return Err(ApiError::bad_request(format!(
+                "scene '{scene}' is not among the job's inputs"
+            )));
+        }
+    }
+
+    let tasks = spec
+        .tasks()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let keys: Vec<_> = tasks.iter().map(|(_, key)| *key).collect();
+    let cached: Vec<bool> = futures::stream::iter(keys.into_iter().map(|key| {
+        let store = store.clone();
+        async move { store.exists(&layout::output_manifest(&key)).await }
+    }))
+    .buffered(CONCURRENCY)
+    .try_collect()
+    .await
+    .map_err(|e| ApiError::internal(format!("cannot check the output cache: {e}")))?;
+
+    let id = JobId::generate();
+    let now = now_ms();
+    let records: Vec<TaskRecord> = tasks
+        .iter()
+        .zip(&cached)
+        .enumerate()
+        .map(|(i, ((chunk, key), hit))| TaskRecord {
+            job: id.clone(),
+            task: i as u32,
+            key: *key,
+            chunk: *chunk,
+            state: if *hit {
+                TaskState::Cached
+            } else {
+                TaskState::Pending
+            },
+            attempt: 0,
+            region: None,
+            worker: None,
+            started_ms: None,
+            finished_ms: hit.then_some(now),
+            core_seconds: 0.0,
+            not_before_ms: 0,
+            failures: vec![],
+            outputs: vec![],
+            bytes_in: 0,
+        })
+        .collect();
+    let writes: Vec<(String, Vec<u8>)> = records
+        .iter()
+        .map(|rec| {
+            let key = task_kv_key(&rec.job, rec.task);
+            (key, serde_json::to_vec(rec).unwrap_or_default())
+        })
+        .collect();
+    let revs: Vec<u64> = futures::stream::iter(writes.into_iter().map(|(key, bytes)| {
+        let kv = farm.tasks_kv.clone();
+        async move { kv.create(key, bytes.into()).await }
+    }))
+    .buffered(CONCURRENCY)
+    .try_collect()
+    .await
+    .map_err(|e| ApiError::internal(format!("cannot record the job's tasks: {e}")))?;
+
+    let all_cached = cached.iter().all(|c| *c);
+    let rec = JobRecord {
+        id: id.clone(),
+        n_tasks: records.len() as u32,
+        spec,
+        state: if all_cached {
+            JobState::Done
+        } else {
+            JobState::Queued
+        },
+        created_ms: now,
+        finished_ms: all_cached.then_some(now),
+        reason: None,
+    };
+    let rev = farm
+        .jobs_kv
+        .create(
+            id.as_str(),
+            serde_json::to_vec(&rec).unwrap_or_default().into(),
+        )
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot record the job: {e}")))?;
+    Ok(Job {
+        rec: Versioned { rec, rev },
+        tasks: records
+            .into_iter()
+            .zip(revs)
+            .map(|(rec, rev)| Versioned { rec, rev })
+            .collect(),
+    })
+}
+
+/// A Blender job that names no version gets the one its live workers run, so its task keys
+/// say which Blender made the pixels.
+fn fill_renderer_version(spec: &mut JobSpec, offered: &Offered) -> Result<(), ApiError> {
+    if let RendererSpec::Blender { version, .. } = &mut spec.renderer {
+        if version.is_empty() {
+            let versions = offered.get("blender").cloned().unwrap_or_default();
+            match versions.len() {
+                1 => *version = versions.into_iter().next().unwrap_or_default(),
+                0 => {
+                    return Err(ApiError::bad_request(
+                        "no live worker offers blender: start workers where blender is installed, or name the version in the job (renderer.version)",
+                    ))
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "live workers run several blender versions ({}): name one in the job (renderer.version)",
+                        versions.into_iter().collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Suanli's shared protocol crate: wire types, task hashing, validated names, NATS names and
+//! set-up, the object-store layout and the storage adapter. Every type that crosses a process
+//! boundary is defined here; policy (what to retry, where to place) lives in the roles.
+
+pub mod frames;
+pub mod hash;
+pub mod layout;
+pub mod names;
+pub mod nats;
+pub mod protocol;
+pub mod store;
+
+pub use frames::{FrameChunk, FrameSpec};
+pub use hash::ContentHash;
+pub use names::{JobId, Region, WorkerId};

@@ -1,0 +1,223 @@
+//! NATS names and set-up: the one module that spells subjects, streams, consumers and buckets,
+//! and that creates them (idempotently) on a server it has checked is new enough.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::names::{JobId, Region, WorkerId};
+
+/// Work-queue stream holding released tasks, one subject per region.
+pub const TASKS_STREAM: &str = "SUANLI_TASKS";
+/// Limits stream of task and job events.
+pub const EVENTS_STREAM: &str = "SUANLI_EVENTS";
+/// Job spec and state, key = job id.
+pub const JOBS_BUCKET: &str = "suanli_jobs";
+/// Per-task state, key = `<job>.<task index>`.
+pub const TASKS_BUCKET: &str = "suanli_tasks";
+/// Worker heartbeats, key = `<region>.<worker>`.
+pub const WORKERS_BUCKET: &str = "suanli_workers";
+/// Durable consumer through which the coordinator folds events into state.
+pub const COORDINATOR_CONSUMER: &str = "coordinator";
+
+/// Oldest nats-server accepted: older ones cannot create KV buckets with async-nats 0.51 and
+/// silently ignore features Suanli relies on.
+pub const MIN_SERVER: (u64, u64) = (2, 11);
+
+pub fn task_subject(region: &Region) -> String {
+    format!("suanli.task.{region}")
+}
+
+pub fn region_consumer(region: &Region) -> String {
+    format!("region-{region}")
+}
+
+/// Subject of a task or job event; `kind` is one of `started`, `progress`, `completed`,
+/// `failed`, `job`.
+pub fn event_subject(job: &JobId, kind: &str) -> String {
+    format!("suanli.evt.{job}.{kind}")
+}
+
+/// Every event of one job (live subscription).
+pub fn job_events(job: &JobId) -> String {
+    format!("suanli.evt.{job}.>")
+}
+
+/// Live heartbeat subject of a worker (core NATS; the lasting copy is in KV).
+pub fn worker_subject(region: &Region, worker: &WorkerId) -> String {
+    format!("suanli.worker.{region}.{worker}")
+}
+
+pub fn worker_key(region: &Region, worker: &WorkerId) -> String {
+    format!("{region}.{worker}")
+}
+
+pub fn task_kv_key(job: &JobId, task: u32) -> String {
+    format!("{job}.{task}")
+}
+
+/// Core-NATS broadcast telling workers to stop rendering a job's tasks now.
+pub fn cancel_subject(job: &JobId) -> String {
+    format!("suanli.ctl.cancel.{job}")
+}
+
+pub const CANCEL_ALL: &str = "suanli.ctl.cancel.*";
+
+/// Header carrying the idempotency key of a task publish.
+pub fn task_msg_id(job: &JobId, task: u32, attempt: u32) -> String {
+    format!("{job}.{task}.{attempt}")
+}
+
+/// Errors connecting to or preparing NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {source} (is nats-server running? start one with `suanli up` or scripts/install-tools.sh)")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("nats-server {found} at {url} is too old: Suanli needs {}.{} or newer with JetStream (Debian's 2.9 package is too old; scripts/install-tools.sh installs a current one)", MIN_SERVER.0, MIN_SERVER.1)]
+    TooOld { url: String, found: String },
+    #[error("nats-server at {url} has JetStream disabled: start it with -js")]
+    NoJetStream { url: String },
+    #[error("cannot set up {what}: {message}")]
+    Setup { what: String, message: String },
+}
+
+fn parse_version(v: &str) -> Option<(u64, u64)> {
+    let mut parts = v.trim_start_matches('v').split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Connects (reconnecting by itself afterwards) and refuses servers older than
+/// [`MIN_SERVER`] or without JetStream.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(30)))
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
+    let info = client.server_info();
+    match parse_version(&info.version) {
+        Some(v) if v >= MIN_SERVER => {}
+        _ => {
+            return Err(NatsError::TooOld {
+                url: url.to_string(),
+                found: info.version,
+            })
+        }
+    }
+    if !info.jetstream {
+        return Err(NatsError::NoJetStream {
+            url: url.to_string(),
+        });
+    }
+    Ok(client)
+}
+
+/// Handles to every stream and bucket, created if missing.
+#[derive(Clone)]
+pub struct Farm {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub tasks: stream::Stream,
+    pub jobs_kv: kv::Store,
+    pub tasks_kv: kv::Store,
+    pub workers_kv: kv::Store,
+}
+
+fn setup_err(what: &str, e: impl std::fmt::Display) -> NatsError {
+    NatsError::Setup {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Creates (or opens) the streams and buckets. Safe to call from every role at start-up.
+pub async fn setup(client: async_nats::Client) -> Result<Farm, NatsError> {
+    let js = jetstream::new(client.clone());
+    let tasks = js
+        .get_or_create_stream(stream::Config {
+            name: TASKS_STREAM.to_string(),
+            subjects: vec!["suanli.task.*".to_string()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            // Message-id dedupe must outlive any coordinator restart; KV state is the lasting guard.
+            duplicate_window: Duration::from_secs(6 * 3600),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup_err(TASKS_STREAM, e))?;
+    js.get_or_create_stream(stream::Config {
+        name: EVENTS_STREAM.to_string(),
+        subjects: ["started", "completed", "failed", "job"]
+            .iter()
+            .map(|k| format!("suanli.evt.*.{k}"))
+            .collect(),
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        duplicate_window: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| setup_err(EVENTS_STREAM, e))?;
+    let jobs_kv = bucket(&js, JOBS_BUCKET, Duration::ZERO).await?;
+    let tasks_kv = bucket(&js, TASKS_BUCKET, Duration::ZERO).await?;
+    let workers_kv = bucket(&js, WORKERS_BUCKET, Duration::from_secs(24 * 3600)).await?;
+    Ok(Farm {
+        client,
+        js,
+        tasks,
+        jobs_kv,
+        tasks_kv,
+        workers_kv,
+    })
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, NatsError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: name.to_string(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Another role created it between our look-up and create.
+        Err(e) => js.get_key_value(name).await.map_err(|_| setup_err(name, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(parse_version("2.15.1"), Some((2, 15)));
+        assert!(parse_version("2.9.10").unwrap() < MIN_SERVER);
+        assert!(parse_version("2.11.0").unwrap() >= MIN_SERVER);
+        assert!(parse_version("3.0.0").unwrap() >= MIN_SERVER);
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

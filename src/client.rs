@@ -1,0 +1,243 @@
+//! The studio's and operator's side of the coordinator API: typed requests over NATS
+//! request/reply, waiting on a job through its events, and fetching verified frames.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use suanli_shared::layout;
+use suanli_shared::nats;
+use suanli_shared::protocol::api::{self, ApiError, ErrorKind};
+use suanli_shared::protocol::{JobRecord, JobSpec, JobStatus, OutputManifest, WorkerInfo};
+use suanli_shared::store::{Store, StoreErrorKind};
+use suanli_shared::JobId;
+
+/// How long a request waits for the coordinator.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An API call failed; `kind` lets the binary pick an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    #[error("no coordinator answered on {0}: start one with `suanli coordinator` or `suanli up`")]
+    NoCoordinator(String),
+    #[error("request to the coordinator failed: {0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    pub fn is_bad_request(&self) -> bool {
+        matches!(self, ClientError::Api(e) if matches!(e.kind, ErrorKind::BadRequest | ErrorKind::NotFound))
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    url: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let nats = nats::connect(url, "suanli-cli").await?;
+        Ok(Self {
+            nats,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        subject: &str,
+        req: &Req,
+    ) -> Result<Resp, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Transport(e.to_string()))?;
+        let request = async_nats::Request::new()
+            .payload(body.into())
+            .timeout(Some(REQUEST_TIMEOUT));
+        let msg = self
+            .nats
+            .send_request(subject.to_string(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    ClientError::NoCoordinator(self.url.clone())
+                }
+                _ => ClientError::Transport(e.to_string()),
+            })?;
+        match serde_json::from_slice::<api::Reply<Resp>>(&msg.payload) {
+            Ok(api::Reply::Ok(v)) => Ok(v),
+            Ok(api::Reply::Error(e)) => Err(ClientError::Api(e)),
+            Err(e) => Err(ClientError::Transport(format!("malformed reply: {e}"))),
+        }
+    }
+
+    pub async fn submit(&self, spec: JobSpec) -> Result<api::SubmitReply, ClientError> {
+        self.call(api::SUBMIT, &api::SubmitRequest { spec }).await
+    }
+
+    pub async fn status(&self, job: &JobId) -> Result<JobStatus, ClientError> {
+        self.call(api::STATUS, &api::JobRequest { job: job.clone() })
+            .await
+    }
+
+    pub async fn job(&self, job: &JobId) -> Result<JobRecord, ClientError> {
+        self.call(api::JOB, &api::JobRequest { job: job.clone() })
+            .await
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobStatus>, ClientError> {
+        self.call(api::JOBS, &api::Empty::default()).await
+    }
+
+    pub async fn cancel(&self, job: &JobId) -> Result<JobStatus, ClientError> {
+        self.call(api::CANCEL, &api::JobRequest { job: job.clone() })
+            .await
+    }
+
+    pub async fn retry(&self, job: &JobId) -> Result<JobStatus, ClientError> {
+        self.call(api::RETRY, &api::JobRequest { job: job.clone() })
+            .await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
+        self.call(api::WORKERS, &api::Empty::default()).await
+    }
+
+    /// Waits until the job reaches a final state (or `timeout`), calling `on_update` with each
+    /// new status. Woken by the job's events; polls every second as a fallback.
+    pub async fn wait(
+        &self,
+        job: &JobId,
+        timeout: Option<Duration>,
+        mut on_update: impl FnMut(&JobStatus),
+    ) -> anyhow::Result<Option<JobStatus>> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut events = self
+            .nats
+            .subscribe(nats::job_events(job))
+            .await
+            .context("cannot subscribe to the job's events")?;
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let status = self.status(job).await?;
+            on_update(&status);
+            if status.state.is_final() {
+                return Ok(Some(status));
+            }
+            let sleep_until =
+                deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep_until(sleep_until) => return Ok(None),
+                _ = poll.tick() => {}
+                Some(_) = events.next() => {
+                    // Coalesce a burst of events into one status request.
+                    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), events.next()).await {}
+                }
+            }
+        }
+    }
+}
+
+/// What `fetch` did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct FetchReport {
+    pub frames: usize,
+    pub downloaded: usize,
+    pub already_present: usize,
+    pub bytes: u64,
+    /// Frames of tasks with no committed output yet.
+    pub missing: Vec<u32>,
+}
+
+/// Downloads every committed frame of a job into `out`, verifying each file's BLAKE3 hash.
+/// Files already there with the right hash are kept.
+pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result<FetchReport> {
+    tokio::fs::create_dir_all(out)
+        .await
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    let tasks = job.spec.tasks()?;
+    let mut report = FetchReport::default();
+    let results = futures::stream::iter(tasks.into_iter().map(|(chunk, key)| {
+        let store = store.clone();
+        async move {
+            match store.get_bytes(&layout::output_manifest(&key)).await {
+                Ok(bytes) => Ok((
+                    chunk,
+                    key,
+                    Some(OutputManifest::parse(&bytes, &key).map_err(anyhow::Error::msg)?),
+                )),
+                Err(e) if e.kind() == StoreErrorKind::NotFound => Ok((chunk, key, None)),
+                Err(e) => Err(anyhow::Error::new(e)),
+            }
+        }
+    }))
+    .buffered(32)
+    .collect::<Vec<_>>()
+    .await;
+    let mut downloads = Vec::new();
+    for r in results {
+        let (chunk, key, manifest) = r?;
+        let Some(manifest) = manifest else {
+            report.missing.extend(chunk.frames());
+            continue;
+        };
+        for f in manifest.files {
+            report.frames += 1;
+            report.bytes += f.size;
+            downloads.push((key, f));
+        }
+    }
+    let outcomes = futures::stream::iter(downloads.into_iter().map(|(key, f)| {
+        let store = store.clone();
+        let dest = out.join(&f.name);
+        async move {
+            // Keep a file that is already there and verifies.
+            if let Ok(meta) = tokio::fs::metadata(&dest).await {
+                if meta.len() == f.size {
+                    let d = dest.clone();
+                    let same = tokio::task::spawn_blocking(move || {
+                        suanli_shared::ContentHash::of_file(&d)
+                    })
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .is_some_and(|(h, _)| h == f.hash);
+                    if same {
+                        return anyhow::Ok(false);
+                    }
+                }
+                tokio::fs::remove_file(&dest).await.ok();
+            }
+            store
+                .download_verified(
+                    &layout::output_file(&key, &f.hash, &f.name),
+                    &f.hash,
+                    f.size,
+                    &dest,
+                )
+                .await
+                .with_context(|| format!("cannot fetch {}", f.name))?;
+            Ok(true)
+        }
+    }))
+    .buffer_unordered(8)
+    .collect::<Vec<_>>()
+    .await;
+    for o in outcomes {
+        if o? {
+            report.downloaded += 1;
+        } else {
+            report.already_present += 1;
+        }
+    }
+    Ok(report)
+}

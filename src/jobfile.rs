@@ -1,0 +1,455 @@
+//! From what a studio writes (a `JOB.toml` and/or flags) to a [`JobSpec`] with its inputs in
+//! the store: resolve paths, refuse bad input before anything is uploaded or enqueued, hash
+//! every input with BLAKE3, upload only the blobs the store lacks, and store the manifest.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use serde::Deserialize;
+use suanli_shared::layout;
+use suanli_shared::protocol::{ImageFormat, InputEntry, InputManifest, JobSpec, RendererSpec};
+use suanli_shared::store::Store;
+use suanli_shared::{ContentHash, FrameSpec, Region};
+
+/// Most input files one job may name (directories count by their files).
+pub const MAX_INPUT_FILES: usize = 100_000;
+
+/// A job file as written by a studio. Paths are relative to the file's folder.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    pub name: Option<String>,
+    pub frames: Option<String>,
+    pub chunk: Option<u32>,
+    pub priority: Option<i32>,
+    pub regions: Option<Vec<String>>,
+    pub max_retries: Option<u32>,
+    /// e.g. "2h", "90s".
+    pub task_timeout: Option<String>,
+    pub output: Option<String>,
+    pub scene: Option<PathBuf>,
+    /// Extra files or folders the renderer reads (textures, caches).
+    #[serde(default)]
+    pub inputs: Vec<PathBuf>,
+    pub renderer: Option<RendererFile>,
+}
+
+/// The `[renderer]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RendererFile {
+    pub kind: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub samples: Option<u32>,
+    pub version: Option<String>,
+    pub format: Option<String>,
+    pub argv: Option<Vec<String>>,
+    pub ext: Option<String>,
+}
+
+/// Flags of `suanli submit` that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub name: Option<String>,
+    pub frames: Option<String>,
+    pub chunk: Option<u32>,
+    pub priority: Option<i32>,
+    pub regions: Option<Vec<String>>,
+    pub max_retries: Option<u32>,
+    pub task_timeout: Option<Duration>,
+    pub output: Option<String>,
+    pub scene: Option<PathBuf>,
+    pub inputs: Vec<PathBuf>,
+    pub renderer: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub samples: Option<u32>,
+    pub renderer_version: Option<String>,
+    pub format: Option<String>,
+    pub argv: Vec<String>,
+    pub ext: Option<String>,
+}
+
+/// A checked job whose inputs are known but not yet uploaded.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The spec; `inputs` is filled in by [`upload_inputs`].
+    pub spec: JobSpec,
+    /// (path inside the manifest, file on disk).
+    pub files: Vec<(String, PathBuf)>,
+}
+
+pub fn read_job_file(path: &Path) -> anyhow::Result<JobFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read job file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("job file {} is not valid", path.display()))
+}
+
+/// Merges file and flags (flags win), resolves and checks everything. `base` is the folder
+/// relative paths are taken from (the job file's folder, or the current one).
+pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<Resolved> {
+    let frames_text = flags
+        .frames
+        .or(file.frames)
+        .context("no frames given: pass --frames like 1-240 (or set frames in the job file)")?;
+    let frames: FrameSpec = frames_text
+        .parse()
+        .with_context(|| format!("bad frame spec '{frames_text}'"))?;
+    let regions = flags
+        .regions
+        .or(file.regions)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.trim().parse::<Region>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let task_timeout = match (flags.task_timeout, file.task_timeout) {
+        (Some(d), _) => d,
+        (None, Some(t)) => humantime::parse_duration(&t)
+            .with_context(|| format!("bad task_timeout '{t}' (expected e.g. '90s', '2h')"))?,
+        (None, None) => Duration::from_secs(2 * 3600),
+    };
+    let file_renderer = file.renderer.unwrap_or_default();
+    let kind = flags
+        .renderer
+        .clone()
+        .or((!file_renderer.kind.is_empty()).then(|| file_renderer.kind.clone()))
+        .unwrap_or_else(|| "builtin".into());
+    let renderer = match kind.as_str() {
+        "builtin" => RendererSpec::Builtin {
+            width: flags.width.or(file_renderer.width).unwrap_or(320),
+            height: flags.height.or(file_renderer.height).unwrap_or(180),
+            samples: flags.samples.or(file_renderer.samples).unwrap_or(4),
+        },
+        "blender" => {
+            let format = match flags.format.or(file_renderer.format).as_deref() {
+                None | Some("png") | Some("PNG") => ImageFormat::Png,
+                Some("exr") | Some("EXR") | Some("OPEN_EXR") => ImageFormat::Exr,
+                Some("jpg") | Some("jpeg") | Some("JPEG") => ImageFormat::Jpeg,
+                Some(other) => bail!("unknown image format '{other}' (known: png, exr, jpeg)"),
+            };
+            let resolution = match (
+                flags.width.or(file_renderer.width),
+                flags.height.or(file_renderer.height),
+            ) {
+                (Some(w), Some(h)) => Some([w, h]),
+                (None, None) => None,
+                _ => bail!("give both width and height to override the scene's resolution"),
+            };
+            RendererSpec::Blender {
+                version: flags
+                    .renderer_version
+                    .clone()
+                    .or(file_renderer.version.clone())
+                    .unwrap_or_default(),
+                format,
+                resolution,
+                samples: flags.samples.or(file_renderer.samples),
+            }
+        }
+        "command" => {
+            let argv = if flags.argv.is_empty() {
+                file_renderer.argv.clone().unwrap_or_default()
+            } else {
+                flags.argv.clone()
+            };
+            if argv.is_empty() {
+                bail!("the command renderer needs its argv: `suanli submit --renderer command ... -- PROGRAM ARGS` (or renderer.argv in the job file)");
+            }
+            RendererSpec::Command {
+                argv,
+                version: flags
+                    .renderer_version
+                    .clone()
+                    .or(file_renderer.version.clone())
+                    .unwrap_or_default(),
+                ext: flags
+                    .ext
+                    .or(file_renderer.ext)
+                    .unwrap_or_else(|| "png".into()),
+            }
+        }
+        other => bail!("unknown renderer '{other}' (known: builtin, blender, command)"),
+    };
+
+    // Inputs: the scene plus every named file or folder, all inside `root`.
+    let scene_path = flags.scene.or(file.scene).map(|p| base.join(p));
+    let mut input_paths: Vec<PathBuf> = file.inputs.iter().map(|p| base.join(p)).collect();
+    input_paths.extend(flags.inputs.iter().map(|p| base.join(p)));
+    let root = match &scene_path {
+        Some(scene) => {
+            if !scene.is_file() {
+                bail!("scene file {} does not exist", scene.display());
+            }
+            scene
+                .canonicalize()?
+                .parent()
+                .map(Path::to_path_buf)
+                .context("scene has no parent folder")?
+        }
+        None => base
+            .canonicalize()
+            .with_context(|| format!("cannot open {}", base.display()))?,
+    };
+    let mut files: BTreeSet<(String, PathBuf)> = BTreeSet::new();
+    let mut scene_rel = None;
+    if let Some(scene) = &scene_path {
+        let rel = rel_inside(&root, scene)?;
+        scene_rel = Some(rel.clone());
+        files.insert((rel, scene.canonicalize()?));
+    }
+    for p in &input_paths {
+        collect_files(&root, p, &mut files)?;
+    }
+    if files.len() > MAX_INPUT_FILES {
+        bail!(
+            "job names {} input files; at most {MAX_INPUT_FILES} are allowed",
+            files.len()
+        );
+    }
+
+    let spec = JobSpec {
+        name: flags.name.or(file.name).unwrap_or_else(|| {
+            scene_rel
+                .as_deref()
+                .and_then(|s| Path::new(s).file_stem()?.to_str().map(str::to_string))
+                .unwrap_or_else(|| "untitled".into())
+        }),
+        priority: flags.priority.or(file.priority).unwrap_or(0),
+        frames,
+        chunk: flags.chunk.or(file.chunk).unwrap_or(1),
+        regions,
+        max_retries: flags.max_retries.or(file.max_retries).unwrap_or(2),
+        task_timeout_secs: task_timeout.as_secs().max(1),
+        renderer,
+        inputs: InputManifest::default().hash(),
+        scene: scene_rel,
+        output: flags
+            .output
+            .or(file.output)
+            .unwrap_or_else(|| "frame_####".into()),
+    };
+    spec.validate()?;
+    Ok(Resolved {
+        spec,
+        files: files.into_iter().collect(),
+    })
+}
+
+/// `path` relative to `root`, refusing anything outside it.
+fn rel_inside(root: &Path, path: &Path) -> anyhow::Result<String> {
+    let abs = path
+        .canonicalize()
+        .with_context(|| format!("input {} does not exist", path.display()))?;
+    let rel = abs.strip_prefix(root).map_err(|_| {
+        anyhow::anyhow!(
+            "input {} is outside the job's folder {}: inputs must sit beside or below the scene",
+            path.display(),
+            root.display()
+        )
+    })?;
+    let rel = rel
+        .to_str()
+        .with_context(|| format!("input path {} is not valid UTF-8", rel.display()))?
+        .to_string();
+    suanli_shared::names::validate_rel_path(&rel)?;
+    Ok(rel)
+}
+
+fn collect_files(
+    root: &Path,
+    path: &Path,
+    out: &mut BTreeSet<(String, PathBuf)>,
+) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("input {} does not exist", path.display()))?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            collect_files(root, &e.path(), out)?;
+            if out.len() > MAX_INPUT_FILES {
+                bail!("inputs hold more than {MAX_INPUT_FILES} files");
+            }
+        }
+    } else if meta.is_file() {
+        out.insert((rel_inside(root, path)?, path.canonicalize()?));
+    }
+    Ok(())
+}
+
+/// What uploading the inputs did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UploadReport {
+    pub files: usize,
+    pub bytes: u64,
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+}
+
+/// Hashes every input, uploads the blobs the store lacks, stores the manifest and fills in
+/// `spec.inputs`.
+pub async fn upload_inputs(store: &Store, resolved: &mut Resolved) -> anyhow::Result<UploadReport> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut manifest = InputManifest::default();
+    let mut report = UploadReport::default();
+    for (rel, path) in &resolved.files {
+        let p = path.clone();
+        let (hash, size, mode) = tokio::task::spawn_blocking(move || {
+            let (hash, size) = ContentHash::of_file(&p)?;
+            let mode = std::fs::metadata(&p)?.permissions().mode() & 0o777;
+            std::io::Result::Ok((hash, size, mode))
+        })
+        .await?
+        .with_context(|| format!("cannot hash {}", path.display()))?;
+        if store.upload_blob(&hash, path).await? {
+            report.uploaded += 1;
+            report.uploaded_bytes += size;
+        }
+        report.files += 1;
+        report.bytes += size;
+        manifest
+            .files
+            .insert(rel.clone(), InputEntry { hash, size, mode });
+    }
+    let hash = manifest.hash();
+    store
+        .put_if_absent(
+            &layout::input_manifest(&hash),
+            Bytes::from(manifest.to_bytes()),
+        )
+        .await?;
+    resolved.spec.inputs = hash;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(frames: &str) -> Overrides {
+        Overrides {
+            frames: Some(frames.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refuses_bad_input_before_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |f: Overrides| {
+            format!(
+                "{:#}",
+                resolve(JobFile::default(), f, dir.path()).unwrap_err()
+            )
+        };
+        assert!(err(flags("")).contains("frame spec is empty"));
+        assert!(err(flags("1-10x0")).contains("step"));
+        assert!(err(Overrides {
+            chunk: Some(0),
+            ..flags("1-10")
+        })
+        .contains("chunk size 0"));
+        assert!(err(Overrides {
+            renderer: Some("maya".into()),
+            ..flags("1")
+        })
+        .contains("unknown renderer 'maya'"));
+        assert!(err(Overrides {
+            scene: Some("nope.blend".into()),
+            renderer: Some("blender".into()),
+            ..flags("1")
+        })
+        .contains("does not exist"));
+        assert!(err(Overrides {
+            renderer: Some("blender".into()),
+            ..flags("1")
+        })
+        .contains("needs a scene"));
+        assert!(err(Overrides {
+            output: Some("../x_####".into()),
+            ..flags("1")
+        })
+        .contains("output file name"));
+        assert!(err(Overrides {
+            regions: Some(vec!["Bad Region".into()]),
+            ..flags("1")
+        })
+        .contains("invalid region"));
+    }
+
+    #[test]
+    fn inputs_must_stay_inside_the_scene_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("shot/tex")).unwrap();
+        std::fs::write(dir.path().join("shot/a.blend"), b"scene").unwrap();
+        std::fs::write(dir.path().join("shot/tex/w.png"), b"tex").unwrap();
+        std::fs::write(dir.path().join("secret"), b"x").unwrap();
+        let base = dir.path().join("shot");
+        let ok = resolve(
+            JobFile::default(),
+            Overrides {
+                scene: Some("a.blend".into()),
+                renderer: Some("blender".into()),
+                inputs: vec!["tex".into()],
+                ..flags("1-3")
+            },
+            &base,
+        )
+        .unwrap();
+        let rels: Vec<&str> = ok.files.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rels, ["a.blend", "tex/w.png"]);
+        assert_eq!(ok.spec.scene.as_deref(), Some("a.blend"));
+        let err = resolve(
+            JobFile::default(),
+            Overrides {
+                scene: Some("a.blend".into()),
+                renderer: Some("blender".into()),
+                inputs: vec!["../secret".into()],
+                ..flags("1-3")
+            },
+            &base,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("outside the job's folder"));
+    }
+
+    #[test]
+    fn job_files_parse_and_flags_win() {
+        let file: JobFile = toml::from_str(
+            "name = 'shot010'\nframes = '1-240x2'\nchunk = 4\ntask_timeout = '90s'\n[renderer]\nkind = 'builtin'\nwidth = 64\nheight = 32\n",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let r = resolve(
+            file,
+            Overrides {
+                chunk: Some(8),
+                ..Default::default()
+            },
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(r.spec.name, "shot010");
+        assert_eq!(r.spec.frames.len(), 120);
+        assert_eq!(r.spec.chunk, 8);
+        assert_eq!(r.spec.task_timeout_secs, 90);
+        assert!(matches!(
+            r.spec.renderer,
+            RendererSpec::Builtin {
+                width: 64,
+                height: 32,
+                samples: 4
+            }
+        ));
+        assert!(
+            toml::from_str::<JobFile>("framez = '1'").is_err(),
+            "unknown keys are refused"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! A whole farm on one machine: its own nats-server (JetStream on disk, free loopback port),
+//! a coordinator and workers in named regions, all in this process. `suanli up`, `suanli demo`
+//! and the integration tests use it; production runs each role as its own process.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use suanli_shared::{Region, WorkerId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::error;
+
+/// Finds a nats-server >= 2.11: `$SUANLI_NATS_SERVER`, then the project's `.tools/bin`, then
+/// `PATH`.
+pub fn find_nats_server() -> anyhow::Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(p) = std::env::var("SUANLI_NATS_SERVER") {
+        candidates.push(p.into());
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/nats-server"));
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(4) {
+            candidates.push(dir.join(".tools/bin/nats-server"));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("nats-server")));
+    }
+    let mut too_old = None;
+    for c in candidates {
+        if !c.is_file() {
+            continue;
+        }
+        let out = Command::new(&c).arg("--version").output();
+        let Ok(out) = out else { continue };
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let version = text.trim().rsplit('v').next().unwrap_or("").to_string();
+        let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) >= suanli_shared::nats::MIN_SERVER {
+            return Ok(c);
+        }
+        too_old = Some(format!("{} is {}", c.display(), text.trim()));
+    }
+    match too_old {
+        Some(old) => bail!("found only an old nats-server ({old}); Suanli needs 2.11 or newer: run scripts/install-tools.sh"),
+        None => bail!("nats-server not found: run scripts/install-tools.sh (it installs one into .tools/bin), or set SUANLI_NATS_SERVER"),
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A nats-server child process with JetStream; killed on drop.
+pub struct NatsServer {
+    child: Child,
+    pub port: u16,
+    pub store_dir: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server storing JetStream data in `store_dir`, on `port` (0: a free one), and
+    /// waits until it accepts connections.
+    pub fn start(store_dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let port = if port == 0 { free_port()? } else { port };
+        let mut server = Self {
+            child: Self::spawn(store_dir, port)?,
+            port,
+            store_dir: store_dir.to_path_buf(),
+        };
+        server.wait_ready(Duration::from_secs(20))?;
+        Ok(server)
+    }
+
+    fn spawn(store_dir: &Path, port: u16) -> anyhow::Result<Child> {
+        let bin = find_nats_server()?;
+        std::fs::create_dir_all(store_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(store_dir.join("nats-server.log"))?;
+        Command::new(&bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self.store_dir.join("nats-server.log"))
+                    .unwrap_or_default();
+                bail!("nats-server exited ({status}) before accepting connections:\n{log}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "nats-server did not accept connections on port {} within {limit:?}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the server (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Restarts on the same port with the same JetStream data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.child = Self::spawn(&self.store_dir, self.port)?;
+        self.wait_ready(Duration::from_secs(20))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct FarmOptions {
+    /// Folder for the nats-server data, worker caches and (if `store_url` is None) the store.
+    pub dir: PathBuf,
+    /// Use this NATS instead of starting one.
+    pub nats_url: Option<String>,
+    pub store_url: Option<String>,
+    pub regions: Vec<Region>,
+    pub workers_per_region: u32,
+    pub slots: u32,
+    /// Consumer ack wait (short in tests that kill workers).
+    pub ack_wait: Duration,
+    /// Start a coordinator (tests may run their own).
+    pub coordinator: bool,
+}
+
+impl FarmOptions {
+    pub fn new(dir: impl Into<PathBuf>, regions: &[&str]) -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: dir.into(),
+            nats_url: None,
+            store_url: None,
+            regions: regions
+                .iter()
+                .map(|r| r.parse())
+                .collect::<Result<_, _>>()?,
+            workers_per_region: 1,
+            slots: 1,
+            ack_wait: Duration::from_secs(60),
+            coordinator: true,
+        })
+    }
+}
+
+/// A running local farm; [`LocalFarm::stop`] shuts everything down in order.
+pub struct LocalFarm {
+    pub nats: Option<NatsServer>,
+    pub nats_url: String,
+    pub store_url: String,
+    pub options: FarmOptions,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    workers: Vec<(WorkerId, CancellationToken)>,
+}
+
+impl LocalFarm {
+    pub async fn start(options: FarmOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&options.dir)?;
+        let nats = match &options.nats_url {
+            Some(_) => None,
+            None => {
+                let dir = options.dir.join("nats");
+                Some(tokio::task::spawn_blocking(move || NatsServer::start(&dir, 0)).await??)
+            }
+        };
+        let nats_url = options
+            .nats_url
+            .clone()
+            .unwrap_or_else(|| nats.as_ref().map(|n| n.url()).unwrap_or_default());
+        let store_url = options
+            .store_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", options.dir.join("store").display()));
+        let mut farm = Self {
+            nats,
+            nats_url,
+            store_url,
+            options,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            workers: Vec::new(),
+        };
+        if farm.options.coordinator {
+            farm.start_coordinator();
+        }
+        for region in farm.options.regions.clone() {
+            for i in 1..=farm.options.workers_per_region {
+                let name: WorkerId = format!("{region}-{i}").parse()?;
+                farm.start_worker(&region, name);
+            }
+        }
+        farm.wait_for_workers(Duration::from_secs(30)).await?;
+        Ok(farm)
+    }
+
+    pub fn start_coordinator(&self) {
+        let config = suanli_coordinator::Config::new(&self.nats_url, &self.store_url);
+        let token = self.shutdown.child_token();
+        self.tracker.spawn(async move {
+            if let Err(e) = suanli_coordinator::run(config, token).await {
+                error!(error = %format!("{e:#}"), "coordinator stopped with an error");
+            }
+        });
+    }
+
+    /// Starts a worker; its cache lives under the farm folder.
+    pub fn start_worker(&mut self, region: &Region, name: WorkerId) {
+        let mut config = suanli_worker::Config::new(
+            &self.nats_url,
+            &self.store_url,
+            region.clone(),
+            name.clone(),
+            self.options.dir.join("cache").join(region.as_str()),
+        );
+        config.slots = self.options.slots;
+        config.ack_wait = self.options.ack_wait;
+        let token = self.shutdown.child_token();
+        self.workers.push((name, token.clone()));
+        self.tracker.spawn(async move {
+            if let Err(e) = suanli_worker::run(config, token).await {
+                error!(error = %format!("{e:#}"), "worker stopped with an error");
+            }
+        });
+    }
+
+    /// Waits until the coordinator answers and lists every started worker.
+    pub async fn wait_for_workers(&self, limit: Duration) -> anyhow::Result<()> {
+        if !self.options.coordinator {
+            return Ok(());
+        }
+        let client = crate::client::Client::connect(&self.nats_url).await?;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut sub = client.nats().subscribe("suanli.worker.>").await?;
+        loop {
+            if let Ok(ws) = client.workers().await {
+                if ws.len() >= self.workers.len() {
+                    return Ok(());
+                }
+            }
+            // Woken by the next heartbeat, or at the deadline.
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => bail!("workers did not register within {limit:?}"),
+                _ = futures::StreamExt::next(&mut sub) => {}
+            }
+        }
+    }
+
+    /// Stops one worker gracefully.
+    pub fn stop_worker(&self, name: &WorkerId) {
+        for (n, t) in &self.workers {
+            if n == name {
+                t.cancel();
+            }
+        }
+    }
+
+    /// Stops every role and the nats-server.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        if let Some(n) = self.nats.as_mut() {
+            n.kill();
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The worker's local content cache: a size-bounded, read-through copy of `cas/<hash>` blobs,
+//! so a region downloads each input once, not once per task.
+//!
+//! Blobs are stored read-only at `<dir>/cas/<hash>` after their hash is verified, and are
+//! hard-linked (or copied, across file systems) into each task's input tree: a running task
+//! keeps its inputs even if the cache evicts them. Concurrent requests for one blob wait for a
+//! single download. Eviction removes the least recently used blobs once the cache is over its
+//! bound.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use suanli_shared::layout;
+use suanli_shared::protocol::InputManifest;
+use suanli_shared::store::{Store, StoreError, StoreErrorKind};
+use suanli_shared::ContentHash;
+use tracing::{debug, warn};
+
+/// Why inputs could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("input cache i/o error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Manifest(String),
+}
+
+impl CacheError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Whether another attempt (here or elsewhere) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CacheError::Store(e) => !matches!(e.kind(), StoreErrorKind::Config),
+            CacheError::Io { .. } => true,
+            CacheError::Manifest(_) => false,
+        }
+    }
+}
+
+pub struct Cache {
+    dir: PathBuf,
+    max_bytes: u64,
+    store: Store,
+    used: AtomicU64,
+    /// One lock per blob being downloaded, so concurrent tasks fetch it once.
+    inflight: Mutex<HashMap<ContentHash, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Cache {
+    /// Opens (creating) the cache folder and measures what it already holds.
+    pub async fn open(dir: &Path, max_bytes: u64, store: Store) -> Result<Self, CacheError> {
+        let blobs = dir.join("cas");
+        tokio::fs::create_dir_all(&blobs)
+            .await
+            .map_err(|e| CacheError::io(&blobs, e))?;
+        let used = tokio::task::spawn_blocking({
+            let blobs = blobs.clone();
+            move || list_blobs(&blobs).iter().map(|b| b.size).sum::<u64>()
+        })
+        .await
+        .unwrap_or(0);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            store,
+            used: AtomicU64::new(used),
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn blob_path(&self, hash: &ContentHash) -> PathBuf {
+        self.dir.join("cas").join(hash.to_hex())
+    }
+
+    /// The local path of a verified blob, downloading it on a miss. Returns the path and the
+    /// bytes downloaded (0 on a hit).
+    pub async fn blob(&self, hash: &ContentHash, size: u64) -> Result<(PathBuf, u64), CacheError> {
+        let path = self.blob_path(hash);
+        if let Some(hit) = self.hit(&path, size).await {
+            return Ok((hit, 0));
+        }
+        let lock = {
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(*hash).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        // Someone else may have fetched it while we waited.
+        if let Some(hit) = self.hit(&path, size).await {
+            return Ok((hit, 0));
+        }
+        debug!(blob = %hash.short(), size, "cache miss");
+        let result = self
+            .store
+            .download_verified(&layout::cas(hash), hash, size, &path)
+            .await;
+        {
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            map.remove(hash);
+        }
+        result?;
+        set_read_only(&path);
+        self.used.fetch_add(size, Ordering::Relaxed);
+        self.evict_if_needed().await;
+        Ok((path, size))
+    }
+
+    /// A cached blob of the right size, touched for LRU.
+    async fn hit(&self, path: &Path, size: u64) -> Option<PathBuf> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let meta = std::fs::metadata(&path).ok()?;
+            if meta.len() != size {
+                warn!(path = %path.display(), "cached blob has the wrong size; fetching again");
+                let _ = std::fs::remove_file(&path);
+                return None;
+            }
+            if let Ok(f) = std::fs::File::open(&path) {
+                let _ = f.set_modified(SystemTime::now());
+            }
+            Some(path)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Fetches and parses an input manifest (cached like any blob).
+    pub async fn manifest(&self, hash: &ContentHash) -> Result<InputManifest, CacheError> {
+        let bytes = self
+            .store
+            .get_verified(&layout::input_manifest(hash), hash)
+            .await?;
+        InputManifest::parse(&bytes).map_err(CacheError::Manifest)
+    }
+
+    /// Lays out every input of a manifest under `dest`; returns the bytes downloaded.
+    pub async fn materialize(
+        &self,
+        manifest: &InputManifest,
+        dest: &Path,
+    ) -> Result<u64, CacheError> {
+        let mut downloaded = 0;
+        for (rel, entry) in &manifest.files {
+            let (blob, n) = self.blob(&entry.hash, entry.size).await?;
+            downloaded += n;
+            let target = dest.join(rel);
+            let executable = entry.mode & 0o111 != 0;
+            tokio::task::spawn_blocking(move || link_or_copy(&blob, &target, executable))
+                .await
+                .map_err(|e| CacheError::Manifest(format!("input layout task failed: {e}")))??;
+        }
+        Ok(downloaded)
+    }
+
+    /// Removes least recently used blobs until the cache is under 90% of its bound.
+    async fn evict_if_needed(&self) {
+        if self.used_bytes() <= self.max_bytes {
+            return;
+        }
+        let blobs_dir = self.dir.join("cas");
+        let target = self.max_bytes / 10 * 9;
+        let freed = tokio::task::spawn_blocking(move || {
+            let mut blobs = list_blobs(&blobs_dir);
+            let mut total: u64 = blobs.iter().map(|b| b.size).sum();
+            blobs.sort_by_key(|b| b.modified);
+            let mut freed = 0u64;
+            for b in blobs {
+                if total <= target {
+                    break;
+                }
+                if std::fs::remove_file(&b.path).is_ok() {
+                    total -= b.size;
+                    freed += b.size;
+                }
+            }
+            freed
+        })
+        .await
+        .unwrap_or(0);
+        if freed > 0 {
+            debug!(freed, "evicted blobs from the input cache");
+            let _ = self
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                    Some(u.saturating_sub(freed))
+                });
+        }
+    }
+}
+
+struct BlobFile {
+    path: PathBuf,
+    size: u64,
+    modified: SystemTime,
+}
+
+fn list_blobs(dir: &Path) -> Vec<BlobFile> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            meta.is_file().then(|| BlobFile {
+                path: e.path(),
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            })
+        })
+        .collect()
+}
+
+fn set_read_only(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444));
+}
+
+fn link_or_copy(blob: &Path, target: &Path, executable: bool) -> Result<(), CacheError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| CacheError::io(parent, e))?;
+    }
+    if std::fs::hard_link(blob, target).is_err() {
+        std::fs::copy(blob, target).map_err(|e| CacheError::io(target, e))?;
+    }
+    if executable {
+        let _ = std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o555));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suanli_shared::protocol::InputEntry;
+
+    async fn store_with(blobs: &[&[u8]]) -> (tempfile::TempDir, Store, Vec<ContentHash>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
+        let mut hashes = vec![];
+        for b in blobs {
+            let h = ContentHash::of(b);
+            store
+                .put_bytes(&layout::cas(&h), bytes::Bytes::copy_from_slice(b))
+                .await
+                .unwrap();
+            hashes.push(h);
+        }
+        (dir, store, hashes)
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_fetched_once_and_verified() {
+        let (dir, store, h) = store_with(&[b"scene data"]).await;
+        let cache = Cache::open(&dir.path().join("cache"), 1 << 20, store.clone())
+            .await
+            .unwrap();
+        let (a, b) = tokio::join!(cache.blob(&h[0], 10), cache.blob(&h[0], 10));
+        let downloaded = a.unwrap().1 + b.unwrap().1;
+        assert_eq!(downloaded, 10, "two concurrent requests download once");
+        assert_eq!(cache.blob(&h[0], 10).await.unwrap().1, 0);
+        // A corrupted blob in the store is refused and not cached.
+        let bad = ContentHash::of(b"other");
+        store
+            .put_bytes(&layout::cas(&bad), bytes::Bytes::from_static(b"evil!"))
+            .await
+            .unwrap();
+        let err = cache.blob(&bad, 5).await.unwrap_err();
+        assert!(
+            matches!(err, CacheError::Store(ref e) if e.kind() == StoreErrorKind::Corrupt),
+            "{err}"
+        );
+        assert!(!cache.blob_path(&bad).exists());
+    }
+
+    #[tokio::test]
+    async fn materializes_trees_and_evicts_to_its_bound() {
+        let (dir, store, h) = store_with(&[&[1u8; 600], &[2u8; 600]]).await;
+        let cache = Cache::open(&dir.path().join("cache"), 1000, store)
+            .await
+            .unwrap();
+        let mut m = InputManifest::default();
+        m.files.insert(
+            "a/x.bin".into(),
+            InputEntry {
+                hash: h[0],
+                size: 600,
+                mode: 0o644,
+            },
+        );
+        m.files.insert(
+            "y.bin".into(),
+            InputEntry {
+                hash: h[1],
+                size: 600,
+                mode: 0o755,
+            },
+        );
+        let out = dir.path().join("task");
+        assert_eq!(cache.materialize(&m, &out).await.unwrap(), 1200);
+        assert_eq!(std::fs::read(out.join("a/x.bin")).unwrap(), vec![1u8; 600]);
+        assert_eq!(std::fs::read(out.join("y.bin")).unwrap(), vec![2u8; 600]);
+        assert!(cache.used_bytes() <= 1000, "evicted down to its bound");
+    }
+}

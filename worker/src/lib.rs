@@ -1,0 +1,14 @@
+//! The worker: pulls tasks for its region, fetches inputs through the local content cache,
+//! runs the renderer, uploads the outputs and commits them, and heartbeats.
+//!
+//! One fetch per free slot (never a prefetching stream, whose ack wait would run while a task
+//! waits); while a task renders, in-progress acks every quarter of the ack wait keep it ours,
+//! so a dead worker's task is redelivered within one ack wait, however long the render.
+//! Only this crate spawns renderer processes.
+
+pub mod builtin;
+pub mod cache;
+pub mod render;
+mod run;
+
+pub use run::{run, Config};
