@@ -31,7 +31,15 @@ venv="$tools/venv"
 ensure_venv() {
   if [ ! -x "$venv/bin/python" ]; then
     log "creating python venv in $venv"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      # Debian splits venv out of python3.
+      rm -rf "$venv"
+      log "python3 has no venv module: installing Debian's python3-venv"
+      if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    fi
     "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null
   fi
 }

@@ -86,7 +86,21 @@ pub struct Resolved {
 pub fn read_job_file(path: &Path) -> anyhow::Result<JobFile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read job file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("job file {} is not valid", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        // One line: what is wrong and where, without the toml crate's source snippet.
+        let at = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "job file {} is not valid{at}: {}",
+            path.display(),
+            e.message().trim()
+        )
+    })
 }
 
 /// Merges file and flags (flags win), resolves and checks everything. `base` is the folder

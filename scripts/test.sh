@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every test: installs what is missing (nats-server, moto_server, Debian's blender), checks
+# formatting and lints, and runs the whole test suite against real servers.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scripts/install-tools.sh --blender
+export SUANLI_NATS_SERVER="$root/.tools/bin/nats-server"
+export SUANLI_MOTO_SERVER="$root/.tools/bin/moto_server"
+echo "test: cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "test: cargo clippy" >&2
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "test: cargo test" >&2
+cargo test --locked --workspace
