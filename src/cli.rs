@@ -95,6 +95,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Render one frame of the built-in film locally, without a farm (for checks and
+    /// benchmarks).
+    RenderFrame(RenderFrameArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenderFrameArgs {
+    /// Frame number (the film loops every 96 frames).
+    #[arg(long)]
+    pub frame: u32,
+    /// Image width in pixels (1 to 8192, as on the farm).
+    #[arg(long, default_value_t = 320, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub width: u32,
+    /// Image height in pixels (1 to 8192).
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub height: u32,
+    /// Camera rays per pixel (1 to 4096).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub samples: u32,
+    /// PNG file to write; byte-identical to the farm's output for the same frame and settings.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -401,7 +423,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::RenderFrame(args) => render_frame(args).await,
     }
+}
+
+/// Renders one builtin frame in this process, on the blocking pool, and writes the PNG.
+async fn render_frame(args: RenderFrameArgs) -> anyhow::Result<u8> {
+    let settings = suanli_worker::builtin::SceneSettings {
+        width: args.width,
+        height: args.height,
+        samples: args.samples,
+    };
+    let frame = args.frame;
+    let png = tokio::task::spawn_blocking(move || {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        suanli_worker::builtin::render_frame(&settings, frame, &never, &mut |_| {})
+            .map(|image| suanli_worker::builtin::encode_png(&image))
+    })
+    .await
+    .context("the render thread panicked")?
+    .context("the render stopped before finishing the frame")?;
+    std::fs::write(&args.out, png)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    Ok(0)
 }
 
 fn default_worker_name() -> anyhow::Result<WorkerId> {

@@ -139,8 +139,10 @@ impl Client {
                 _ = tokio::time::sleep_until(sleep_until) => return Ok(None),
                 _ = poll.tick() => {}
                 Some(_) = events.next() => {
-                    // Coalesce a burst of events into one status request.
-                    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), events.next()).await {}
+                    // Coalesce a burst of events into one status request, bounded from the
+                    // first event so a busy job still updates at least every 50 ms.
+                    let until = tokio::time::Instant::now() + Duration::from_millis(50);
+                    while let Ok(Some(_)) = tokio::time::timeout_at(until, events.next()).await {}
                 }
             }
         }

@@ -273,10 +273,12 @@ impl LocalFarm {
                     return Ok(());
                 }
             }
-            // Woken by the next heartbeat, or at the deadline.
+            // Woken by the next heartbeat, or soon anyway: a farm with no workers sends no
+            // heartbeats, and only needs the coordinator to answer.
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => bail!("workers did not register within {limit:?}"),
                 _ = futures::StreamExt::next(&mut sub) => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
     }

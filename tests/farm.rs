@@ -280,6 +280,8 @@ async fn a_command_renderer_job_runs_with_inputs_and_cancel_kills_renders() {
     .await;
     let status = run_to_end(&client, spec).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
+    // Three tasks, one region: its cache fetched the 9 input bytes once, not once per task.
+    assert_eq!(status.regions["guian"].bytes_in, 9, "{:?}", status.regions);
     let record = client.job(&status.id).await.unwrap();
     let out = dir.path().join("out");
     fetch(&record, &store, &out).await.unwrap();
