@@ -13,7 +13,7 @@ use suanli_shared::nats;
 use suanli_shared::protocol::api::{self, ApiError, ErrorKind};
 use suanli_shared::protocol::{JobRecord, JobSpec, JobStatus, OutputManifest, WorkerInfo};
 use suanli_shared::store::{Store, StoreErrorKind};
-use suanli_shared::JobId;
+use suanli_shared::{JobId, Region, WorkerId};
 
 /// How long a request waits for the coordinator.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -110,6 +110,34 @@ impl Client {
 
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
         self.call(api::WORKERS, &api::Empty::default()).await
+    }
+
+    /// One page of a job's task records (at most [`api::MAX_TASKS_PAGE`]).
+    pub async fn tasks(
+        &self,
+        job: &JobId,
+        offset: u32,
+        limit: u32,
+    ) -> Result<api::TasksPage, ClientError> {
+        let req = api::TasksRequest {
+            job: job.clone(),
+            offset,
+            limit,
+        };
+        self.call(api::TASKS, &req).await
+    }
+
+    /// Asks the coordinator to drain a worker; returns the worker as last seen.
+    pub async fn drain(
+        &self,
+        region: &Region,
+        worker: &WorkerId,
+    ) -> Result<WorkerInfo, ClientError> {
+        let req = api::DrainRequest {
+            region: region.clone(),
+            worker: worker.clone(),
+        };
+        self.call(api::DRAIN, &req).await
     }
 
     /// Waits until the job reaches a final state (or `timeout`), calling `on_update` with each

@@ -302,6 +302,28 @@ impl Coordinator {
                 list.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
                 self.reply(reply, Ok(list));
             }
+            api::TASKS => {
+                let r = decode::<api::TasksRequest>(&msg.payload, "request").and_then(|req| {
+                    let job = self
+                        .jobs
+                        .get(&req.job)
+                        .ok_or_else(|| ApiError::not_found(format!("no job {}", req.job)))?;
+                    let limit = req.limit.min(api::MAX_TASKS_PAGE) as usize;
+                    let tasks = job
+                        .tasks
+                        .iter()
+                        .skip(req.offset as usize)
+                        .take(limit)
+                        .map(|t| t.rec.clone())
+                        .collect();
+                    Ok(api::TasksPage {
+                        total: job.tasks.len() as u32,
+                        offset: req.offset,
+                        tasks,
+                    })
+                });
+                self.reply(reply, r);
+            }
             api::CANCEL => {
                 let r = match decode::<api::JobRequest>(&msg.payload, "request") {
                     Ok(req) => self.cancel(&req.job).await,

@@ -8,6 +8,7 @@ pub mod layout;
 pub mod names;
 pub mod nats;
 pub mod protocol;
+pub mod regions;
 pub mod store;
 
 pub use frames::{FrameChunk, FrameSpec};

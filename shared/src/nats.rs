@@ -63,6 +63,11 @@ pub fn cancel_subject(job: &JobId) -> String {
 
 pub const CANCEL_ALL: &str = "suanli.ctl.cancel.*";
 
+/// Core-NATS message telling one worker to drain (sent by the coordinator's `drain` API).
+pub fn drain_subject(region: &Region, worker: &WorkerId) -> String {
+    format!("suanli.ctl.drain.{region}.{worker}")
+}
+
 /// Header carrying the idempotency key of a task publish.
 pub fn task_msg_id(job: &JobId, task: u32, attempt: u32) -> String {
     format!("{job}.{task}.{attempt}")

@@ -792,6 +792,12 @@ pub mod api {
     pub const CANCEL: &str = "suanli.api.cancel";
     pub const RETRY: &str = "suanli.api.retry";
     pub const WORKERS: &str = "suanli.api.workers";
+    /// A page of one job's task records, for the TUI's job view.
+    pub const TASKS: &str = "suanli.api.tasks";
+    /// Drain one worker: it takes no new tasks, finishes or hands back what it renders, exits.
+    pub const DRAIN: &str = "suanli.api.drain";
+    /// The region catalog with each region's live figures.
+    pub const REGIONS: &str = "suanli.api.regions";
     /// Every API subject, for the coordinator's subscription.
     pub const ALL: &str = "suanli.api.>";
 
@@ -815,6 +821,34 @@ pub mod api {
 
     #[derive(Debug, Clone, Serialize, Deserialize, Default)]
     pub struct Empty {}
+
+    /// Most task records one `tasks` reply carries (keeps replies well under NATS's 1 MiB).
+    pub const MAX_TASKS_PAGE: u32 = 500;
+
+    /// `suanli.api.tasks`: tasks `offset .. offset + limit` of a job, in task order.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct TasksRequest {
+        pub job: JobId,
+        #[serde(default)]
+        pub offset: u32,
+        /// At most [`MAX_TASKS_PAGE`]; larger values are clamped.
+        pub limit: u32,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct TasksPage {
+        /// Tasks in the job.
+        pub total: u32,
+        pub offset: u32,
+        pub tasks: Vec<TaskRecord>,
+    }
+
+    /// `suanli.api.drain`: the worker's key in `suanli_workers` is `<region>.<worker>`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct DrainRequest {
+        pub region: Region,
+        pub worker: WorkerId,
+    }
 
     /// Category of an API error, so clients can pick an exit code.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
