@@ -3,9 +3,13 @@
 //! these figures; the TUI and `suanli ledger` show them. Regions missing from the catalog still
 //! work, with [`RegionProfile::neutral`] figures.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use crate::names::Region;
+use crate::protocol::Policy;
 
 /// One region's figures. Prices are in the catalog's currency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,5 +67,346 @@ impl RegionProfile {
             egress_per_gb: 0.0,
             bandwidth_mbps: defaults::bandwidth_mbps(),
         }
+    }
+}
+
+impl RegionProfile {
+    /// Checks the figures: PUE at least 1, no negative price, carbon, power or egress, a
+    /// bandwidth above zero, every figure finite.
+    pub fn validate(&self) -> Result<(), CatalogError> {
+        let bad = |field: &'static str, problem: String| {
+            Err(CatalogError::Invalid {
+                region: self.name.clone(),
+                field,
+                problem,
+            })
+        };
+        let figures = [
+            ("price_per_core_hour", self.price_per_core_hour),
+            ("pue", self.pue),
+            ("carbon_g_per_kwh", self.carbon_g_per_kwh),
+            ("watts_per_core", self.watts_per_core),
+            ("egress_per_gb", self.egress_per_gb),
+            ("bandwidth_mbps", self.bandwidth_mbps),
+        ];
+        for (field, value) in figures {
+            if !value.is_finite() {
+                return bad(field, format!("is {value}; give a finite number"));
+            }
+            if value < 0.0 {
+                return bad(field, format!("is {value}; it cannot be negative"));
+            }
+        }
+        if self.pue < 1.0 {
+            return bad(
+                "pue",
+                format!(
+                    "is {}; PUE is facility energy over IT energy, so it is at least 1.0",
+                    self.pue
+                ),
+            );
+        }
+        if self.bandwidth_mbps <= 0.0 {
+            return bad(
+                "bandwidth_mbps",
+                "is 0; give the link's bandwidth in megabits per second".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// What `core_seconds` of busy cores cost here.
+    pub fn compute_cost(&self, core_seconds: f64) -> f64 {
+        self.price_per_core_hour * core_seconds / 3600.0
+    }
+
+    /// Facility energy of `core_seconds` of busy cores, in kWh: IT power times PUE.
+    pub fn energy_kwh(&self, core_seconds: f64) -> f64 {
+        core_seconds / 3600.0 * self.watts_per_core / 1000.0 * self.pue
+    }
+
+    /// Carbon of `core_seconds` of busy cores, in kg of CO2.
+    pub fn carbon_kg(&self, core_seconds: f64) -> f64 {
+        self.energy_kwh(core_seconds) * self.carbon_g_per_kwh / 1000.0
+    }
+
+    /// What moving `bytes` from the store into this region costs.
+    pub fn transfer_cost(&self, bytes: u64) -> f64 {
+        self.egress_per_gb * bytes as f64 / 1e9
+    }
+
+    /// Seconds to move `bytes` from the store into this region over its whole link.
+    pub fn transfer_secs(&self, bytes: u64) -> f64 {
+        bytes as f64 * 8.0 / (self.bandwidth_mbps * 1e6)
+    }
+}
+
+/// Why a region catalog was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read region catalog {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("region catalog {origin} is not valid{at}: {message}", at = line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Parse {
+        origin: String,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("region catalog: region '{region}': {field} {problem}")]
+    Invalid {
+        region: Region,
+        field: &'static str,
+        problem: String,
+    },
+    #[error("region catalog: region '{0}' is listed twice; give each region one [[region]] table")]
+    Duplicate(Region),
+    #[error("region catalog: currency '{0}' must be 1 to 8 letters, like CNY or USD")]
+    Currency(String),
+}
+
+/// The catalog file: a currency, the farm's default placement policy and `[[region]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    #[serde(default = "default_currency")]
+    currency: String,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    region: Vec<RegionProfile>,
+}
+
+fn default_currency() -> String {
+    "CNY".to_string()
+}
+
+/// Every region's figures, loaded once by the coordinator (and by `suanli sim`). Regions it
+/// does not name get [`RegionProfile::neutral`] figures from [`RegionCatalog::profile`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionCatalog {
+    /// Currency of every price in the catalog (display only; nothing converts it).
+    pub currency: String,
+    /// Placement policy of jobs that name none.
+    pub policy: Policy,
+    regions: BTreeMap<Region, RegionProfile>,
+}
+
+impl Default for RegionCatalog {
+    fn default() -> Self {
+        Self {
+            currency: default_currency(),
+            policy: Policy::default(),
+            regions: BTreeMap::new(),
+        }
+    }
+}
+
+impl RegionCatalog {
+    /// A checked catalog from profiles built in code.
+    pub fn new(
+        currency: impl Into<String>,
+        policy: Policy,
+        profiles: impl IntoIterator<Item = RegionProfile>,
+    ) -> Result<Self, CatalogError> {
+        let currency = currency.into();
+        if currency.is_empty()
+            || currency.len() > 8
+            || !currency.bytes().all(|b| b.is_ascii_alphabetic())
+        {
+            return Err(CatalogError::Currency(currency));
+        }
+        let mut regions = BTreeMap::new();
+        for p in profiles {
+            p.validate()?;
+            if regions.contains_key(&p.name) {
+                return Err(CatalogError::Duplicate(p.name));
+            }
+            regions.insert(p.name.clone(), p);
+        }
+        Ok(Self {
+            currency,
+            policy,
+            regions,
+        })
+    }
+
+    /// Parses and checks a catalog; `origin` names it in errors (a path, or "inline").
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, CatalogError> {
+        let file: CatalogFile = toml::from_str(text).map_err(|e| CatalogError::Parse {
+            origin: origin.to_string(),
+            line: e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+            message: e.message().trim().to_string(),
+        })?;
+        Self::new(file.currency, file.policy, file.region)
+    }
+
+    /// Reads and checks a catalog file.
+    pub fn load(path: &Path) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CatalogError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The region's figures, or neutral ones when the catalog does not name it.
+    pub fn profile(&self, region: &Region) -> RegionProfile {
+        self.regions
+            .get(region)
+            .cloned()
+            .unwrap_or_else(|| RegionProfile::neutral(region.clone()))
+    }
+
+    /// The region's figures when the catalog names it.
+    pub fn get(&self, region: &Region) -> Option<&RegionProfile> {
+        self.regions.get(region)
+    }
+
+    /// The named regions, in name order.
+    pub fn regions(&self) -> impl Iterator<Item = &RegionProfile> {
+        self.regions.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.regions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> Region {
+        s.parse().unwrap()
+    }
+
+    const EXAMPLE: &str = r#"
+currency = "CNY"
+policy = "cheapest"
+
+[[region]]
+name = "guian"
+price_per_core_hour = 0.08
+pue = 1.12
+carbon_g_per_kwh = 420.0
+watts_per_core = 12.0
+egress_per_gb = 0.5
+bandwidth_mbps = 2000.0
+
+[[region]]
+name = "shenzhen"
+price_per_core_hour = 0.2
+pue = 1.47
+"#;
+
+    #[test]
+    fn loads_a_catalog_and_fills_defaults() {
+        let c = RegionCatalog::from_toml(EXAMPLE, "inline").unwrap();
+        assert_eq!(c.currency, "CNY");
+        assert_eq!(c.policy, Policy::Cheapest);
+        assert_eq!(c.len(), 2);
+        let g = c.profile(&r("guian"));
+        assert_eq!(g.pue, 1.12);
+        assert_eq!(g.bandwidth_mbps, 2000.0);
+        let s = c.profile(&r("shenzhen"));
+        assert_eq!(s.price_per_core_hour, 0.2);
+        assert_eq!(
+            s.bandwidth_mbps, 1000.0,
+            "omitted figures take their defaults"
+        );
+        assert_eq!(s.egress_per_gb, 0.0);
+        let names: Vec<&str> = c.regions().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["guian", "shenzhen"]);
+    }
+
+    #[test]
+    fn unknown_regions_get_neutral_figures() {
+        let c = RegionCatalog::from_toml(EXAMPLE, "inline").unwrap();
+        assert!(c.get(&r("lhasa")).is_none());
+        assert_eq!(c.profile(&r("lhasa")), RegionProfile::neutral(r("lhasa")));
+        let empty = RegionCatalog::from_toml("", "inline").unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(empty.currency, "CNY");
+        assert_eq!(empty.policy, Policy::Balanced);
+        assert_eq!(RegionCatalog::default(), empty);
+    }
+
+    #[test]
+    fn refuses_bad_figures_with_clear_errors() {
+        let err = |toml: &str| {
+            RegionCatalog::from_toml(toml, "t.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[[region]]\nname = \"a\"\npue = 0.9\n");
+        assert!(
+            e.contains("region 'a': pue") && e.contains("at least 1.0"),
+            "{e}"
+        );
+        let e = err("[[region]]\nname = \"a\"\nprice_per_core_hour = -1.0\n");
+        assert!(
+            e.contains("price_per_core_hour") && e.contains("negative"),
+            "{e}"
+        );
+        let e = err("[[region]]\nname = \"a\"\negress_per_gb = -0.1\n");
+        assert!(e.contains("egress_per_gb"), "{e}");
+        let e = err("[[region]]\nname = \"a\"\nbandwidth_mbps = 0.0\n");
+        assert!(e.contains("bandwidth_mbps"), "{e}");
+        let e = err("[[region]]\nname = \"a\"\ncarbon_g_per_kwh = nan\n");
+        assert!(e.contains("finite"), "{e}");
+        let e = err("[[region]]\nname = \"a\"\n[[region]]\nname = \"a\"\n");
+        assert!(e.contains("'a' is listed twice"), "{e}");
+        let e = err("[[region]]\nname = \"Bad Name\"\n");
+        assert!(e.contains("t.toml") && e.contains("invalid region"), "{e}");
+        let e = err("currency = \"CNY\"\n\n[[region]]\nname = \"a\"\nprise = 1.0\n");
+        assert!(e.contains("line 5") && e.contains("prise"), "{e}");
+        let e = err("currency = \"\"\n");
+        assert!(e.contains("currency"), "{e}");
+        let e = err("policy = \"cheap\"\n");
+        assert!(e.contains("cheap"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_example_catalog_loads() {
+        let text = include_str!("../../deploy/regions.example.toml");
+        let c = RegionCatalog::from_toml(text, "deploy/regions.example.toml").unwrap();
+        assert_eq!(c.len(), 5);
+        assert_eq!(c.profile(&r("guian")).pue, 1.12);
+        assert!(c.regions().all(|p| p.price_per_core_hour > 0.0));
+    }
+
+    #[test]
+    fn loads_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("regions.toml");
+        std::fs::write(&path, EXAMPLE).unwrap();
+        assert_eq!(RegionCatalog::load(&path).unwrap().len(), 2);
+        let e = RegionCatalog::load(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(e.to_string().contains("cannot read region catalog"), "{e}");
+    }
+
+    #[test]
+    fn cost_energy_and_carbon_follow_the_formula() {
+        let mut p = RegionProfile::neutral(r("guian"));
+        p.price_per_core_hour = 0.1;
+        p.pue = 1.5;
+        p.watts_per_core = 10.0;
+        p.carbon_g_per_kwh = 500.0;
+        p.egress_per_gb = 0.5;
+        p.bandwidth_mbps = 800.0;
+        let core_s = 7200.0;
+        assert!((p.compute_cost(core_s) - 0.2).abs() < 1e-12);
+        // 2 core-hours x 10 W = 20 Wh IT, x 1.5 PUE = 0.03 kWh; x 500 g = 15 g.
+        assert!((p.energy_kwh(core_s) - 0.03).abs() < 1e-12);
+        assert!((p.carbon_kg(core_s) - 0.015).abs() < 1e-12);
+        assert!((p.transfer_cost(4_000_000_000) - 2.0).abs() < 1e-12);
+        // 1 GB = 8 Gbit at 800 Mbit/s = 10 s.
+        assert!((p.transfer_secs(1_000_000_000) - 10.0).abs() < 1e-12);
     }
 }
