@@ -167,6 +167,7 @@ fn builtin_job(name: &str, frames: &str, inputs: &InputManifest) -> anyhow::Resu
         inputs: inputs.hash(),
         scene: None,
         output: "frame_####".into(),
+        placement: Default::default(),
     })
 }
 

@@ -10,7 +10,9 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use serde::Deserialize;
 use suanli_shared::layout;
-use suanli_shared::protocol::{ImageFormat, InputEntry, InputManifest, JobSpec, RendererSpec};
+use suanli_shared::protocol::{
+    ImageFormat, InputEntry, InputManifest, JobSpec, Placement, Policy, RendererSpec,
+};
 use suanli_shared::store::Store;
 use suanli_shared::{ContentHash, FrameSpec, Region};
 
@@ -35,6 +37,13 @@ pub struct JobFile {
     #[serde(default)]
     pub inputs: Vec<PathBuf>,
     pub renderer: Option<RendererFile>,
+    /// Placement policy: balanced, cheapest, fastest or greenest (default: the farm's).
+    pub policy: Option<String>,
+    /// When every frame is needed: RFC 3339 with an offset (a TOML datetime or a string),
+    /// Unix milliseconds, or "+6h" from submission.
+    pub deadline: Option<toml::Value>,
+    /// Most tasks of this job queued or running at once.
+    pub max_slots: Option<u32>,
 }
 
 /// The `[renderer]` table.
@@ -72,6 +81,10 @@ pub struct Overrides {
     pub format: Option<String>,
     pub argv: Vec<String>,
     pub ext: Option<String>,
+    pub policy: Option<String>,
+    /// As in the job file: RFC 3339, Unix ms or "+DURATION".
+    pub deadline: Option<String>,
+    pub max_slots: Option<u32>,
 }
 
 /// A checked job whose inputs are known but not yet uploaded.
@@ -125,6 +138,26 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
         (None, Some(t)) => humantime::parse_duration(&t)
             .with_context(|| format!("bad task_timeout '{t}' (expected e.g. '90s', '2h')"))?,
         (None, None) => Duration::from_secs(2 * 3600),
+    };
+    let policy = flags
+        .policy
+        .or(file.policy)
+        .map(|p| p.parse::<Policy>())
+        .transpose()?;
+    let deadline_ms = match (flags.deadline, file.deadline) {
+        (Some(text), _) => Some(parse_deadline(&text, suanli_shared::protocol::now_ms())?),
+        (None, Some(toml::Value::Integer(ms))) => Some(
+            u64::try_from(ms).map_err(|_| anyhow::anyhow!("deadline {ms} is negative"))?,
+        ),
+        (None, Some(toml::Value::String(text))) => {
+            Some(parse_deadline(&text, suanli_shared::protocol::now_ms())?)
+        }
+        (None, Some(toml::Value::Datetime(dt))) => Some(datetime_ms(&dt)?),
+        (None, Some(other)) => bail!(
+            "deadline must be a date-time like 2025-06-01T18:00:00+08:00, Unix milliseconds or \"+6h\", not a {}",
+            other.type_str()
+        ),
+        (None, None) => None,
     };
     let file_renderer = file.renderer.unwrap_or_default();
     let kind = flags
@@ -245,12 +278,66 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
             .output
             .or(file.output)
             .unwrap_or_else(|| "frame_####".into()),
+        placement: Placement {
+            policy,
+            deadline_ms,
+            max_slots: flags.max_slots.or(file.max_slots),
+        },
     };
     spec.validate()?;
     Ok(Resolved {
         spec,
         files: files.into_iter().collect(),
     })
+}
+
+/// A deadline as a studio writes it: Unix milliseconds, "+DURATION" from `now_ms`, or an
+/// RFC 3339 date-time with its offset (2025-06-01T18:00:00+08:00).
+pub fn parse_deadline(text: &str, now_ms: u64) -> anyhow::Result<u64> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .with_context(|| format!("deadline '{text}' is too large"));
+    }
+    if let Some(rel) = text.strip_prefix('+') {
+        let d = humantime::parse_duration(rel)
+            .with_context(|| format!("bad deadline '{text}' (expected e.g. '+6h')"))?;
+        return Ok(now_ms.saturating_add(d.as_millis() as u64));
+    }
+    let dt: toml::value::Datetime = text.parse().map_err(|_| {
+        anyhow::anyhow!("bad deadline '{text}': give RFC 3339 like 2025-06-01T18:00:00+08:00, Unix milliseconds, or '+6h'")
+    })?;
+    datetime_ms(&dt)
+}
+
+/// Unix milliseconds of a full date-time with offset.
+fn datetime_ms(dt: &toml::value::Datetime) -> anyhow::Result<u64> {
+    let (Some(date), Some(time), Some(offset)) = (dt.date, dt.time, dt.offset) else {
+        bail!("deadline '{dt}' needs a date, a time and a UTC offset (Z or +08:00)");
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let (y, m, d) = (
+        i64::from(date.year) - i64::from(date.month <= 2),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let offset_min = match offset {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => i64::from(minutes),
+    };
+    let secs = days * 86_400
+        + i64::from(time.hour) * 3600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second)
+        - offset_min * 60;
+    let ms = secs * 1000 + i64::from(time.nanosecond / 1_000_000);
+    u64::try_from(ms).map_err(|_| anyhow::anyhow!("deadline '{dt}' is before 1970"))
 }
 
 /// `path` relative to `root`, refusing anything outside it.
@@ -465,5 +552,80 @@ mod tests {
             toml::from_str::<JobFile>("framez = '1'").is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn placement_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file: JobFile = toml::from_str(
+            "frames = '1-4'\npolicy = 'cheapest'\nmax_slots = 3\ndeadline = 2025-06-01T18:00:00+08:00\n",
+        )
+        .unwrap();
+        let r = resolve(file, Overrides::default(), dir.path()).unwrap();
+        assert_eq!(r.spec.placement.policy, Some(Policy::Cheapest));
+        assert_eq!(r.spec.placement.max_slots, Some(3));
+        // 2025-06-01T10:00:00Z
+        assert_eq!(r.spec.placement.deadline_ms, Some(1_748_772_000_000));
+        let file: JobFile =
+            toml::from_str("frames = '1'\ndeadline = '2025-06-01T10:00:00Z'\npolicy = 'fastest'")
+                .unwrap();
+        let r = resolve(
+            file,
+            Overrides {
+                policy: Some("greenest".into()),
+                ..Default::default()
+            },
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(r.spec.placement.policy, Some(Policy::Greenest), "flags win");
+        assert_eq!(r.spec.placement.deadline_ms, Some(1_748_772_000_000));
+        let none = resolve(JobFile::default(), flags("1"), dir.path()).unwrap();
+        assert_eq!(none.spec.placement, Placement::default());
+
+        assert_eq!(
+            parse_deadline("1900000000000", 0).unwrap(),
+            1_900_000_000_000
+        );
+        assert_eq!(parse_deadline("+2h", 1_000).unwrap(), 1_000 + 7_200_000);
+        assert_eq!(
+            parse_deadline("1970-01-02T00:00:00Z", 0).unwrap(),
+            86_400_000
+        );
+        assert_eq!(
+            parse_deadline("2000-03-01T00:00:00-01:30", 0).unwrap(),
+            951_868_800_000 + 5_400_000
+        );
+        let err = |f: Overrides| {
+            format!(
+                "{:#}",
+                resolve(JobFile::default(), f, dir.path()).unwrap_err()
+            )
+        };
+        assert!(err(Overrides {
+            policy: Some("cheap".into()),
+            ..flags("1")
+        })
+        .contains("unknown placement policy 'cheap'"));
+        assert!(err(Overrides {
+            deadline: Some("tomorrow".into()),
+            ..flags("1")
+        })
+        .contains("bad deadline 'tomorrow'"));
+        assert!(err(Overrides {
+            deadline: Some("2025-06-01T18:00:00".into()),
+            ..flags("1")
+        })
+        .contains("UTC offset"));
+        assert!(err(Overrides {
+            deadline: Some("1748772000".into()),
+            ..flags("1")
+        })
+        .contains("seconds given by mistake"));
+        assert!(err(Overrides {
+            max_slots: Some(0),
+            ..flags("1")
+        })
+        .contains("max_slots must be at least 1"));
     }
 }

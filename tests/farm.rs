@@ -40,6 +40,7 @@ fn tiny_builtin(frames: &str, chunk: u32, inputs: &InputManifest) -> JobSpec {
         inputs: inputs.hash(),
         scene: None,
         output: "frame_####".into(),
+        placement: Default::default(),
     }
 }
 
