@@ -13,3 +13,5 @@ echo "test: cargo clippy" >&2
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "test: cargo test" >&2
 cargo test --locked --workspace
+echo "test: chaos run (short form)" >&2
+SUANLI_BIN="$root/target/debug/suanli" scripts/chaos.sh --short

@@ -156,7 +156,26 @@ impl Client {
             .context("cannot subscribe to the job's events")?;
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let status = self.status(job).await?;
+            // A NATS restart or a coordinator fail-over is a pause, not the end of the wait:
+            // only a refused request (unknown job) ends it.
+            let status =
+                match self.status(job).await {
+                    Ok(s) => s,
+                    Err(e) if !e.is_bad_request() => {
+                        tracing::warn!(error = %e, "status unavailable; waiting on");
+                        let limit = deadline
+                            .map(|d| d.min(tokio::time::Instant::now() + Duration::from_secs(1)));
+                        tokio::time::sleep_until(limit.unwrap_or_else(|| {
+                            tokio::time::Instant::now() + Duration::from_secs(1)
+                        }))
+                        .await;
+                        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             on_update(&status);
             if status.state.is_final() {
                 return Ok(Some(status));
@@ -186,6 +205,15 @@ pub struct FetchReport {
     pub bytes: u64,
     /// Frames of tasks with no committed output yet.
     pub missing: Vec<u32>,
+    /// Files whose stored bytes do not match their committed hash or size (damaged in the
+    /// store); nothing is written for them.
+    pub unverified: Vec<String>,
+}
+
+enum Fetched {
+    Downloaded,
+    AlreadyPresent,
+    Unverified(String),
 }
 
 /// Downloads every committed frame of a job into `out`, verifying each file's BLAKE3 hash.
@@ -242,32 +270,39 @@ pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result
                     .and_then(|r| r.ok())
                     .is_some_and(|(h, _)| h == f.hash);
                     if same {
-                        return anyhow::Ok(false);
+                        return anyhow::Ok(Fetched::AlreadyPresent);
                     }
                 }
                 tokio::fs::remove_file(&dest).await.ok();
             }
-            store
+            let got = store
                 .download_verified(
                     &layout::output_file(&key, &f.hash, &f.name),
                     &f.hash,
                     f.size,
                     &dest,
                 )
-                .await
-                .with_context(|| format!("cannot fetch {}", f.name))?;
-            Ok(true)
+                .await;
+            match got {
+                Ok(_) => Ok(Fetched::Downloaded),
+                Err(e) if e.kind() == StoreErrorKind::Corrupt => {
+                    tracing::warn!(file = %f.name, error = %e, "stored frame does not verify");
+                    Ok(Fetched::Unverified(f.name.clone()))
+                }
+                Err(e) => Err(anyhow::Error::new(e).context(format!("cannot fetch {}", f.name))),
+            }
         }
     }))
     .buffer_unordered(8)
     .collect::<Vec<_>>()
     .await;
     for o in outcomes {
-        if o? {
-            report.downloaded += 1;
-        } else {
-            report.already_present += 1;
+        match o? {
+            Fetched::Downloaded => report.downloaded += 1,
+            Fetched::AlreadyPresent => report.already_present += 1,
+            Fetched::Unverified(name) => report.unverified.push(name),
         }
     }
+    report.unverified.sort();
     Ok(report)
 }

@@ -1,12 +1,15 @@
 //! End-to-end tests of the farm through real parts: a nats-server with JetStream on a free
 //! port, the coordinator and workers in two regions, a file store, and the real renderers.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::{prepare, process_alive, wait_for_text, write};
 use suanli::client::{fetch, Client};
-use suanli::jobfile::{self, JobFile, Overrides};
+use suanli::jobfile::Overrides;
 use suanli::localfarm::{FarmOptions, LocalFarm};
 use suanli_shared::protocol::{
     InputManifest, JobSpec, JobState, JobStatus, RendererSpec, TaskState,
@@ -148,21 +151,6 @@ async fn builtin_job_across_two_regions_renders_every_frame_and_caches_resubmiss
     let fresh = run_to_end(&client, resampled).await;
     assert_eq!((fresh.state, fresh.tasks.cached), (JobState::Done, 0));
     farm.stop().await;
-}
-
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-    path.to_path_buf()
-}
-
-/// Resolves and uploads a job the way `suanli submit` does.
-async fn prepare(store: &Store, flags: Overrides, base: &Path) -> JobSpec {
-    let mut resolved = jobfile::resolve(JobFile::default(), flags, base).expect("valid job");
-    jobfile::upload_inputs(store, &mut resolved)
-        .await
-        .expect("inputs uploaded");
-    resolved.spec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,31 +324,6 @@ async fn a_command_renderer_job_runs_with_inputs_and_cancel_kills_renders() {
         "the renderer process {pid} was killed on cancel"
     );
     farm.stop().await;
-}
-
-async fn wait_for_text(path: &Path) -> String {
-    for _ in 0..200 {
-        if let Ok(t) = std::fs::read_to_string(path) {
-            if t.ends_with('\n') {
-                return t;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} was never written", path.display());
-}
-
-/// Alive and not a zombie.
-fn process_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
 }
 
 fn blender() -> String {

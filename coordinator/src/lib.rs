@@ -8,6 +8,9 @@
 //! consumer are the lasting truth, the actor's maps a mirror.
 
 pub mod dispatch;
+pub mod lease;
+pub mod placement;
+pub mod sim;
 pub mod state;
 pub mod submit;
 
@@ -47,6 +50,8 @@ pub struct Config {
     pub prefetch: u32,
     /// A worker whose last heartbeat is older than this holds no slots.
     pub worker_lost_after: Duration,
+    /// How long a silent lease holder keeps the lease before a standby takes over.
+    pub lease_ttl: Duration,
 }
 
 impl Config {
@@ -56,17 +61,79 @@ impl Config {
             store_url: store_url.into(),
             prefetch: 1,
             worker_lost_after: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
 
-/// Runs the coordinator until `shutdown` fires.
+/// Runs the coordinator until `shutdown` fires. It serves only while it holds the lease (see
+/// [`lease`]); without it, it stands by, and after losing it, it stands by again.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = nats::connect(&config.nats_url, "suanli-coordinator").await?;
+    let (client, reconnects) =
+        nats::connect_watched(&config.nats_url, "suanli-coordinator").await?;
     let farm = nats::setup(client).await?;
     let store = Store::open(&config.store_url)?;
-    let coordinator = Coordinator::load(farm, store, config).await?;
-    coordinator.serve(shutdown).await
+    let me = lease::Holder::this_process();
+    loop {
+        let Some(lease) =
+            lease::acquire(&farm.lease_kv, me.clone(), config.lease_ttl, &shutdown).await?
+        else {
+            return Ok(());
+        };
+        info!("holding the coordinator lease");
+        let lost = CancellationToken::new();
+        let stop_renewing = CancellationToken::new();
+        let fresh = lease.freshness();
+        let renewer = tokio::spawn(keep_lease(lease, lost.clone(), stop_renewing.clone()));
+        let served = async {
+            let coordinator =
+                Coordinator::load(farm.clone(), store.clone(), config.clone()).await?;
+            coordinator
+                .serve(&shutdown, &lost, &fresh, reconnects.clone())
+                .await
+        }
+        .await;
+        stop_renewing.cancel();
+        let lease = renewer.await.context("the lease task panicked")?;
+        if shutdown.is_cancelled() || served.is_err() {
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
+            return served;
+        }
+        warn!("lost the coordinator lease: stopped serving; standing by");
+    }
+}
+
+/// Renews the lease until told to stop (giving the lease back) or until it is lost (`None`,
+/// after cancelling `lost`).
+async fn keep_lease(
+    mut lease: lease::Lease,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) -> Option<lease::Lease> {
+    let mut tick = tokio::time::interval(lease.renew_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Some(lease),
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = lease.renew().await {
+            warn!(error = %format!("{e:#}"), "coordinator lease lost");
+            lost.cancel();
+            return None;
+        }
+    }
+}
+
+/// The next item of a stream that may not be open; pending while it is not.
+async fn next_of<S: futures::Stream + Unpin>(stream: &mut Option<S>) -> Option<S::Item> {
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A submission prepared off the actor, waiting to be adopted.
@@ -163,12 +230,7 @@ impl Coordinator {
         })
     }
 
-    async fn serve(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let client = self.farm.client.clone();
-        let mut api_sub = client
-            .queue_subscribe(api::ALL, "suanli-coordinator".to_string())
-            .await
-            .context("cannot subscribe to the API subjects")?;
+    async fn open_events(&self) -> anyhow::Result<pull::Stream> {
         let consumer = self
             .farm
             .js
@@ -180,20 +242,44 @@ impl Coordinator {
                 pull::Config {
                     durable_name: Some(nats::COORDINATOR_CONSUMER.to_string()),
                     ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
+                    // Events delivered into a connection that then dropped (a NATS restart)
+                    // come back after this; handling one takes milliseconds.
+                    ack_wait: Duration::from_secs(5),
                     max_ack_pending: 1024,
                     ..Default::default()
                 },
             )
             .await
             .context("cannot create the coordinator's event consumer")?;
-        let mut events = consumer.messages().await.context("cannot consume events")?;
-        let mut workers_watch = self
-            .farm
-            .workers_kv
-            .watch_with_history(">")
+        consumer.messages().await.context("cannot consume events")
+    }
+
+    /// Serves until `shutdown` or until the lease is `lost`. The event stream and the workers
+    /// watch are reopened whenever they end (a NATS restart can end them); the API
+    /// subscription is core NATS and is restored by the client on reconnect.
+    async fn serve(
+        mut self,
+        shutdown: &CancellationToken,
+        lost: &CancellationToken,
+        fresh: &lease::Freshness,
+        mut reconnects: tokio::sync::watch::Receiver<u64>,
+    ) -> anyhow::Result<()> {
+        let client = self.farm.client.clone();
+        // Not a queue group: only the lease holder subscribes, and a holder that hung keeps its
+        // subscription until the server drops it, so with a queue group it would swallow a share
+        // of the requests. Plainly subscribed, the serving coordinator answers every request.
+        let mut api_sub = client
+            .subscribe(api::ALL)
             .await
-            .context("cannot watch workers")?;
+            .context("cannot subscribe to the API subjects")?;
+        let mut events = Some(self.open_events().await?);
+        let mut workers_watch = Some(
+            self.farm
+                .workers_kv
+                .watch_with_history(">")
+                .await
+                .context("cannot watch workers")?,
+        );
         let (submit_tx, mut submit_rx) = mpsc::channel::<Prepared>(16);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -201,17 +287,63 @@ impl Coordinator {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(msg) = api_sub.next() => self.handle_api(msg, &submit_tx).await,
-                Some(msg) = events.next() => match msg {
-                    Ok(msg) => self.handle_event(msg).await,
-                    Err(e) => warn!(error = %e, "event consumer error"),
+                _ = lost.cancelled() => break,
+                Some(msg) = api_sub.next() => {
+                    if !fresh.is_fresh() {
+                        break;
+                    }
+                    self.handle_api(msg, &submit_tx).await
+                }
+                msg = next_of(&mut events) => match msg {
+                    Some(Ok(msg)) => {
+                        if !fresh.is_fresh() {
+                            break; // unacknowledged: redelivered to the new holder
+                        }
+                        self.handle_event(msg).await
+                    }
+                    Some(Err(e)) => warn!(error = %e, "event consumer error"),
+                    None => {
+                        warn!("the event stream ended; reopening it");
+                        events = None;
+                    }
                 },
-                Some(entry) = workers_watch.next() => match entry {
-                    Ok(entry) => self.handle_worker(entry),
-                    Err(e) => warn!(error = %e, "worker watch error"),
+                entry = next_of(&mut workers_watch) => match entry {
+                    Some(Ok(entry)) => self.handle_worker(entry),
+                    Some(Err(e)) => warn!(error = %e, "worker watch error"),
+                    None => {
+                        warn!("the workers watch ended; reopening it");
+                        workers_watch = None;
+                    }
                 },
-                Some(prepared) = submit_rx.recv() => self.adopt(prepared).await,
-                _ = tick.tick() => {}
+                Ok(()) = reconnects.changed() => {
+                    info!("reconnected to NATS: reopening the event stream and workers watch");
+                    events = None;
+                    workers_watch = None;
+                    tick.reset_immediately();
+                }
+                Some(prepared) = submit_rx.recv() => {
+                    if !fresh.is_fresh() {
+                        break;
+                    }
+                    self.adopt(prepared).await
+                }
+                _ = tick.tick() => {
+                    if events.is_none() {
+                        match self.open_events().await {
+                            Ok(s) => events = Some(s),
+                            Err(e) => warn!(error = %format!("{e:#}"), "cannot reopen the event stream"),
+                        }
+                    }
+                    if workers_watch.is_none() {
+                        match self.farm.workers_kv.watch_with_history(">").await {
+                            Ok(w) => workers_watch = Some(w),
+                            Err(e) => warn!(error = %e, "cannot reopen the workers watch"),
+                        }
+                    }
+                }
+            }
+            if lost.is_cancelled() || !fresh.is_fresh() {
+                break;
             }
             self.dispatch().await;
         }
@@ -322,6 +454,29 @@ impl Coordinator {
                         tasks,
                     })
                 });
+                self.reply(reply, r);
+            }
+            api::DRAIN => {
+                let r = decode::<api::DrainRequest>(&msg.payload, "request").and_then(|req| {
+                    let key = nats::worker_key(&req.region, &req.worker);
+                    self.workers.get(&key).cloned().ok_or_else(|| {
+                        ApiError::not_found(format!(
+                            "no worker '{}' in region '{}' (see `suanli workers`)",
+                            req.worker, req.region
+                        ))
+                    })
+                });
+                if let Ok(w) = &r {
+                    info!(worker = %w.id, region = %w.region, "drain requested");
+                    if let Err(e) = self
+                        .farm
+                        .client
+                        .publish(nats::drain_subject(&w.region, &w.id), Bytes::new())
+                        .await
+                    {
+                        warn!(error = %e, "cannot send a drain request");
+                    }
+                }
                 self.reply(reply, r);
             }
             api::CANCEL => {
@@ -497,9 +652,36 @@ impl Coordinator {
                     .await;
                 return;
             }
+            if matches!(
+                ev.kind,
+                suanli_shared::protocol::TaskEventKind::Failed { .. }
+            ) {
+                self.update_blocklist(&ev.job).await;
+            }
             self.settle_job(&ev.job).await;
         }
         let _ = msg.ack().await;
+    }
+
+    /// Blocklists workers that have failed this job too often; they take none of its tasks
+    /// (they hand them back) and dispatch skips regions where no other worker is left.
+    async fn update_blocklist(&mut self, id: &JobId) {
+        let Some(job) = self.jobs.get(id) else { return };
+        let added = job.new_blocklisted(now_ms());
+        if added.is_empty() {
+            return;
+        }
+        let mut rec = job.rec.rec.clone();
+        rec.blocklist.extend(added.iter().cloned());
+        match self.write_job(&rec, job.rec.rev).await {
+            Ok(rev) => {
+                for b in &added {
+                    warn!(job = %id, worker = %b.worker, region = %b.region, failures = b.failures, "worker blocklisted for this job");
+                }
+                self.jobs.get_mut(id).expect("job exists").rec = Versioned { rec, rev };
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot record a blocklisted worker"),
+        }
     }
 
     fn handle_worker(&mut self, entry: Entry) {
@@ -523,10 +705,16 @@ impl Coordinator {
     async fn dispatch(&mut self) {
         let mut free: BTreeMap<suanli_shared::Region, i64> = BTreeMap::new();
         let mut n_workers: BTreeMap<suanli_shared::Region, i64> = BTreeMap::new();
+        let mut region_workers: BTreeMap<suanli_shared::Region, Vec<suanli_shared::WorkerId>> =
+            BTreeMap::new();
         for w in self.live_workers() {
             if w.state != WorkerState::Draining {
                 *free.entry(w.region.clone()).or_default() += w.slots as i64;
                 *n_workers.entry(w.region.clone()).or_default() += 1;
+                region_workers
+                    .entry(w.region.clone())
+                    .or_default()
+                    .push(w.id.clone());
             }
         }
         if free.is_empty() {
@@ -559,16 +747,34 @@ impl Coordinator {
             if ready.is_empty() {
                 continue;
             }
+            let allowed = allowed_regions(&job.rec.rec, &region_workers);
+            if allowed.as_ref().is_some_and(|a| a.is_empty()) {
+                continue;
+            }
             ids.push(job.rec.rec.id.clone());
-            views.push(dispatch::JobView {
-                priority: job.rec.rec.spec.priority,
-                created_ms: job.rec.rec.created_ms,
+            views.push(dispatch::JobView::new(
+                job.rec.rec.spec.priority,
+                job.rec.rec.created_ms,
                 in_flight,
-                allowed: job.rec.rec.spec.regions.clone(),
+                allowed.unwrap_or_else(|| job.rec.rec.spec.regions.clone()),
                 ready,
-            });
+            ));
         }
-        let releases = dispatch::plan(&views, &mut free);
+        let live_slots = |region: &suanli_shared::Region| -> u32 {
+            self.live_workers()
+                .filter(|w| w.state != WorkerState::Draining && &w.region == region)
+                .map(|w| w.slots)
+                .sum()
+        };
+        let mut regions: Vec<dispatch::RegionView> = free
+            .into_iter()
+            .map(|(region, f)| {
+                let slots = live_slots(&region);
+                let profile = suanli_shared::regions::RegionProfile::neutral(region);
+                dispatch::RegionView::new(profile, f, slots)
+            })
+            .collect();
+        let releases = dispatch::plan(&mut views, &mut regions, now);
         let mut touched = Vec::new();
         for release in releases {
             let id = &ids[release.job];
@@ -711,4 +917,31 @@ impl Coordinator {
         self.publish_job_event(id, JobState::Running, None).await;
         Ok(self.jobs[id].status())
     }
+}
+
+/// The regions a job may be released to now, when its blocklist narrows them: the allowed
+/// regions (all live ones when the spec allows any) minus those where every live worker is
+/// blocklisted for the job. `None` when the blocklist changes nothing.
+fn allowed_regions(
+    rec: &JobRecord,
+    region_workers: &BTreeMap<suanli_shared::Region, Vec<suanli_shared::WorkerId>>,
+) -> Option<Vec<suanli_shared::Region>> {
+    if rec.blocklist.is_empty() {
+        return None;
+    }
+    let all_blocked = |region: &suanli_shared::Region| {
+        region_workers.get(region).is_some_and(|ws| {
+            ws.iter().all(|w| {
+                rec.blocklist
+                    .iter()
+                    .any(|b| &b.region == region && &b.worker == w)
+            })
+        })
+    };
+    let candidates: Vec<suanli_shared::Region> = if rec.spec.regions.is_empty() {
+        region_workers.keys().cloned().collect()
+    } else {
+        rec.spec.regions.clone()
+    };
+    Some(candidates.into_iter().filter(|r| !all_blocked(r)).collect())
 }

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use suanli_shared::protocol::{
-    FrameCounts, JobRecord, JobState, JobStatus, RegionFigures, TaskCounts, TaskEvent,
-    TaskEventKind, TaskFailure, TaskRecord, TaskState, MAX_FAILURES_SHOWN,
+    Blocklisted, FrameCounts, JobRecord, JobState, JobStatus, RegionFigures, TaskCounts, TaskEvent,
+    TaskEventKind, TaskFailure, TaskRecord, TaskState, BLOCKLIST_AFTER, MAX_FAILURES_SHOWN,
 };
+use suanli_shared::{Region, WorkerId};
 
 /// How many failures a task record keeps (the oldest are dropped).
 const FAILURES_KEPT: usize = 5;
@@ -220,7 +221,35 @@ impl Job {
             regions,
             failures,
             failures_total,
+            blocklist: rec.blocklist.clone(),
         }
+    }
+
+    /// Workers that have now failed this job [`BLOCKLIST_AFTER`] times and are not blocklisted
+    /// yet. Counted from the failures the task records keep, so the count survives a restart.
+    pub fn new_blocklisted(&self, now_ms: u64) -> Vec<Blocklisted> {
+        let mut counts: BTreeMap<(&Region, &WorkerId), u32> = BTreeMap::new();
+        for t in &self.tasks {
+            for f in &t.rec.failures {
+                *counts.entry((&f.region, &f.worker)).or_default() += 1;
+            }
+        }
+        let listed = &self.rec.rec.blocklist;
+        counts
+            .into_iter()
+            .filter(|((region, worker), n)| {
+                *n >= BLOCKLIST_AFTER
+                    && !listed
+                        .iter()
+                        .any(|b| &b.region == *region && &b.worker == *worker)
+            })
+            .map(|((region, worker), failures)| Blocklisted {
+                region: region.clone(),
+                worker: worker.clone(),
+                failures,
+                at_ms: now_ms,
+            })
+            .collect()
     }
 }
 

@@ -124,6 +124,7 @@ pub async fn prepare(
         created_ms: now,
         finished_ms: all_cached.then_some(now),
         reason: None,
+        blocklist: Vec::new(),
     };
     let rev = farm
         .jobs_kv

@@ -19,6 +19,9 @@ pub const TASKS_BUCKET: &str = "suanli_tasks";
 pub const WORKERS_BUCKET: &str = "suanli_workers";
 /// Durable consumer through which the coordinator folds events into state.
 pub const COORDINATOR_CONSUMER: &str = "coordinator";
+/// Coordinator leadership: one key, [`LEASE_KEY`], held by the coordinator that dispatches.
+pub const LEASE_BUCKET: &str = "suanli_lease";
+pub const LEASE_KEY: &str = "coordinator";
 
 /// Oldest nats-server accepted: older ones cannot create KV buckets with async-nats 0.51 and
 /// silently ignore features Suanli relies on.
@@ -42,6 +45,9 @@ pub fn event_subject(job: &JobId, kind: &str) -> String {
 pub fn job_events(job: &JobId) -> String {
     format!("suanli.evt.{job}.>")
 }
+
+/// Every event of every job, progress included (the TUI's live subscription).
+pub const ALL_EVENTS: &str = "suanli.evt.>";
 
 /// Live heartbeat subject of a worker (core NATS; the lasting copy is in KV).
 pub fn worker_subject(region: &Region, worker: &WorkerId) -> String {
@@ -100,7 +106,33 @@ fn parse_version(v: &str) -> Option<(u64, u64)> {
 /// Connects (reconnecting by itself afterwards) and refuses servers older than
 /// [`MIN_SERVER`] or without JetStream.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
+    Ok(connect_watched(url, name).await?.0)
+}
+
+/// [`connect`], plus a counter that moves on every reconnection. Pull requests and ordered
+/// consumers in flight when a server restarts are lost with it, and the client notices only
+/// after their heartbeats or expiry run out (seconds); a role that watches this counter
+/// reopens them at once instead.
+pub async fn connect_watched(
+    url: &str,
+    name: &str,
+) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>), NatsError> {
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let was_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let client = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let (tx, was_down) = (tx.clone(), was_down.clone());
+            async move {
+                use std::sync::atomic::Ordering;
+                match event {
+                    async_nats::Event::Disconnected => was_down.store(true, Ordering::SeqCst),
+                    async_nats::Event::Connected if was_down.swap(false, Ordering::SeqCst) => {
+                        tx.send_modify(|n| *n += 1)
+                    }
+                    _ => {}
+                }
+            }
+        })
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(30)))
@@ -122,11 +154,18 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsEr
         }
     }
     if !info.jetstream {
-        return Err(NatsError::NoJetStream {
-            url: url.to_string(),
-        });
+        // A leaf node without JetStream of its own (a region's leaf, deploy/nats/leaf.conf)
+        // forwards the JetStream API to its hub: refuse only a server where no JetStream
+        // answers at all.
+        let js = jetstream::new(client.clone());
+        let answered = tokio::time::timeout(Duration::from_secs(5), js.query_account()).await;
+        if !matches!(answered, Ok(Ok(_))) {
+            return Err(NatsError::NoJetStream {
+                url: url.to_string(),
+            });
+        }
     }
-    Ok(client)
+    Ok((client, rx))
 }
 
 /// Handles to every stream and bucket, created if missing.
@@ -138,6 +177,7 @@ pub struct Farm {
     pub jobs_kv: kv::Store,
     pub tasks_kv: kv::Store,
     pub workers_kv: kv::Store,
+    pub lease_kv: kv::Store,
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> NatsError {
@@ -179,6 +219,7 @@ pub async fn setup(client: async_nats::Client) -> Result<Farm, NatsError> {
     let jobs_kv = bucket(&js, JOBS_BUCKET, Duration::ZERO).await?;
     let tasks_kv = bucket(&js, TASKS_BUCKET, Duration::ZERO).await?;
     let workers_kv = bucket(&js, WORKERS_BUCKET, Duration::from_secs(24 * 3600)).await?;
+    let lease_kv = bucket(&js, LEASE_BUCKET, Duration::ZERO).await?;
     Ok(Farm {
         client,
         js,
@@ -186,6 +227,7 @@ pub async fn setup(client: async_nats::Client) -> Result<Farm, NatsError> {
         jobs_kv,
         tasks_kv,
         workers_kv,
+        lease_kv,
     })
 }
 

@@ -216,6 +216,84 @@ fn check_template(arg: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How placement weighs a job's regions (the formula is in `docs/SCHEDULING.md`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Money and time weighed equally; waits for a cheaper region only while the wait costs
+    /// less time than the saving is worth.
+    #[default]
+    Balanced,
+    /// Least money: waits for the cheapest region unless the deadline is at risk.
+    Cheapest,
+    /// Earliest finish: every free slot is used, the fastest region first.
+    Fastest,
+    /// Least carbon (energy with PUE times grid intensity), unless the deadline is at risk.
+    Greenest,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 4] = [
+        Policy::Balanced,
+        Policy::Cheapest,
+        Policy::Fastest,
+        Policy::Greenest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Balanced => "balanced",
+            Policy::Cheapest => "cheapest",
+            Policy::Fastest => "fastest",
+            Policy::Greenest => "greenest",
+        }
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown policy name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown placement policy '{0}' (known: balanced, cheapest, fastest, greenest)")]
+pub struct PolicyError(pub String);
+
+impl std::str::FromStr for Policy {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s.trim())
+            .ok_or_else(|| PolicyError(s.to_string()))
+    }
+}
+
+/// Where and how fast a job should run. None of it changes pixels, so none of it is part of
+/// the task key; every field defaults, so records written before it existed still decode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    /// `None`: the farm's default (the region catalog's `policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    /// When the studio needs every frame, Unix milliseconds; placement pays for speed when
+    /// the estimated finish would pass it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Most tasks of this job released at once (queued or running), over all regions, so one
+    /// job cannot take the whole farm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slots: Option<u32>,
+}
+
+/// Deadlines are accepted between 2000-01-01 and 3000-01-01 (Unix ms): outside that, the
+/// number is almost surely in seconds or a typo.
+const DEADLINE_RANGE_MS: std::ops::Range<u64> = 946_684_800_000..32_503_680_000_000;
+
 /// A job as submitted, after its inputs are uploaded. Every field is checked by
 /// [`JobSpec::validate`] before anything is enqueued.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +317,9 @@ pub struct JobSpec {
     /// Output file name pattern: a plain file name with one run of `#` for the frame number;
     /// the extension comes from the renderer.
     pub output: String,
+    /// Policy, deadline and slot cap (flattened: `policy`, `deadline_ms`, `max_slots`).
+    #[serde(flatten)]
+    pub placement: Placement,
 }
 
 /// Why a job spec was refused.
@@ -262,6 +343,10 @@ pub enum SpecError {
     Retries(u32),
     #[error("task timeout must be between 1 second and 7 days")]
     Timeout,
+    #[error("max_slots must be at least 1 (leave it out for no cap)")]
+    MaxSlots,
+    #[error("deadline {0} is not a Unix time in milliseconds between the years 2000 and 3000 (seconds given by mistake?)")]
+    Deadline(u64),
 }
 
 impl JobSpec {
@@ -285,6 +370,14 @@ impl JobSpec {
         }
         if !(1..=7 * 24 * 3600).contains(&self.task_timeout_secs) {
             return Err(SpecError::Timeout);
+        }
+        if self.placement.max_slots == Some(0) {
+            return Err(SpecError::MaxSlots);
+        }
+        if let Some(d) = self.placement.deadline_ms {
+            if !DEADLINE_RANGE_MS.contains(&d) {
+                return Err(SpecError::Deadline(d));
+            }
         }
         Ok(())
     }
@@ -641,7 +734,22 @@ pub struct JobRecord {
     pub created_ms: u64,
     pub finished_ms: Option<u64>,
     pub reason: Option<String>,
+    /// Workers that failed this job too often; they take none of its tasks.
+    #[serde(default)]
+    pub blocklist: Vec<Blocklisted>,
 }
+
+/// A worker barred from one job after failing it [`BLOCKLIST_AFTER`] times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blocklisted {
+    pub region: Region,
+    pub worker: WorkerId,
+    pub failures: u32,
+    pub at_ms: u64,
+}
+
+/// Failures of one job on one worker after which that worker is blocklisted for the job.
+pub const BLOCKLIST_AFTER: u32 = 3;
 
 /// A task in the `suanli_tasks` bucket (key: `<job>.<task index>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -776,6 +884,9 @@ pub struct JobStatus {
     /// [`MAX_FAILURES_SHOWN`]; `failures_total` counts them all).
     pub failures: Vec<TaskFailure>,
     pub failures_total: u32,
+    /// Workers barred from this job, and why.
+    #[serde(default)]
+    pub blocklist: Vec<Blocklisted>,
 }
 
 /// How many task failures `status` lists.
@@ -835,7 +946,7 @@ pub mod api {
         pub limit: u32,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct TasksPage {
         /// Tasks in the job.
         pub total: u32,
@@ -918,6 +1029,7 @@ mod tests {
             inputs: InputManifest::default().hash(),
             scene: None,
             output: "frame_####".into(),
+            placement: Placement::default(),
         }
     }
 
@@ -942,6 +1054,12 @@ mod tests {
             base,
             "name, priority and retries do not change pixels"
         );
+        b.placement = Placement {
+            policy: Some(Policy::Greenest),
+            deadline_ms: Some(1_900_000_000_000),
+            max_slots: Some(3),
+        };
+        assert_eq!(keys(&b), base, "placement does not change pixels");
         let mut c = a.clone();
         c.renderer = RendererSpec::Builtin {
             width: 64,
@@ -993,6 +1111,46 @@ mod tests {
             ext: "png".into(),
         };
         assert_eq!(s.validate(), Err(SpecError::MissingScene("command")));
+    }
+
+    #[test]
+    fn placement_fields_default_validate_and_stay_flat() {
+        let s = spec();
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json.get("policy").is_none() && json.get("placement").is_none());
+        // A record written before placement existed still decodes.
+        let old: JobSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old.placement, Placement::default());
+        let mut p = spec();
+        p.placement = Placement {
+            policy: Some(Policy::Cheapest),
+            deadline_ms: Some(1_900_000_000_000),
+            max_slots: Some(8),
+        };
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["policy"], "cheapest");
+        assert_eq!(json["deadline_ms"], 1_900_000_000_000u64);
+        assert_eq!(json["max_slots"], 8);
+        assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap(), p);
+        assert!(p.validate().is_ok());
+        p.placement.max_slots = Some(0);
+        assert_eq!(p.validate(), Err(SpecError::MaxSlots));
+        p.placement.max_slots = None;
+        p.placement.deadline_ms = Some(1_900_000_000);
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("seconds given by mistake"));
+        assert_eq!("fastest".parse::<Policy>(), Ok(Policy::Fastest));
+        assert!("cheap"
+            .parse::<Policy>()
+            .unwrap_err()
+            .to_string()
+            .contains("known: balanced, cheapest, fastest, greenest"));
+        for policy in Policy::ALL {
+            assert_eq!(policy.as_str().parse::<Policy>(), Ok(policy));
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use futures::StreamExt;
 use suanli_shared::layout;
 use suanli_shared::nats::{self, Farm};
 use suanli_shared::protocol::{
-    now_ms, CurrentTask, Failure, OutputFile, OutputManifest, RendererSpec, TaskAssignment,
-    TaskEvent, TaskEventKind, TaskRecord, WorkerInfo, WorkerState,
+    now_ms, CurrentTask, Failure, JobRecord, OutputFile, OutputManifest, RendererSpec,
+    TaskAssignment, TaskEvent, TaskEventKind, TaskRecord, WorkerInfo, WorkerState,
 };
 use suanli_shared::store::{Commit, Store, StoreErrorKind};
 use suanli_shared::{ContentHash, JobId, Region, WorkerId};
@@ -104,7 +104,8 @@ struct Shared {
 /// Runs a worker until `shutdown` fires, then drains: no new tasks, running ones finish within
 /// the grace period or go back to the queue, and the worker's record is removed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = nats::connect(&config.nats_url, &format!("suanli-worker-{}", config.name)).await?;
+    let (client, mut reconnects) =
+        nats::connect_watched(&config.nats_url, &format!("suanli-worker-{}", config.name)).await?;
     let farm = nats::setup(client).await?;
     let store = Store::open(&config.store_url)?;
     let cache = Cache::open(&config.cache_dir, config.cache_max_bytes, store.clone())
@@ -129,6 +130,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let consumer = region_consumer(&shared).await?;
     info!(worker = %cfg.name, region = %cfg.region, slots = cfg.slots, renderers = ?shared.renderers, "worker ready");
 
+    // `stop` ends the fetch loop: the caller's shutdown (SIGTERM), an operator's drain request,
+    // or losing this worker's name to another process.
+    let stop = shutdown.child_token();
+    let shutdown = stop.clone();
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
     tracker.spawn(heartbeats(
@@ -136,9 +141,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         key.clone(),
         rev,
         background.clone(),
-        shutdown.clone(),
+        stop.clone(),
     ));
     tracker.spawn(cancel_listener(shared.clone(), background.clone()));
+    tracker.spawn(drain_listener(shared.clone(), background.clone(), stop));
 
     let tasks = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.slots as usize));
@@ -150,6 +156,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => break,
             m = fetch_one(&consumer) => m,
+            // A pull request in flight died with the old connection: ask again at once.
+            Ok(()) = reconnects.changed() => Ok(None),
         };
         match fetched {
             Ok(Some(msg)) => {
@@ -228,6 +236,11 @@ fn info_record(sh: &Shared) -> WorkerInfo {
     }
 }
 
+/// Whether a process with this pid runs on this host (it may be an unrelated one).
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -248,7 +261,10 @@ async fn register(sh: &Shared, key: &str) -> anyhow::Result<u64> {
                 .context("worker record vanished while registering; try again")?;
             if let Ok(old) = serde_json::from_slice::<WorkerInfo>(&entry.value) {
                 let lost = sh.config.lost_after.as_millis() as u64;
-                if old.observed_state(now_ms(), lost) != WorkerState::Lost {
+                // A process restarted after a crash (systemd, a chaos test) takes its name back
+                // at once when the old one provably died on this host.
+                let died_here = old.host == hostname() && !pid_alive(old.pid);
+                if !died_here && old.observed_state(now_ms(), lost) != WorkerState::Lost {
                     anyhow::bail!(
                         "a worker named '{}' is already running in region '{}' (host {}, pid {}): give this one another --name",
                         old.id, old.region, old.host, old.pid
@@ -344,6 +360,26 @@ async fn cancel_listener(sh: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Waits for an operator's drain request (`suanli worker drain`, the TUI's `d`) and then stops
+/// the fetch loop, exactly as SIGTERM does.
+async fn drain_listener(sh: Arc<Shared>, stop: CancellationToken, drain: CancellationToken) {
+    let subject = nats::drain_subject(&sh.config.region, &sh.config.name);
+    let mut sub = match sh.farm.client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for drain requests");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        m = sub.next() => if m.is_some() {
+            info!(worker = %sh.config.name, "drain requested by an operator");
+            drain.cancel();
+        },
+    }
+}
+
 async fn region_consumer(sh: &Shared) -> anyhow::Result<PullConsumer> {
     let name = nats::region_consumer(&sh.config.region);
     sh.farm
@@ -412,6 +448,13 @@ async fn handle(
         let _ = acker.ack().await;
         return;
     }
+    if blocklisted(&sh, &task.job).await {
+        debug!(job = %task.job, task = task.task, "blocklisted for this job; handing the task back");
+        let _ = acker
+            .ack_with(AckKind::Nak(Some(BLOCKLISTED_NAK_DELAY)))
+            .await;
+        return;
+    }
     let cancel = CancellationToken::new();
     let fraction = Arc::new(AtomicU32::new(0f32.to_bits()));
     lock(&sh.running).insert(
@@ -465,6 +508,22 @@ async fn handle(
                 let _ = acker.ack().await;
             }
         }
+    }
+}
+
+/// How long a task this worker may not run waits before the queue offers it again (to another
+/// worker of the region, most likely).
+const BLOCKLISTED_NAK_DELAY: Duration = Duration::from_secs(2);
+
+/// Whether the coordinator barred this worker from the job after repeated failures.
+async fn blocklisted(sh: &Shared, job: &JobId) -> bool {
+    match sh.farm.jobs_kv.get(job.as_str()).await {
+        Ok(Some(bytes)) => serde_json::from_slice::<JobRecord>(&bytes).is_ok_and(|rec| {
+            rec.blocklist
+                .iter()
+                .any(|b| b.region == sh.config.region && b.worker == sh.config.name)
+        }),
+        _ => false,
     }
 }
 
@@ -760,7 +819,11 @@ async fn commit(
         .put_if_absent(&layout::output_manifest(&task.key), body)
         .await
     {
-        Ok(Commit::Created) => Ok((manifest.files, false)),
+        Ok(Commit::Created) => {
+            // Chaos runs count these lines: one per task key, ever.
+            info!(job = %task.job, task = task.task, key = %task.key, "output committed");
+            Ok((manifest.files, false))
+        }
         Ok(Commit::AlreadyExisted) => {
             info!(job = %task.job, task = task.task, "another run committed this task first; using its outputs");
             match committed(&sh.store, &task.key).await? {

@@ -10,7 +10,10 @@
 //! - stdout and stderr are drained concurrently, line by line, with bounded lines and bounded
 //!   tails, so a chatty or hostile renderer can neither block on a full pipe nor exhaust memory;
 //! - the worker's secrets (object-store and NATS credentials) are not passed on in the
-//!   environment.
+//!   environment;
+//! - the renderer gets SIGKILL from the kernel when the worker dies (`PR_SET_PDEATHSIG`), so a
+//!   worker killed with SIGKILL leaves no renderer behind. (Helpers the renderer itself spawned
+//!   are not covered by this: a group outlives a SIGKILLed worker only through them.)
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -303,6 +306,25 @@ pub async fn run(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2) and
+    // getppid(2), both async-signal-safe; it allocates nothing.
+    unsafe {
+        let parent = libc::getpid();
+        cmd.pre_exec(move || {
+            // Die with the worker. The signal follows the thread that forked, which is a
+            // runtime worker thread living as long as the worker.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The worker died between fork and prctl: nobody will reap or signal us.
+            if libc::getppid() != parent {
+                return Err(io::Error::other(
+                    "the worker died while starting the renderer",
+                ));
+            }
+            Ok(())
+        });
+    }
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }

@@ -1,0 +1,238 @@
+//! Helpers shared by the end-to-end test files: files, processes, and the roles run as real
+//! `suanli` processes (so a test can kill them the way a data center does).
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use suanli::client::Client;
+use suanli::jobfile::{self, JobFile, Overrides};
+use suanli::localfarm::NatsServer;
+use suanli_shared::protocol::JobSpec;
+use suanli_shared::store::Store;
+
+pub fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+/// Resolves and uploads a job the way `suanli submit` does.
+pub async fn prepare(store: &Store, flags: Overrides, base: &Path) -> JobSpec {
+    let mut resolved = jobfile::resolve(JobFile::default(), flags, base).expect("valid job");
+    jobfile::upload_inputs(store, &mut resolved)
+        .await
+        .expect("inputs uploaded");
+    resolved.spec
+}
+
+/// Waits (bounded) until `path` holds a whole line, and returns its text.
+pub async fn wait_for_text(path: &Path) -> String {
+    let text = wait_until(Duration::from_secs(60), || {
+        std::fs::read_to_string(path)
+            .ok()
+            .filter(|t| t.ends_with('\n'))
+    })
+    .await;
+    text.unwrap_or_else(|| panic!("{} was never written", path.display()))
+}
+
+/// Polls `probe` every 50 ms until it gives a value or `limit` passes.
+pub async fn wait_until<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Alive and not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Sends a signal by name (TERM, STOP, CONT) with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{name} {pid} failed");
+}
+
+/// A farm whose roles are separate `suanli` processes: a nats-server on a free port, a file
+/// store and a folder for logs and caches, all removed at the end.
+pub struct ProcFarm {
+    pub dir: tempfile::TempDir,
+    pub nats: NatsServer,
+    pub store_url: String,
+}
+
+impl ProcFarm {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = NatsServer::start(&dir.path().join("nats"), 0).expect("nats-server starts");
+        let store_url = format!("file://{}", dir.path().join("store").display());
+        std::fs::create_dir_all(dir.path().join("store")).unwrap();
+        Self {
+            dir,
+            nats,
+            store_url,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn nats_url(&self) -> String {
+        self.nats.url()
+    }
+
+    pub fn store(&self) -> Store {
+        Store::open(&self.store_url).unwrap()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.nats_url()).await.unwrap()
+    }
+
+    /// Starts `suanli <args>` with this farm's NATS and store; output goes to `<name>.log`.
+    pub fn role(&self, name: &str, args: &[&str]) -> Role {
+        self.spawn(name, env!("CARGO_BIN_EXE_suanli"), args)
+    }
+
+    /// Starts any program with this farm's environment (`SUANLI_NATS`, `SUANLI_STORE`).
+    pub fn spawn(&self, name: &str, program: &str, args: &[&str]) -> Role {
+        let log = self.path().join(format!("{name}.log"));
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .env("SUANLI_NATS", self.nats_url())
+            .env("SUANLI_STORE", &self.store_url)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("suanli starts");
+        Role {
+            child,
+            log,
+            exited: None,
+        }
+    }
+
+    pub fn coordinator(&self, name: &str, extra: &[&str]) -> Role {
+        let mut args = vec!["coordinator"];
+        args.extend_from_slice(extra);
+        self.role(name, &args)
+    }
+
+    /// A worker with its own cache folder, `<dir>/cache-<name>`.
+    pub fn worker(&self, region: &str, name: &str, extra: &[&str]) -> Role {
+        let cache = self.path().join(format!("cache-{name}"));
+        let cache = cache.to_str().unwrap().to_string();
+        let mut args = vec![
+            "worker",
+            "--region",
+            region,
+            "--name",
+            name,
+            "--cache-dir",
+            &cache,
+        ];
+        args.extend_from_slice(extra);
+        self.role(name, &args)
+    }
+
+    /// Waits until the coordinator answers and lists `n` live workers.
+    pub async fn wait_for_workers(&self, client: &Client, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(ws) = client.workers().await {
+                let live = ws
+                    .iter()
+                    .filter(|w| w.state != suanli_shared::protocol::WorkerState::Lost)
+                    .count();
+                if live >= n {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{n} workers never registered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A `suanli` process, killed on drop.
+pub struct Role {
+    pub child: Child,
+    pub log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Role {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        self.exited = self.child.wait().ok();
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        if self.exited.is_some() {
+            return self.exited;
+        }
+        let child = &mut self.child;
+        let status = wait_until(limit, || child.try_wait().ok().flatten()).await;
+        self.exited = status;
+        status
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        wait_until(limit, || self.log_text().contains(needle).then_some(()))
+            .await
+            .is_some()
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
