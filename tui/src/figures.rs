@@ -1,0 +1,269 @@
+//! Figures derived from the state for the views: per-region capacity and utilization, per-job
+//! progress, ETA and cost, and the ledger. Pure functions of the state, computed at draw time
+//! (a few thousand records: microseconds), so the state keeps only what was observed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use suanli_shared::protocol::{JobStatus, WorkerState};
+use suanli_shared::regions::RegionProfile;
+use suanli_shared::Region;
+
+use crate::state::{State, BUCKET_MS, MINUTE_BUCKETS};
+
+/// One line of the regions table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionRow {
+    pub region: Region,
+    pub live_workers: u32,
+    pub known_workers: u32,
+    pub busy_slots: u32,
+    pub live_slots: u32,
+    /// Busy slot-seconds over live slot-seconds in the last minute; `None` with no live slots.
+    pub utilization: Option<f64>,
+    /// Tasks waiting in the region's queue, when known.
+    pub queue: Option<u64>,
+    pub frames_per_min: f64,
+    pub price: Option<f64>,
+    pub pue: Option<f64>,
+}
+
+/// The catalog's figures for a region: its own entry, the neutral ones when the catalog does
+/// not name it, nothing when there is no catalog at all.
+pub fn profile(state: &State, region: &Region) -> Option<RegionProfile> {
+    let catalog = state.catalog.as_ref()?;
+    Some(
+        catalog
+            .get(region)
+            .cloned()
+            .unwrap_or_else(|| RegionProfile::neutral(region.clone())),
+    )
+}
+
+/// Every region the terminal knows of: from workers, the catalog, queues, job figures.
+pub fn regions(state: &State) -> BTreeSet<Region> {
+    let mut out: BTreeSet<Region> = state.workers.iter().map(|w| w.region.clone()).collect();
+    if let Some(c) = &state.catalog {
+        out.extend(c.keys().cloned());
+    }
+    out.extend(state.depths.keys().cloned());
+    for j in &state.jobs {
+        out.extend(j.regions.keys().filter_map(|r| r.parse::<Region>().ok()));
+    }
+    out
+}
+
+pub fn region_rows(state: &State) -> Vec<RegionRow> {
+    let mut rows: BTreeMap<Region, RegionRow> = regions(state)
+        .into_iter()
+        .map(|region| {
+            let p = profile(state, &region);
+            let row = RegionRow {
+                live_workers: 0,
+                known_workers: 0,
+                busy_slots: 0,
+                live_slots: 0,
+                utilization: None,
+                queue: state.depths.get(&region).copied(),
+                frames_per_min: 0.0,
+                price: p.as_ref().map(|p| p.price_per_core_hour),
+                pue: p.as_ref().map(|p| p.pue),
+                region,
+            };
+            (row.region.clone(), row)
+        })
+        .collect();
+    for w in &state.workers {
+        let Some(row) = rows.get_mut(&w.region) else {
+            continue;
+        };
+        row.known_workers += 1;
+        if w.state != WorkerState::Lost {
+            row.live_workers += 1;
+            row.busy_slots += w.busy.min(w.slots);
+            row.live_slots += w.slots;
+        }
+    }
+    for row in rows.values_mut() {
+        if let Some(h) = state.history.get(&row.region) {
+            let (busy, live) = h.util.sum(state.now_ms, MINUTE_BUCKETS);
+            row.utilization = (live > 0.0).then(|| busy / live);
+            row.frames_per_min = frames_per_min(&h.frames, state.now_ms);
+        }
+        if row.utilization.is_none() && row.live_slots > 0 {
+            // No samples yet: the instant figure.
+            row.utilization = Some(row.busy_slots as f64 / row.live_slots as f64);
+        }
+    }
+    rows.into_values().collect()
+}
+
+/// Frames per minute over the last minute of a frames series.
+pub fn frames_per_min(series: &crate::state::Series, now_ms: u64) -> f64 {
+    series.sum(now_ms, MINUTE_BUCKETS).0
+}
+
+/// Utilization per bucket of a region (busy over live slot samples), oldest first.
+pub fn utilization_history(state: &State, region: &Region, n: usize) -> Vec<Option<f64>> {
+    match state.history.get(region) {
+        None => vec![None; n],
+        Some(h) => h
+            .util
+            .window(state.now_ms, n)
+            .into_iter()
+            .map(|b| b.and_then(|b| (b.b > 0.0).then(|| b.a / b.b)))
+            .collect(),
+    }
+}
+
+/// Farm-wide frames rendered per bucket, oldest first: zero where nothing was rendered,
+/// `None` before the terminal started watching.
+pub fn throughput_history(state: &State, n: usize) -> Vec<Option<f64>> {
+    let first_seen = state.started_ms / BUCKET_MS;
+    let last = state.now_ms / BUCKET_MS;
+    state
+        .farm_frames
+        .window(state.now_ms, n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let id = (last + 1 + i as u64).checked_sub(n as u64);
+            match b {
+                Some(b) => Some(b.a),
+                None if id.is_some_and(|id| id >= first_seen) => Some(0.0),
+                None => None,
+            }
+        })
+        .collect()
+}
+
+/// Money and energy of some core-seconds per region.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spend {
+    pub core_hours: f64,
+    /// `None` without a catalog.
+    pub cost: Option<f64>,
+    /// Facility energy: IT energy of the busy cores times PUE.
+    pub kwh: Option<f64>,
+    pub bytes_in: u64,
+    pub frames: u64,
+}
+
+impl Spend {
+    fn add(&mut self, other: &Spend) {
+        self.core_hours += other.core_hours;
+        self.cost = sum_opt(self.cost, other.cost);
+        self.kwh = sum_opt(self.kwh, other.kwh);
+        self.bytes_in += other.bytes_in;
+        self.frames += other.frames;
+    }
+}
+
+fn sum_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        _ => None,
+    }
+}
+
+/// What `core_seconds` rendered in `region` cost.
+pub fn spend(state: &State, region: &str, core_seconds: f64, bytes_in: u64, frames: u64) -> Spend {
+    let core_hours = core_seconds / 3600.0;
+    let profile = region
+        .parse::<Region>()
+        .ok()
+        .and_then(|r| profile(state, &r));
+    Spend {
+        core_hours,
+        cost: profile
+            .as_ref()
+            .map(|p| core_hours * p.price_per_core_hour + bytes_in as f64 / 1e9 * p.egress_per_gb),
+        kwh: profile
+            .as_ref()
+            .map(|p| core_hours * p.watts_per_core / 1000.0 * p.pue),
+        bytes_in,
+        frames,
+    }
+}
+
+/// A job's spend over every region it rendered in.
+pub fn job_spend(state: &State, job: &JobStatus) -> Spend {
+    let mut total = Spend {
+        cost: state.catalog.as_ref().map(|_| 0.0),
+        kwh: state.catalog.as_ref().map(|_| 0.0),
+        ..Spend::default()
+    };
+    for (region, f) in &job.regions {
+        total.add(&spend(
+            state,
+            region,
+            f.core_seconds,
+            f.bytes_in,
+            f.frames_done as u64,
+        ));
+    }
+    total
+}
+
+/// Seconds until a job is done: remaining tasks in waves of the tasks it runs at once, each
+/// wave as long as its measured mean task. `None` for a finished job or before any task of it
+/// has been measured.
+pub fn eta_secs(state: &State, job: &JobStatus) -> Option<f64> {
+    if job.state.is_final() {
+        return None;
+    }
+    let t = &job.tasks;
+    let remaining = t.total.saturating_sub(t.done + t.failed + t.canceled);
+    if remaining == 0 {
+        return None;
+    }
+    let mean = state.mean_task_secs(&job.id)?;
+    let parallel = t.running.max(1);
+    Some(remaining.div_ceil(parallel) as f64 * mean)
+}
+
+/// Seconds since the job was submitted (until it finished).
+pub fn elapsed_secs(state: &State, job: &JobStatus) -> f64 {
+    let end = job.finished_ms.unwrap_or(state.now_ms);
+    end.saturating_sub(job.created_ms) as f64 / 1000.0
+}
+
+/// The ledger: spend per region and per job, with totals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ledger {
+    pub regions: Vec<(String, Spend)>,
+    pub jobs: Vec<Spend>,
+    pub total: Spend,
+}
+
+pub fn ledger(state: &State) -> Ledger {
+    let known = state.catalog.as_ref().map(|_| 0.0);
+    let zero = Spend {
+        cost: known,
+        kwh: known,
+        ..Spend::default()
+    };
+    let mut per_region: BTreeMap<String, Spend> = BTreeMap::new();
+    let mut jobs = Vec::with_capacity(state.jobs.len());
+    let mut total = zero;
+    for job in &state.jobs {
+        let mut js = zero;
+        for (region, f) in &job.regions {
+            let s = spend(
+                state,
+                region,
+                f.core_seconds,
+                f.bytes_in,
+                f.frames_done as u64,
+            );
+            per_region.entry(region.clone()).or_insert(zero).add(&s);
+            js.add(&s);
+        }
+        total.add(&js);
+        jobs.push(js);
+    }
+    Ledger {
+        regions: per_region.into_iter().collect(),
+        jobs,
+        total,
+    }
+}
