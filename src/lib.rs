@@ -6,3 +6,4 @@ pub mod client;
 pub mod demo;
 pub mod jobfile;
 pub mod localfarm;
+pub mod tui_api;
