@@ -149,10 +149,9 @@ impl FarmApi for TuiFarm {
         task_key: &ContentHash,
         file: &OutputFile,
     ) -> Result<Vec<u8>, FarmError> {
-        let store = self
-            .store
-            .as_ref()
-            .ok_or_else(|| FarmError::refused("no object store given (--store)"))?;
+        let store = self.store.as_ref().ok_or_else(|| {
+            FarmError::refused("no object store to read frames from: pass --store URL")
+        })?;
         store
             .get_bytes(&layout::output_file(task_key, &file.hash, &file.name))
             .await
@@ -164,13 +163,27 @@ impl FarmApi for TuiFarm {
 /// `suanli tui`: the terminal against the farm at `nats`, previews from `store`.
 pub async fn run(nats: &str, store: &str) -> anyhow::Result<u8> {
     // Without a store the terminal still runs; only the preview says why it cannot show.
-    let store = Store::open(store).ok();
+    let store = open_existing_store(store);
     let options = suanli_tui::Options {
         stderr_log: Some(stderr_log_path()),
         ..Default::default()
     };
     suanli_tui::run(TuiFarm::new(nats, store), options).await?;
     Ok(0)
+}
+
+/// Opens the store unless it is a local folder that does not exist: a viewer should not
+/// create `./suanli-store` wherever it is started (opening a local store creates its folder).
+fn open_existing_store(url: &str) -> Option<Store> {
+    let local = match url.strip_prefix("file://") {
+        Some(path) => Some(path),
+        None if !url.contains("://") => Some(url),
+        None => None,
+    };
+    if local.is_some_and(|path| !std::path::Path::new(path).is_dir()) {
+        return None;
+    }
+    Store::open(url).ok()
 }
 
 fn stderr_log_path() -> PathBuf {
