@@ -340,7 +340,10 @@ async fn poll_loop<A: FarmApi>(
         }
         match want.job {
             Some(job) => {
-                if !tasks.refresh(&*api, &tx, &job, want.sel, &shutdown).await {
+                if !tasks
+                    .refresh(&*api, &tx, (&job, want.total), want.sel, &shutdown)
+                    .await
+                {
                     return;
                 }
             }
@@ -365,13 +368,16 @@ impl TaskLoader {
         &mut self,
         api: &A,
         tx: &mpsc::Sender<Action>,
-        job: &JobId,
+        (job, known_total): (&JobId, u32),
         sel: u32,
         shutdown: &CancellationToken,
     ) -> bool {
         if self.job.as_ref() != Some(job) {
+            // The job's size from its status lets every page be asked for at once; with 0
+            // the first page tells.
             *self = TaskLoader {
                 job: Some(job.clone()),
+                total: known_total,
                 ..TaskLoader::default()
             };
         }
@@ -640,5 +646,144 @@ impl Drop for Screen {
                 std::panic::set_hook(prev);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use futures::stream::BoxStream;
+    use suanli_shared::protocol::api::TasksPage;
+    use suanli_shared::protocol::{JobStatus, OutputFile, TaskState, WorkerInfo};
+    use suanli_shared::regions::RegionProfile;
+    use suanli_shared::{ContentHash, JobId, Region, WorkerId};
+
+    use super::*;
+    use crate::api::FarmEvent;
+    use crate::fixtures;
+
+    /// Serves a job of `total` pending tasks page by page and records each page asked for.
+    struct Pages {
+        total: u32,
+        asked: Mutex<Vec<u32>>,
+    }
+
+    fn nothing<T>() -> Result<T, FarmError> {
+        Err(FarmError::refused("not in this test"))
+    }
+
+    impl FarmApi for Pages {
+        async fn jobs(&self) -> Result<Vec<JobStatus>, FarmError> {
+            nothing()
+        }
+        async fn workers(&self) -> Result<Vec<WorkerInfo>, FarmError> {
+            nothing()
+        }
+        async fn tasks(
+            &self,
+            job: &JobId,
+            offset: u32,
+            limit: u32,
+        ) -> Result<TasksPage, FarmError> {
+            self.asked.lock().unwrap().push(offset);
+            let end = (offset + limit).min(self.total);
+            Ok(TasksPage {
+                total: self.total,
+                offset,
+                tasks: (offset..end)
+                    .map(|i| fixtures::task(job, i, TaskState::Pending, "guian", "guian-1"))
+                    .collect(),
+            })
+        }
+        async fn regions(&self) -> Result<Vec<RegionProfile>, FarmError> {
+            nothing()
+        }
+        async fn queue_depths(&self, _: &[Region]) -> Result<BTreeMap<Region, u64>, FarmError> {
+            nothing()
+        }
+        async fn cancel(&self, _: &JobId) -> Result<JobStatus, FarmError> {
+            nothing()
+        }
+        async fn retry(&self, _: &JobId) -> Result<JobStatus, FarmError> {
+            nothing()
+        }
+        async fn drain(&self, _: &Region, _: &WorkerId) -> Result<WorkerInfo, FarmError> {
+            nothing()
+        }
+        async fn events(&self) -> Result<BoxStream<'static, FarmEvent>, FarmError> {
+            nothing()
+        }
+        async fn read_output(&self, _: &ContentHash, _: &OutputFile) -> Result<Vec<u8>, FarmError> {
+            nothing()
+        }
+    }
+
+    /// Runs one refresh; returns the offsets asked for and the tasks posted.
+    async fn refresh(
+        loader: &mut TaskLoader,
+        farm: &Pages,
+        known: u32,
+        sel: u32,
+    ) -> (Vec<u32>, u32) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let job = fixtures::job_id(1);
+        farm.asked.lock().unwrap().clear();
+        assert!(
+            loader
+                .refresh(farm, &tx, (&job, known), sel, &CancellationToken::new())
+                .await
+        );
+        drop(tx);
+        let mut posted = 0;
+        while let Some(a) = rx.recv().await {
+            if let Action::Tasks { page, .. } = a {
+                posted += page.tasks.len() as u32;
+            }
+        }
+        (farm.asked.lock().unwrap().clone(), posted)
+    }
+
+    #[tokio::test]
+    async fn small_jobs_reload_every_page_each_poll() {
+        let farm = Pages {
+            total: 1_200,
+            asked: Mutex::new(Vec::new()),
+        };
+        let mut loader = TaskLoader::default();
+        // Size unknown: the first page tells, then the rest.
+        assert_eq!(
+            refresh(&mut loader, &farm, 0, 0).await,
+            (vec![0, 500, 1000], 1_200)
+        );
+        assert!(loader.loaded_all);
+        assert_eq!(
+            refresh(&mut loader, &farm, 0, 0).await,
+            (vec![0, 500, 1000], 1_200)
+        );
+    }
+
+    #[tokio::test]
+    async fn large_jobs_load_once_then_refresh_the_selection_and_one_more_page() {
+        let farm = Pages {
+            total: 5_000,
+            asked: Mutex::new(Vec::new()),
+        };
+        let mut loader = TaskLoader::default();
+        let (asked, posted) = refresh(&mut loader, &farm, 5_000, 0).await;
+        assert_eq!((asked.len(), posted), (10, 5_000));
+        // Selection on task 2,600 (page 5); the sweep moves one page per poll.
+        assert_eq!(
+            refresh(&mut loader, &farm, 5_000, 2_600).await.0,
+            vec![2_500, 500]
+        );
+        assert_eq!(
+            refresh(&mut loader, &farm, 5_000, 2_600).await.0,
+            vec![2_500, 1_000]
+        );
+        // Another job starts over.
+        loader.job = Some(fixtures::job_id(2));
+        assert_eq!(refresh(&mut loader, &farm, 5_000, 0).await.0.len(), 10);
     }
 }
