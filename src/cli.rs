@@ -44,10 +44,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the coordinator: accepts jobs, dispatches tasks, tracks state.
-    Coordinator,
-    /// Run a worker that renders tasks for one region.
-    Worker(WorkerArgs),
+    /// Run the coordinator: accepts jobs, dispatches tasks, tracks state. A second one stands
+    /// by and takes over when the first stops.
+    Coordinator(CoordinatorArgs),
+    /// Run a worker that renders tasks for one region (`suanli worker --region R`), or drain a
+    /// running one (`suanli worker drain NAME`).
+    Worker(WorkerCommand),
     /// Run a whole farm on this machine: nats-server (unless --nats is given), a coordinator and
     /// workers. Stops on Ctrl-C.
     Up(UpArgs),
@@ -95,9 +97,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Operator terminal: regions, jobs, workers and the ledger, live (`?` shows the keys).
+    Tui,
     /// Render one frame of the built-in film locally, without a farm (for checks and
     /// benchmarks).
     RenderFrame(RenderFrameArgs),
+    /// Simulate a farm scenario (TOML, see deploy/sim/) with the coordinator's own placement
+    /// code: makespan, cost, carbon, utilization and data moved, per policy.
+    Sim {
+        scenario: PathBuf,
+        /// balanced, cheapest, fastest, greenest, or all.
+        #[arg(long, default_value = "all")]
+        policy: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,10 +134,31 @@ pub struct RenderFrameArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkerCommand {
+    #[command(subcommand)]
+    pub action: Option<WorkerAction>,
+    #[command(flatten)]
+    pub run: WorkerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerAction {
+    /// Drain a worker: it takes no new tasks, finishes its renders within its grace period (or
+    /// hands them back to the queue) and exits 0.
+    Drain {
+        /// The worker's name, or REGION.NAME when the name is in several regions.
+        worker: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
-    /// Region (data center) this worker renders for.
+    /// Region (data center) this worker renders for (required to run a worker).
     #[arg(long, env = "SUANLI_REGION")]
-    pub region: Region,
+    pub region: Option<Region>,
     /// Tasks rendered at once.
     #[arg(long, default_value_t = 1)]
     pub slots: u32,
@@ -139,6 +174,21 @@ pub struct WorkerArgs {
     /// How long a render may run after SIGTERM before it is handed back.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_grace: Duration,
+    /// Ack wait of the region's queue consumer, set by the first worker of a region: a task
+    /// whose worker went silent this long is given to another worker. Renders send in-progress
+    /// acks every quarter of it, so it bounds recovery time, not render time.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    /// A coordinator that stops renewing its lease this long is replaced by a standby.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// A worker whose heartbeat is this old is shown as lost and holds no slots.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub worker_lost_after: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -205,6 +255,15 @@ pub struct SubmitArgs {
     /// Extension of the frames a command renderer writes.
     #[arg(long)]
     pub ext: Option<String>,
+    /// Placement policy: balanced, cheapest, fastest, greenest (default: the farm's).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// When every frame is needed: 2025-06-01T18:00:00+08:00, Unix ms, or +6h.
+    #[arg(long)]
+    pub deadline: Option<String>,
+    /// Most tasks of this job queued or running at once.
+    #[arg(long)]
+    pub max_slots: Option<u32>,
     /// Wait for the job to finish; exit 0 only when every frame is done.
     #[arg(long)]
     pub wait: bool,
@@ -295,21 +354,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let nats = nats_given.unwrap_or_else(|| DEFAULT_NATS.to_string());
     let store = store_given.unwrap_or_else(|| DEFAULT_STORE.to_string());
     match command {
-        Command::Coordinator => {
-            let config = suanli_coordinator::Config::new(&nats, &store);
+        Command::Coordinator(args) => {
+            let mut config = suanli_coordinator::Config::new(&nats, &store);
+            config.lease_ttl = args.lease_ttl.max(Duration::from_secs(1));
+            config.worker_lost_after = args.worker_lost_after;
             suanli_coordinator::run(config, shutdown_on_signals()).await?;
             Ok(0)
         }
-        Command::Worker(args) => {
+        Command::Worker(WorkerCommand {
+            action: Some(WorkerAction::Drain { worker, json }),
+            ..
+        }) => drain_worker(&nats, &worker, json).await,
+        Command::Worker(WorkerCommand { run: args, .. }) => {
+            let Some(region) = args.region else {
+                return Err(BadInput(
+                    "a worker needs --region NAME (or SUANLI_REGION): the region it renders for"
+                        .into(),
+                )
+                .into());
+            };
             let name = match args.name {
                 Some(n) => n,
                 None => default_worker_name()?,
             };
             let mut config =
-                suanli_worker::Config::new(&nats, &store, args.region, name, args.cache_dir);
+                suanli_worker::Config::new(&nats, &store, region, name, args.cache_dir);
             config.slots = args.slots.max(1);
             config.cache_max_bytes = args.cache_gib << 30;
             config.drain_grace = args.drain_grace;
+            config.ack_wait = args.ack_wait.max(Duration::from_secs(1));
             config.threads_per_slot = (config.threads_per_slot / config.slots).max(1);
             suanli_worker::run(config, shutdown_on_signals()).await?;
             Ok(0)
@@ -370,12 +443,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 print_json(&report);
             } else {
                 println!(
-                    "{} frames in {} ({} downloaded, {} already there, {:.1} MB), all verified",
-                    report.frames,
+                    "{} frames in {} ({} downloaded, {} already there, {:.1} MB), {}",
+                    report.frames - report.unverified.len(),
                     out.display(),
                     report.downloaded,
                     report.already_present,
-                    report.bytes as f64 / 1e6
+                    report.bytes as f64 / 1e6,
+                    if report.unverified.is_empty() {
+                        "all verified".to_string()
+                    } else {
+                        format!(
+                            "{} DAMAGED in the store (not written): {}",
+                            report.unverified.len(),
+                            report.unverified.join(", ")
+                        )
+                    }
                 );
                 if !report.missing.is_empty() {
                     eprintln!(
@@ -385,7 +467,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     );
                 }
             }
-            Ok(if report.missing.is_empty() {
+            Ok(if !report.unverified.is_empty() {
+                EXIT_ERROR
+            } else if report.missing.is_empty() {
                 0
             } else {
                 EXIT_JOB_FAILED
@@ -424,7 +508,58 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::RenderFrame(args) => render_frame(args).await,
+        Command::Sim {
+            scenario,
+            policy,
+            json,
+        } => {
+            let out = suanli_coordinator::sim::run_cli(&scenario, &policy, json)
+                .map_err(|e| BadInput(e.to_string()))?;
+            print!("{out}");
+            Ok(0)
+        }
+        Command::Tui => crate::tui_api::run(&nats, &store).await,
     }
+}
+
+/// `suanli worker drain NAME`: finds the worker (by name, or REGION.NAME) and asks the
+/// coordinator to drain it.
+async fn drain_worker(nats: &str, worker: &str, json: bool) -> anyhow::Result<u8> {
+    let client = Client::connect(nats).await?;
+    let workers = client.workers().await?;
+    let matches: Vec<&WorkerInfo> = workers
+        .iter()
+        .filter(|w| w.id.as_str() == worker || format!("{}.{}", w.region, w.id) == worker)
+        .collect();
+    let target = match matches.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(
+                BadInput(format!("no worker named '{worker}' (see `suanli workers`)")).into(),
+            )
+        }
+        several => {
+            let names: Vec<String> = several
+                .iter()
+                .map(|w| format!("{}.{}", w.region, w.id))
+                .collect();
+            return Err(BadInput(format!(
+                "'{worker}' names workers in several regions: say which, one of {}",
+                names.join(", ")
+            ))
+            .into());
+        }
+    };
+    let w = client.drain(&target.region, &target.id).await?;
+    if json {
+        print_json(&w);
+    } else {
+        println!(
+            "worker {}.{} is draining: it takes no new tasks and exits when its {} running task(s) end",
+            w.region, w.id, w.busy
+        );
+    }
+    Ok(0)
 }
 
 /// Renders one builtin frame in this process, on the blocking pool, and writes the PNG.
@@ -521,6 +656,9 @@ async fn submit(args: SubmitArgs, nats: &str, store_url: &str) -> anyhow::Result
         format: args.format,
         argv: args.argv,
         ext: args.ext,
+        policy: args.policy,
+        deadline: args.deadline,
+        max_slots: args.max_slots,
     };
     let mut resolved =
         jobfile::resolve(file, flags, &base).map_err(|e| BadInput(format!("{e:#}")))?;

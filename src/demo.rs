@@ -36,6 +36,10 @@ pub struct DemoArgs {
     /// Start from an empty store, so every frame renders again instead of coming from the cache.
     #[arg(long)]
     pub fresh: bool,
+    /// Plain progress lines instead of the operator terminal (which opens only when stdout is
+    /// a terminal anyway).
+    #[arg(long)]
+    pub no_tui: bool,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
@@ -97,6 +101,7 @@ async fn render_film(
         inputs: inputs.hash(),
         scene: None,
         output: "frame_####".into(),
+        placement: Default::default(),
     };
     let started = Instant::now();
     let reply = client.submit(spec).await?;
@@ -106,6 +111,17 @@ async fn render_film(
     );
 
     let tty = std::io::stdout().is_terminal();
+    if tty && !args.no_tui {
+        // Watch the farm render in the operator terminal; after `q` the demo waits for the
+        // job (if it still runs) and prints its summary as usual.
+        let options = suanli_tui::Options {
+            hint: Some("demo: q shows the summary".into()),
+            select_job: Some(reply.id.clone()),
+            stderr_log: Some(dir.join("demo.log")),
+        };
+        let farm = crate::tui_api::TuiFarm::with_client(client.clone(), Some(store.clone()));
+        suanli_tui::run(farm, options).await?;
+    }
     let mut last_line = Instant::now() - Duration::from_secs(10);
     let end = client
         .wait(&reply.id, Some(Duration::from_secs(1800)), |s| {
