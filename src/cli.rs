@@ -97,6 +97,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Core-hours, cost, energy, carbon and bytes moved, per region, for one job or all.
+    Ledger {
+        job: Option<JobId>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Operator terminal: regions, jobs, workers and the ledger, live (`?` shows the keys).
     Tui,
     /// Render one frame of the built-in film locally, without a farm (for checks and
@@ -189,6 +195,13 @@ pub struct CoordinatorArgs {
     /// A worker whose heartbeat is this old is shown as lost and holds no slots.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub worker_lost_after: Duration,
+    /// Region catalog (TOML: prices, PUE, carbon, links; see deploy/regions.example.toml).
+    /// Regions it does not name get neutral figures.
+    #[arg(long, env = "SUANLI_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// A region with no live worker this long loses its queued tasks to the other regions.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub region_lost_after: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,6 +216,9 @@ pub struct UpArgs {
     /// Folder for NATS data, caches and the default store.
     #[arg(long, default_value = "./suanli-farm")]
     pub dir: PathBuf,
+    /// Region catalog for the coordinator (see `suanli coordinator --catalog`).
+    #[arg(long, env = "SUANLI_CATALOG")]
+    pub catalog: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -358,6 +374,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let mut config = suanli_coordinator::Config::new(&nats, &store);
             config.lease_ttl = args.lease_ttl.max(Duration::from_secs(1));
             config.worker_lost_after = args.worker_lost_after;
+            config.region_lost_after = args.region_lost_after;
+            if let Some(path) = &args.catalog {
+                config.catalog = load_catalog(path)?;
+            }
             suanli_coordinator::run(config, shutdown_on_signals()).await?;
             Ok(0)
         }
@@ -498,6 +518,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Ledger { job, json } => {
+            let client = Client::connect(&nats).await?;
+            let statuses = match job {
+                Some(job) => vec![client.status(&job).await?],
+                None => client.jobs().await?,
+            };
+            let ledger = ledger_of(&statuses);
+            if json {
+                print_json(&ledger);
+            } else {
+                print_ledger(&ledger);
+            }
+            Ok(0)
+        }
         Command::Workers { json } => {
             let list = Client::connect(&nats).await?.workers().await?;
             if json {
@@ -600,6 +634,65 @@ fn default_worker_name() -> anyhow::Result<WorkerId> {
     Ok(format!("{host}-{}", std::process::id()).parse()?)
 }
 
+/// Reads a region catalog; a bad one is the operator's input error (exit 2).
+fn load_catalog(path: &std::path::Path) -> anyhow::Result<suanli_shared::regions::RegionCatalog> {
+    suanli_shared::regions::RegionCatalog::load(path).map_err(|e| BadInput(e.to_string()).into())
+}
+
+/// Per-region totals of one job's or every listed job's ledger.
+#[derive(Debug, Default, serde::Serialize)]
+struct Ledger {
+    jobs: usize,
+    regions: std::collections::BTreeMap<String, suanli_shared::protocol::RegionFigures>,
+    total: suanli_shared::protocol::RegionFigures,
+}
+
+fn ledger_of(statuses: &[JobStatus]) -> Ledger {
+    let mut ledger = Ledger {
+        jobs: statuses.len(),
+        ..Default::default()
+    };
+    for s in statuses {
+        for (region, r) in &s.regions {
+            for acc in [
+                ledger.regions.entry(region.clone()).or_default(),
+                &mut ledger.total,
+            ] {
+                acc.frames_done += r.frames_done;
+                acc.core_seconds += r.core_seconds;
+                acc.bytes_in += r.bytes_in;
+                acc.cost += r.cost;
+                acc.energy_kwh += r.energy_kwh;
+                acc.carbon_kg += r.carbon_kg;
+            }
+        }
+    }
+    ledger
+}
+
+fn print_ledger(ledger: &Ledger) {
+    println!(
+        "{:<12} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "REGION", "FRAMES", "CORE-H", "COST", "KWH", "KG CO2", "MB IN"
+    );
+    let row = |name: &str, r: &suanli_shared::protocol::RegionFigures| {
+        println!(
+            "{:<12} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.1}",
+            name,
+            r.frames_done,
+            r.core_seconds / 3600.0,
+            r.cost,
+            r.energy_kwh,
+            r.carbon_kg,
+            r.bytes_in as f64 / 1e6
+        )
+    };
+    for (region, r) in &ledger.regions {
+        row(region, r);
+    }
+    row("total", &ledger.total);
+}
+
 async fn up(args: UpArgs, nats: Option<String>, store: Option<String>) -> anyhow::Result<u8> {
     let mut options = crate::localfarm::FarmOptions::new(&args.dir, &[])?;
     options.regions = args.regions;
@@ -607,6 +700,9 @@ async fn up(args: UpArgs, nats: Option<String>, store: Option<String>) -> anyhow
     options.slots = args.slots.max(1);
     options.nats_url = nats;
     options.store_url = store;
+    if let Some(path) = &args.catalog {
+        options.catalog = load_catalog(path)?;
+    }
     let farm = crate::localfarm::LocalFarm::start(options).await?;
     println!("farm up: NATS {}  store {}", farm.nats_url, farm.store_url);
     println!(
@@ -735,8 +831,8 @@ pub fn print_status(s: &JobStatus) {
     );
     for (region, r) in &s.regions {
         println!(
-            "  region {region}: {} frames, {:.1} core-s",
-            r.frames_done, r.core_seconds
+            "  region {region}: {} frames, {:.1} core-s, cost {:.3}, {:.3} kWh, {:.3} kg CO2, {:.1} MB in",
+            r.frames_done, r.core_seconds, r.cost, r.energy_kwh, r.carbon_kg, r.bytes_in as f64 / 1e6
         );
     }
     if let Some(reason) = &s.reason {

@@ -158,6 +158,8 @@ pub struct FarmOptions {
     pub ack_wait: Duration,
     /// Start a coordinator (tests may run their own).
     pub coordinator: bool,
+    /// The coordinator's region catalog.
+    pub catalog: suanli_shared::regions::RegionCatalog,
 }
 
 impl FarmOptions {
@@ -174,6 +176,7 @@ impl FarmOptions {
             slots: 1,
             ack_wait: Duration::from_secs(60),
             coordinator: true,
+            catalog: Default::default(),
         })
     }
 }
@@ -230,7 +233,8 @@ impl LocalFarm {
     }
 
     pub fn start_coordinator(&self) {
-        let config = suanli_coordinator::Config::new(&self.nats_url, &self.store_url);
+        let mut config = suanli_coordinator::Config::new(&self.nats_url, &self.store_url);
+        config.catalog = self.options.catalog.clone();
         let token = self.shutdown.child_token();
         self.tracker.spawn(async move {
             if let Err(e) = suanli_coordinator::run(config, token).await {

@@ -14,7 +14,7 @@ pub mod sim;
 pub mod state;
 pub mod submit;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -31,8 +31,9 @@ use suanli_shared::protocol::{
     now_ms, JobEvent, JobRecord, JobState, TaskAssignment, TaskEvent, TaskRecord, TaskState,
     WorkerInfo, WorkerState,
 };
+use suanli_shared::regions::{RegionCatalog, RegionProfile};
 use suanli_shared::store::Store;
-use suanli_shared::JobId;
+use suanli_shared::{ContentHash, JobId, Region};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,6 +53,11 @@ pub struct Config {
     pub worker_lost_after: Duration,
     /// How long a silent lease holder keeps the lease before a standby takes over.
     pub lease_ttl: Duration,
+    /// Prices, PUE, carbon and links of the regions; placement and the ledger use it.
+    pub catalog: RegionCatalog,
+    /// A region with no live worker for this long loses its queued and running tasks to the
+    /// other regions.
+    pub region_lost_after: Duration,
 }
 
 impl Config {
@@ -62,6 +68,8 @@ impl Config {
             prefetch: 1,
             worker_lost_after: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(10),
+            catalog: RegionCatalog::default(),
+            region_lost_after: Duration::from_secs(60),
         }
     }
 }
@@ -149,6 +157,57 @@ struct Coordinator {
     jobs: BTreeMap<JobId, Job>,
     workers: HashMap<String, WorkerInfo>,
     tracker: TaskTracker,
+    /// Placement's memory, rebuilt from task records at start-up.
+    learned: Learned,
+    /// When each region last had a live worker (ms), for region loss.
+    last_live: HashMap<Region, u64>,
+    started_ms: u64,
+}
+
+/// What placement learns from finished tasks.
+#[derive(Default)]
+struct Learned {
+    /// Each region's speed per renderer.
+    speeds: placement::SpeedBook,
+    /// Input manifests each region holds (a task with them finished there).
+    held: BTreeMap<Region, BTreeSet<ContentHash>>,
+    /// Per job: (sum of wall seconds, sum of core-seconds, tasks) of rendered tasks.
+    task_secs: HashMap<JobId, (f64, f64, u32)>,
+}
+
+impl Learned {
+    /// Folds one rendered task in: the region now holds the job's inputs, and its speed is
+    /// the job's mean task time so far over this task's.
+    fn record(&mut self, rec: &JobRecord, region: &Region, wall_secs: f64, core_seconds: f64) {
+        if rec.input_bytes > 0 {
+            self.held
+                .entry(region.clone())
+                .or_default()
+                .insert(rec.spec.inputs);
+        }
+        let entry = self.task_secs.entry(rec.id.clone()).or_default();
+        if entry.2 > 0 {
+            let expected = entry.0 / entry.2 as f64;
+            self.speeds
+                .record(region, rec.spec.renderer.kind(), expected, wall_secs);
+        }
+        entry.0 += wall_secs;
+        entry.1 += core_seconds;
+        entry.2 += 1;
+    }
+
+    /// What one task of the job is expected to take at speed 1.
+    fn needs(&self, rec: &JobRecord) -> placement::TaskNeeds {
+        let mut needs = placement::TaskNeeds {
+            input_bytes: rec.input_bytes,
+            ..Default::default()
+        };
+        if let Some((wall, core, n)) = self.task_secs.get(&rec.id).filter(|t| t.2 > 0) {
+            needs.wall_seconds = (wall / *n as f64).max(0.001);
+            needs.core_seconds = (core / *n as f64).max(0.001);
+        }
+        needs
+    }
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
@@ -220,6 +279,18 @@ impl Coordinator {
             );
         }
         info!(jobs = jobs.len(), "coordinator state loaded");
+        let mut learned = Learned::default();
+        for job in jobs.values() {
+            for t in &job.tasks {
+                let t = &t.rec;
+                if let (TaskState::Done, Some(region), Some(start), Some(end)) =
+                    (t.state, &t.region, t.started_ms, t.finished_ms)
+                {
+                    let wall = end.saturating_sub(start) as f64 / 1000.0;
+                    learned.record(&job.rec.rec, region, wall, t.core_seconds);
+                }
+            }
+        }
         Ok(Self {
             farm,
             store,
@@ -227,6 +298,9 @@ impl Coordinator {
             jobs,
             workers: HashMap::new(),
             tracker: TaskTracker::new(),
+            learned,
+            last_live: HashMap::new(),
+            started_ms: now_ms(),
         })
     }
 
@@ -398,8 +472,12 @@ impl Coordinator {
                 });
             }
             api::STATUS => {
-                let r = self.job(&msg.payload).map(|j| j.status());
+                let r = self.job(&msg.payload).map(|j| self.status_of(j));
                 self.reply(reply, r);
+            }
+            api::REGIONS => {
+                let list: Vec<RegionProfile> = self.config.catalog.regions().cloned().collect();
+                self.reply(reply, Ok(list));
             }
             api::JOB => {
                 let r = self.job(&msg.payload).map(|j| j.rec.rec.clone());
@@ -412,7 +490,7 @@ impl Coordinator {
                     .rev()
                     .take(200)
                     .map(|j| {
-                        let mut s = j.status();
+                        let mut s = self.status_of(j);
                         s.failures.clear();
                         s
                     })
@@ -500,6 +578,22 @@ impl Coordinator {
                 self.reply(reply, r);
             }
         }
+    }
+
+    /// A job's status with its ledger priced from the region catalog.
+    fn status_of(&self, job: &Job) -> suanli_shared::protocol::JobStatus {
+        let mut status = job.status();
+        for (name, figures) in status.regions.iter_mut() {
+            let Ok(region) = name.parse::<Region>() else {
+                continue;
+            };
+            let profile = self.config.catalog.profile(&region);
+            figures.cost = profile.compute_cost(figures.core_seconds)
+                + profile.transfer_cost(figures.bytes_in);
+            figures.energy_kwh = profile.energy_kwh(figures.core_seconds);
+            figures.carbon_kg = profile.carbon_kg(figures.core_seconds);
+        }
+        status
     }
 
     /// Renderer versions offered by live workers.
@@ -658,6 +752,17 @@ impl Coordinator {
             ) {
                 self.update_blocklist(&ev.job).await;
             }
+            if let suanli_shared::protocol::TaskEventKind::Completed {
+                cached: false,
+                started_ms,
+                core_seconds,
+                ..
+            } = &ev.kind
+            {
+                let wall = ev.at_ms.saturating_sub(*started_ms) as f64 / 1000.0;
+                let rec = &self.jobs[&ev.job].rec.rec;
+                self.learned.record(rec, &ev.region, wall, *core_seconds);
+            }
             self.settle_job(&ev.job).await;
         }
         let _ = msg.ack().await;
@@ -703,27 +808,36 @@ impl Coordinator {
 
     /// Releases backlog tasks onto regions with free slots.
     async fn dispatch(&mut self) {
-        let mut free: BTreeMap<suanli_shared::Region, i64> = BTreeMap::new();
-        let mut n_workers: BTreeMap<suanli_shared::Region, i64> = BTreeMap::new();
-        let mut region_workers: BTreeMap<suanli_shared::Region, Vec<suanli_shared::WorkerId>> =
-            BTreeMap::new();
+        let mut free: BTreeMap<Region, i64> = BTreeMap::new();
+        let mut n_workers: BTreeMap<Region, i64> = BTreeMap::new();
+        let mut live_slots: BTreeMap<Region, u32> = BTreeMap::new();
+        let mut region_workers: BTreeMap<Region, Vec<suanli_shared::WorkerId>> = BTreeMap::new();
+        let now = now_ms();
+        let mut live_regions = Vec::new();
         for w in self.live_workers() {
+            live_regions.push(w.region.clone());
             if w.state != WorkerState::Draining {
                 *free.entry(w.region.clone()).or_default() += w.slots as i64;
                 *n_workers.entry(w.region.clone()).or_default() += 1;
+                *live_slots.entry(w.region.clone()).or_default() += w.slots;
                 region_workers
                     .entry(w.region.clone())
                     .or_default()
                     .push(w.id.clone());
             }
         }
+        for region in live_regions {
+            self.last_live.insert(region, now);
+        }
+        self.withdraw_from_lost_regions(now).await;
         if free.is_empty() {
             return;
         }
+        let mut queued: BTreeMap<Region, u32> = BTreeMap::new();
+        let mut renderers: BTreeSet<String> = BTreeSet::new();
         for (region, f) in free.iter_mut() {
             *f += n_workers[region].min(self.config.prefetch as i64);
         }
-        let now = now_ms();
         let mut ids = Vec::new();
         let mut views = Vec::new();
         for job in self.jobs.values() {
@@ -739,6 +853,9 @@ impl Coordinator {
                         if let Some(f) = t.rec.region.as_ref().and_then(|r| free.get_mut(r)) {
                             *f -= 1;
                         }
+                        if let (TaskState::Queued, Some(r)) = (t.rec.state, &t.rec.region) {
+                            *queued.entry(r.clone()).or_default() += 1;
+                        }
                     }
                     TaskState::Pending if t.rec.not_before_ms <= now => ready.push(t.rec.task),
                     _ => {}
@@ -751,27 +868,41 @@ impl Coordinator {
             if allowed.as_ref().is_some_and(|a| a.is_empty()) {
                 continue;
             }
-            ids.push(job.rec.rec.id.clone());
-            views.push(dispatch::JobView::new(
-                job.rec.rec.spec.priority,
-                job.rec.rec.created_ms,
+            let rec = &job.rec.rec;
+            ids.push(rec.id.clone());
+            let mut view = dispatch::JobView::new(
+                rec.spec.priority,
+                rec.created_ms,
                 in_flight,
-                allowed.unwrap_or_else(|| job.rec.rec.spec.regions.clone()),
+                allowed.unwrap_or_else(|| rec.spec.regions.clone()),
                 ready,
-            ));
+            );
+            view.policy = rec
+                .spec
+                .placement
+                .policy
+                .unwrap_or(self.config.catalog.policy);
+            view.deadline_ms = rec.spec.placement.deadline_ms;
+            view.max_slots = rec.spec.placement.max_slots;
+            view.renderer = rec.spec.renderer.kind().to_string();
+            view.inputs = (rec.input_bytes > 0).then_some(rec.spec.inputs);
+            view.needs = self.learned.needs(rec);
+            renderers.insert(view.renderer.clone());
+            views.push(view);
         }
-        let live_slots = |region: &suanli_shared::Region| -> u32 {
-            self.live_workers()
-                .filter(|w| w.state != WorkerState::Draining && &w.region == region)
-                .map(|w| w.slots)
-                .sum()
-        };
         let mut regions: Vec<dispatch::RegionView> = free
             .into_iter()
             .map(|(region, f)| {
-                let slots = live_slots(&region);
-                let profile = suanli_shared::regions::RegionProfile::neutral(region);
-                dispatch::RegionView::new(profile, f, slots)
+                let slots = live_slots.get(&region).copied().unwrap_or(0);
+                let mut view =
+                    dispatch::RegionView::new(self.config.catalog.profile(&region), f, slots);
+                view.queued = queued.get(&region).copied().unwrap_or(0);
+                view.cached = self.learned.held.get(&region).cloned().unwrap_or_default();
+                for kind in &renderers {
+                    view.speed
+                        .insert(kind.clone(), self.learned.speeds.factor(&region, kind));
+                }
+                view
             })
             .collect();
         let releases = dispatch::plan(&mut views, &mut regions, now);
@@ -788,6 +919,69 @@ impl Coordinator {
         }
         for id in touched {
             self.settle_job(&id).await;
+        }
+    }
+
+    /// Regions that have had no live worker for `region_lost_after` lose their queued and
+    /// running tasks: the region's queue is purged and the tasks go back to the backlog, to be
+    /// placed elsewhere (or to wait, when the job allows only that region).
+    async fn withdraw_from_lost_regions(&mut self, now: u64) {
+        let lost_after = self.config.region_lost_after.as_millis() as u64;
+        let mut stranded: BTreeMap<Region, Vec<(JobId, u32)>> = BTreeMap::new();
+        for job in self.jobs.values() {
+            if job.rec.rec.state.is_final() {
+                continue;
+            }
+            for t in &job.tasks {
+                if let (TaskState::Queued | TaskState::Running, Some(region)) =
+                    (t.rec.state, &t.rec.region)
+                {
+                    let last = self
+                        .last_live
+                        .get(region)
+                        .copied()
+                        .unwrap_or(self.started_ms);
+                    if now.saturating_sub(last) > lost_after {
+                        stranded
+                            .entry(region.clone())
+                            .or_default()
+                            .push((t.rec.job.clone(), t.rec.task));
+                    }
+                }
+            }
+        }
+        for (region, tasks) in stranded {
+            if let Err(e) = self
+                .farm
+                .tasks
+                .purge()
+                .filter(nats::task_subject(&region))
+                .await
+            {
+                warn!(region = %region, error = %e, "cannot purge a lost region's queue; will retry");
+                continue;
+            }
+            let mut moved: BTreeMap<JobId, u32> = BTreeMap::new();
+            for (job, task) in tasks {
+                let mut next = self.jobs[&job].tasks[task as usize].rec.clone();
+                next.state = TaskState::Pending;
+                next.region = None;
+                next.worker = None;
+                if let Err(e) = self.set_task(&job, task, next).await {
+                    warn!(error = %format!("{e:#}"), "cannot withdraw a task; will retry");
+                    continue;
+                }
+                *moved.entry(job).or_default() += 1;
+            }
+            for (job, n) in moved {
+                let reason = format!(
+                    "region {region} lost (no live worker for {:?}): {n} task(s) withdrawn to be placed elsewhere",
+                    self.config.region_lost_after
+                );
+                warn!(job = %job, region = %region, tasks = n, "region lost: tasks withdrawn");
+                let state = self.jobs[&job].rec.rec.state;
+                self.publish_job_event(&job, state, Some(reason)).await;
+            }
         }
     }
 
@@ -817,7 +1011,7 @@ impl Coordinator {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            nats::task_msg_id(id, task, rec.attempt).as_str(),
+            nats::task_msg_id(id, task, rec.attempt, rec.releases).as_str(),
         );
         self.farm
             .js
@@ -830,6 +1024,7 @@ impl Coordinator {
         next.state = TaskState::Queued;
         next.region = Some(region.clone());
         next.worker = None;
+        next.releases = rec.releases + 1;
         debug!(job = %id, task, region = %region, attempt = next.attempt, "task released");
         self.set_task(id, task, next).await
     }

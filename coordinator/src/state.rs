@@ -276,6 +276,7 @@ mod tests {
             failures: vec![],
             outputs: vec![],
             bytes_in: 0,
+            releases: 0,
         }
     }
 

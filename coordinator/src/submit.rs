@@ -93,6 +93,7 @@ pub async fn prepare(
             failures: vec![],
             outputs: vec![],
             bytes_in: 0,
+            releases: 0,
         })
         .collect();
     let writes: Vec<(String, Vec<u8>)> = records
@@ -125,6 +126,7 @@ pub async fn prepare(
         finished_ms: all_cached.then_some(now),
         reason: None,
         blocklist: Vec::new(),
+        input_bytes: manifest.total_bytes(),
     };
     let rev = farm
         .jobs_kv

@@ -74,9 +74,10 @@ pub fn drain_subject(region: &Region, worker: &WorkerId) -> String {
     format!("suanli.ctl.drain.{region}.{worker}")
 }
 
-/// Header carrying the idempotency key of a task publish.
-pub fn task_msg_id(job: &JobId, task: u32, attempt: u32) -> String {
-    format!("{job}.{task}.{attempt}")
+/// Header carrying the idempotency key of a task publish: one per (attempt, release), so a
+/// repeated publish of the same release is dropped and a re-release is not.
+pub fn task_msg_id(job: &JobId, task: u32, attempt: u32, release: u32) -> String {
+    format!("{job}.{task}.{attempt}.{release}")
 }
 
 /// Errors connecting to or preparing NATS.

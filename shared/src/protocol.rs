@@ -737,6 +737,10 @@ pub struct JobRecord {
     /// Workers that failed this job too often; they take none of its tasks.
     #[serde(default)]
     pub blocklist: Vec<Blocklisted>,
+    /// Bytes of the job's inputs (the manifest's total): what placement weighs as transfer
+    /// into a region that does not hold them yet.
+    #[serde(default)]
+    pub input_bytes: u64,
 }
 
 /// A worker barred from one job after failing it [`BLOCKLIST_AFTER`] times.
@@ -774,6 +778,11 @@ pub struct TaskRecord {
     /// Input bytes the successful run downloaded into its region.
     #[serde(default)]
     pub bytes_in: u64,
+    /// Times this attempt was put on a queue. Part of the publish's message id, so a task
+    /// withdrawn from a lost region can be published again while a publish repeated after a
+    /// crash is still dropped as a duplicate.
+    #[serde(default)]
+    pub releases: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -853,7 +862,17 @@ pub struct FrameCounts {
 pub struct RegionFigures {
     pub frames_done: u32,
     pub core_seconds: f64,
+    /// Input bytes moved from the store into the region.
     pub bytes_in: u64,
+    /// Compute at the region's price per core-hour plus egress for `bytes_in`, in the
+    /// catalog's currency (0 for regions the catalog does not name).
+    #[serde(default)]
+    pub cost: f64,
+    /// Facility energy: busy core-hours x watts per core x PUE.
+    #[serde(default)]
+    pub energy_kwh: f64,
+    #[serde(default)]
+    pub carbon_kg: f64,
 }
 
 /// A failed task as `status` shows it.

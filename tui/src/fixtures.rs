@@ -98,6 +98,7 @@ pub fn job(
                 frames_done: share,
                 core_seconds: share as f64 * core_s_per_frame,
                 bytes_in: 2_500_000 * (i as u64 + 1),
+                ..Default::default()
             },
         );
     }
