@@ -18,3 +18,5 @@ echo "test: chaos run (short form)" >&2
 SUANLI_BIN="$root/target/debug/suanli" scripts/chaos.sh --short
 echo "test: scripts/tui-e2e.sh" >&2
 scripts/tui-e2e.sh
+echo "test: leaf-node farm (scripts/cluster.sh, short form)" >&2
+SUANLI_BIN="$root/target/debug/suanli" scripts/cluster.sh --frames 1-24
