@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{prepare, process_alive, wait_for_text, write};
+use common::{empty_inputs, prepare, process_alive, wait_for_text, write};
 use suanli::client::{fetch, Client};
 use suanli::jobfile::Overrides;
 use suanli::localfarm::{FarmOptions, LocalFarm};
@@ -15,7 +15,7 @@ use suanli_shared::protocol::{
     InputManifest, JobSpec, JobState, JobStatus, RendererSpec, TaskState,
 };
 use suanli_shared::store::Store;
-use suanli_shared::{layout, JobId};
+use suanli_shared::JobId;
 use suanli_worker::builtin;
 
 /// Generous bound for a job in these tests; a hang fails instead of blocking CI.
@@ -45,15 +45,6 @@ fn tiny_builtin(frames: &str, chunk: u32, inputs: &InputManifest) -> JobSpec {
         output: "frame_####".into(),
         placement: Default::default(),
     }
-}
-
-async fn empty_inputs(store: &Store) -> InputManifest {
-    let m = InputManifest::default();
-    store
-        .put_if_absent(&layout::input_manifest(&m.hash()), m.to_bytes().into())
-        .await
-        .unwrap();
-    m
 }
 
 async fn run_to_end(client: &Client, spec: JobSpec) -> JobStatus {

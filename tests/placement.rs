@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{prepare, write, ProcFarm};
+use common::{empty_inputs, prepare, sh_flags, write, ProcFarm};
 use futures::StreamExt;
 use suanli::client::Client;
 use suanli::jobfile::Overrides;
@@ -18,7 +18,7 @@ use suanli_shared::protocol::{
 };
 use suanli_shared::regions::{RegionCatalog, RegionProfile};
 use suanli_shared::store::Store;
-use suanli_shared::{layout, JobId};
+use suanli_shared::JobId;
 
 const JOB_LIMIT: Duration = Duration::from_secs(120);
 
@@ -48,15 +48,6 @@ async fn farm(dir: &Path, catalog: RegionCatalog) -> LocalFarm {
     let mut options = FarmOptions::new(dir, &["guian", "ulanqab"]).unwrap();
     options.catalog = catalog;
     LocalFarm::start(options).await.expect("farm starts")
-}
-
-async fn empty_inputs(store: &Store) -> InputManifest {
-    let m = InputManifest::default();
-    store
-        .put_if_absent(&layout::input_manifest(&m.hash()), m.to_bytes().into())
-        .await
-        .unwrap();
-    m
 }
 
 fn builtin(name: &str, frames: &str, inputs: &InputManifest, policy: Option<Policy>) -> JobSpec {
@@ -235,25 +226,12 @@ async fn a_region_that_loses_every_worker_hands_its_tasks_to_another() {
     let _u = farm.worker("ulanqab", "u", &[]);
     let client = farm.client().await;
     farm.wait_for_workers(&client, 2).await;
-    let shot = farm.path().join("shot");
-    write(&shot.join("scene.txt"), "scene");
-    let spec = prepare(
-        &farm.store(),
-        Overrides {
-            frames: Some("1-8".into()),
-            scene: Some("scene.txt".into()),
-            renderer: Some("command".into()),
-            ext: Some("txt".into()),
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                "sleep 1; printf x > {output}/frame_{frame:04}.txt".into(),
-            ],
-            ..Default::default()
-        },
-        &shot,
-    )
-    .await;
+    let spec = farm
+        .job(sh_flags(
+            "1-8",
+            "sleep 1; printf x > {output}/frame_{frame:04}.txt",
+        ))
+        .await;
     let mut job_events = client.nats().subscribe("suanli.evt.*.job").await.unwrap();
     let job = client.submit(spec).await.unwrap().id;
     // Once guian holds tasks, its only worker dies.

@@ -7,7 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{prepare, process_alive, signal, wait_for_text, wait_until, write, ProcFarm};
+use common::{
+    empty_inputs, prepare, process_alive, sh_flags, signal, wait_for_text, wait_until, write,
+    ProcFarm,
+};
 use futures::StreamExt;
 use suanli::client::{fetch, Client};
 use suanli::jobfile::Overrides;
@@ -35,8 +38,6 @@ async fn wait_done(client: &Client, job: &JobId) -> JobStatus {
 /// (while `marker` exists), records its pid in `pid_file` and renders "forever". Later runs
 /// finish at once. `exec` keeps the renderer one process, the worker's direct child.
 async fn slow_first_run(farm: &ProcFarm, frame: u32) -> (JobSpec, std::path::PathBuf) {
-    let shot = farm.path().join("shot");
-    write(&shot.join("scene.txt"), "scene");
     let marker = write(&farm.path().join(format!("slow-{frame}")), "");
     let pid_file = farm.path().join(format!("render-{frame}.pid"));
     let script = format!(
@@ -45,19 +46,7 @@ async fn slow_first_run(farm: &ProcFarm, frame: u32) -> (JobSpec, std::path::Pat
         m = marker.display(),
         p = pid_file.display()
     );
-    let spec = prepare(
-        &farm.store(),
-        Overrides {
-            frames: Some(frame.to_string()),
-            scene: Some("scene.txt".into()),
-            renderer: Some("command".into()),
-            ext: Some("txt".into()),
-            argv: vec!["sh".into(), "-c".into(), script],
-            ..Default::default()
-        },
-        &shot,
-    )
-    .await;
+    let spec = farm.job(sh_flags(&frame.to_string(), &script)).await;
     (spec, pid_file)
 }
 
@@ -123,29 +112,12 @@ async fn drain_finishes_the_render_or_hands_it_back_and_the_worker_exits_0() {
     // An operator's drain: the render (2 s) finishes here, then the worker exits 0.
     let mut a = farm.worker("guian", "a", &[]);
     farm.wait_for_workers(&client, 1).await;
-    let shot = farm.path().join("shot");
-    write(&shot.join("scene.txt"), "scene");
     let started = farm.path().join("started");
-    let spec = prepare(
-        &farm.store(),
-        Overrides {
-            frames: Some("1".into()),
-            scene: Some("scene.txt".into()),
-            renderer: Some("command".into()),
-            ext: Some("txt".into()),
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                format!(
-                    "echo go > {}; sleep 2; printf one > {{output}}/frame_{{frame:04}}.txt",
-                    started.display()
-                ),
-            ],
-            ..Default::default()
-        },
-        &shot,
-    )
-    .await;
+    let script = format!(
+        "echo go > {}; sleep 2; printf one > {{output}}/frame_{{frame:04}}.txt",
+        started.display()
+    );
+    let spec = farm.job(sh_flags("1", &script)).await;
     let job = client.submit(spec).await.unwrap().id;
     wait_for_text(&started).await;
     let drain = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
@@ -219,15 +191,6 @@ fn builtin(frames: &str, inputs: &InputManifest) -> JobSpec {
         output: "frame_####".into(),
         placement: Default::default(),
     }
-}
-
-async fn empty_inputs(store: &Store) -> InputManifest {
-    let m = InputManifest::default();
-    store
-        .put_if_absent(&layout::input_manifest(&m.hash()), m.to_bytes().into())
-        .await
-        .unwrap();
-    m
 }
 
 /// Every stored task event of a job, read back from the events stream.
@@ -415,26 +378,9 @@ async fn a_task_that_runs_twice_commits_once_and_fetch_gets_each_frame_once() {
     let b = farm.worker("guian", "b", &[]);
     let client = farm.client().await;
     farm.wait_for_workers(&client, 2).await;
-    let shot = farm.path().join("shot");
-    write(&shot.join("scene.txt"), "scene");
     // Different bytes on every run, like Blender's time-stamped PNGs.
-    let spec = prepare(
-        &farm.store(),
-        Overrides {
-            frames: Some("1".into()),
-            scene: Some("scene.txt".into()),
-            renderer: Some("command".into()),
-            ext: Some("txt".into()),
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                "head -c 32 /dev/urandom > {output}/frame_{frame:04}.txt; sleep 1".into(),
-            ],
-            ..Default::default()
-        },
-        &shot,
-    )
-    .await;
+    let script = "head -c 32 /dev/urandom > {output}/frame_{frame:04}.txt; sleep 1";
+    let spec = farm.job(sh_flags("1", script)).await;
     // Catch the released task and put a second copy on the queue: a redelivery after a slow
     // worker came back.
     let mut queue = client.nats().subscribe("suanli.task.guian").await.unwrap();
@@ -497,29 +443,15 @@ async fn a_worker_that_keeps_failing_a_job_is_blocklisted_and_another_finishes_i
     let _bad = farm.worker("guian", "bad", &[]);
     let client = farm.client().await;
     farm.wait_for_workers(&client, 1).await;
-    let shot = farm.path().join("shot");
-    write(&shot.join("scene.txt"), "scene");
     // Fails on the worker whose cache folder is cache-bad (a broken node), works elsewhere.
-    let spec = prepare(
-        &farm.store(),
-        Overrides {
-            frames: Some("1-4".into()),
-            scene: Some("scene.txt".into()),
-            renderer: Some("command".into()),
-            ext: Some("txt".into()),
+    let script = "case {output} in */cache-bad/*) echo 'GPU driver crashed' >&2; exit 9;; esac; \
+                  printf ok > {output}/frame_{frame:04}.txt";
+    let spec = farm
+        .job(Overrides {
             max_retries: Some(6),
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                "case {output} in */cache-bad/*) echo 'GPU driver crashed' >&2; exit 9;; esac; \
-                 printf ok > {output}/frame_{frame:04}.txt"
-                    .into(),
-            ],
-            ..Default::default()
-        },
-        &shot,
-    )
-    .await;
+            ..sh_flags("1-4", script)
+        })
+        .await;
     let job = client.submit(spec).await.unwrap().id;
     let listed = tokio::time::timeout(JOB_LIMIT, async {
         loop {

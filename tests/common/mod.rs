@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use suanli::client::Client;
 use suanli::jobfile::{self, JobFile, Overrides};
 use suanli::localfarm::NatsServer;
-use suanli_shared::protocol::JobSpec;
+use suanli_shared::layout;
+use suanli_shared::protocol::{InputManifest, JobSpec};
 use suanli_shared::store::Store;
 
 pub fn write(path: &Path, text: &str) -> PathBuf {
@@ -27,6 +28,29 @@ pub async fn prepare(store: &Store, flags: Overrides, base: &Path) -> JobSpec {
         .await
         .expect("inputs uploaded");
     resolved.spec
+}
+
+/// The empty input manifest, stored (builtin jobs need no inputs).
+pub async fn empty_inputs(store: &Store) -> InputManifest {
+    let m = InputManifest::default();
+    store
+        .put_if_absent(&layout::input_manifest(&m.hash()), m.to_bytes().into())
+        .await
+        .unwrap();
+    m
+}
+
+/// Flags of a command-renderer job running `sh -c script` per frame, with the scene
+/// `scene.txt` and `.txt` frames; other flags can be set over it (`..sh_flags(…)`).
+pub fn sh_flags(frames: &str, script: &str) -> Overrides {
+    Overrides {
+        frames: Some(frames.into()),
+        scene: Some("scene.txt".into()),
+        renderer: Some("command".into()),
+        ext: Some("txt".into()),
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
 }
 
 /// Waits (bounded) until `path` holds a whole line, and returns its text.
@@ -108,6 +132,15 @@ impl ProcFarm {
 
     pub fn store(&self) -> Store {
         Store::open(&self.store_url).unwrap()
+    }
+
+    /// Prepares (uploads) a job whose inputs sit in `<dir>/shot`, with `shot/scene.txt`.
+    pub async fn job(&self, flags: Overrides) -> JobSpec {
+        let shot = self.path().join("shot");
+        if !shot.join("scene.txt").exists() {
+            write(&shot.join("scene.txt"), "scene");
+        }
+        prepare(&self.store(), flags, &shot).await
     }
 
     pub async fn client(&self) -> Client {
