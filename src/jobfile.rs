@@ -101,12 +101,8 @@ pub fn read_job_file(path: &Path) -> anyhow::Result<JobFile> {
         .with_context(|| format!("cannot read job file {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
         // One line: what is wrong and where, without the toml crate's source snippet.
-        let at = e
-            .span()
-            .map(|span| {
-                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                format!(" (line {line})")
-            })
+        let at = suanli_shared::regions::toml_error_line(&text, &e)
+            .map(|line| format!(" (line {line})"))
             .unwrap_or_default();
         anyhow::anyhow!(
             "job file {} is not valid{at}: {}",

@@ -176,9 +176,7 @@ impl Scenario {
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ScenarioError> {
         let file: ScenarioFile = toml::from_str(text).map_err(|e| ScenarioError::Parse {
             origin: origin.to_string(),
-            line: e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+            line: suanli_shared::regions::toml_error_line(text, &e),
             message: e.message().trim().to_string(),
         })?;
         let invalid = |m: String| Err(ScenarioError::Invalid(m));

@@ -180,6 +180,12 @@ fn default_currency() -> String {
     "CNY".to_string()
 }
 
+/// The 1-based line of `text` a TOML parse error points at, when it points anywhere.
+pub fn toml_error_line(text: &str, e: &toml::de::Error) -> Option<usize> {
+    e.span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+}
+
 /// Every region's figures, loaded once by the coordinator (and by `suanli sim`). Regions it
 /// does not name get [`RegionProfile::neutral`] figures from [`RegionCatalog::profile`].
 #[derive(Debug, Clone, PartialEq)]
@@ -234,9 +240,7 @@ impl RegionCatalog {
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, CatalogError> {
         let file: CatalogFile = toml::from_str(text).map_err(|e| CatalogError::Parse {
             origin: origin.to_string(),
-            line: e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+            line: toml_error_line(text, &e),
             message: e.message().trim().to_string(),
         })?;
         Self::new(file.currency, file.policy, file.region)
