@@ -702,6 +702,8 @@ impl State {
         let level = match ev.state {
             JobState::Failed => Level::Error,
             JobState::Canceled => Level::Warn,
+            // A running job's event with a reason is a notice (a region lost, tasks moved).
+            _ if ev.reason.is_some() => Level::Warn,
             _ => Level::Info,
         };
         let reason = ev

@@ -393,6 +393,32 @@ fn job_events_change_the_job_state_at_once() {
 }
 
 #[test]
+fn a_running_job_s_notice_stands_out_and_a_plain_change_does_not() {
+    let mut s = fresh();
+    polled(&mut s);
+    let event = |reason: Option<&str>| Action::Event {
+        received_ms: NOW,
+        event: Box::new(FarmEvent::Job(JobEvent {
+            job: fixtures::job_id(3),
+            state: JobState::Running,
+            at_ms: NOW,
+            reason: reason.map(String::from),
+        })),
+    };
+    update(&mut s, event(None));
+    assert_eq!(s.log.back().unwrap().level, Level::Info);
+    update(
+        &mut s,
+        event(Some(
+            "region guian lost (no live worker for 60s): 3 task(s) withdrawn",
+        )),
+    );
+    let last = s.log.back().unwrap();
+    assert_eq!(last.level, Level::Warn);
+    assert!(last.text.contains("region guian lost"), "{}", last.text);
+}
+
+#[test]
 fn ticks_sample_utilization_per_region() {
     let mut s = fresh();
     polled(&mut s);
