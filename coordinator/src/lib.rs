@@ -173,6 +173,10 @@ struct Learned {
     held: BTreeMap<Region, BTreeSet<ContentHash>>,
     /// Per job: (sum of wall seconds, sum of core-seconds, tasks) of rendered tasks.
     task_secs: HashMap<JobId, (f64, f64, u32)>,
+    /// Input fetches placement started: region -> manifest -> (when it should have arrived,
+    /// ms; when to stop expecting it, ms). Cleared when a task with those inputs finishes
+    /// there.
+    arriving: HashMap<Region, BTreeMap<ContentHash, (u64, u64)>>,
 }
 
 impl Learned {
@@ -184,6 +188,9 @@ impl Learned {
                 .entry(region.clone())
                 .or_default()
                 .insert(rec.spec.inputs);
+            if let Some(a) = self.arriving.get_mut(region) {
+                a.remove(&rec.spec.inputs);
+            }
         }
         let entry = self.task_secs.entry(rec.id.clone()).or_default();
         if entry.2 > 0 {
@@ -194,6 +201,41 @@ impl Learned {
         entry.0 += wall_secs;
         entry.1 += core_seconds;
         entry.2 += 1;
+    }
+
+    /// Fetches still under way into `region`: seconds until each arrives (0 when overdue),
+    /// and until the region's link is free. Forgets fetches long overdue.
+    fn fetches(&mut self, region: &Region, now: u64) -> (BTreeMap<ContentHash, f64>, f64) {
+        let Some(a) = self.arriving.get_mut(region) else {
+            return (BTreeMap::new(), 0.0);
+        };
+        a.retain(|_, (_, give_up)| *give_up > now);
+        let secs: BTreeMap<ContentHash, f64> = a
+            .iter()
+            .map(|(h, (due, _))| (*h, due.saturating_sub(now) as f64 / 1000.0))
+            .collect();
+        let busy = secs.values().copied().fold(0.0, f64::max);
+        (secs, busy)
+    }
+
+    /// Remembers the fetches a plan started (`arriving` after [`dispatch::plan`]).
+    fn started_fetches(
+        &mut self,
+        region: &Region,
+        arriving: &BTreeMap<ContentHash, f64>,
+        now: u64,
+    ) {
+        let held = self.held.get(region);
+        let a = self.arriving.entry(region.clone()).or_default();
+        for (h, secs) in arriving {
+            if held.is_some_and(|held| held.contains(h)) || a.contains_key(h) {
+                continue;
+            }
+            let due = now + (secs * 1000.0) as u64;
+            // A fetch this late has failed or its worker is gone: stop counting on it.
+            let give_up = due + ((secs * 2000.0) as u64).max(60_000);
+            a.insert(*h, (due, give_up));
+        }
     }
 
     /// What one task of the job is expected to take at speed 1.
@@ -898,6 +940,7 @@ impl Coordinator {
                     dispatch::RegionView::new(self.config.catalog.profile(&region), f, slots);
                 view.queued = queued.get(&region).copied().unwrap_or(0);
                 view.cached = self.learned.held.get(&region).cloned().unwrap_or_default();
+                (view.arriving, view.link_busy_secs) = self.learned.fetches(&region, now);
                 for kind in &renderers {
                     view.speed
                         .insert(kind.clone(), self.learned.speeds.factor(&region, kind));
@@ -906,6 +949,10 @@ impl Coordinator {
             })
             .collect();
         let releases = dispatch::plan(&mut views, &mut regions, now);
+        for region in &regions {
+            self.learned
+                .started_fetches(region.name(), &region.arriving, now);
+        }
         let mut touched = Vec::new();
         for release in releases {
             let id = &ids[release.job];
@@ -1139,4 +1186,87 @@ fn allowed_regions(
         rec.spec.regions.clone()
     };
     Some(candidates.into_iter().filter(|r| !all_blocked(r)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suanli_shared::protocol::{InputManifest, JobSpec, Placement, RendererSpec};
+
+    fn job(input_bytes: u64) -> JobRecord {
+        JobRecord {
+            id: JobId::generate(),
+            spec: JobSpec {
+                name: "j".into(),
+                priority: 0,
+                frames: "1-4".parse().unwrap(),
+                chunk: 1,
+                regions: vec![],
+                max_retries: 0,
+                task_timeout_secs: 60,
+                renderer: RendererSpec::Builtin {
+                    width: 8,
+                    height: 8,
+                    samples: 1,
+                },
+                inputs: InputManifest::default().hash(),
+                scene: None,
+                output: "f_####".into(),
+                placement: Placement::default(),
+            },
+            state: JobState::Running,
+            n_tasks: 4,
+            created_ms: 0,
+            finished_ms: None,
+            reason: None,
+            blocklist: vec![],
+            input_bytes,
+        }
+    }
+
+    #[test]
+    fn fetches_a_plan_started_count_down_until_a_task_lands_or_they_are_long_overdue() {
+        let mut learned = Learned::default();
+        let guian: Region = "guian".parse().unwrap();
+        let rec = job(5_000_000_000);
+        let h = rec.spec.inputs;
+        learned.started_fetches(&guian, &BTreeMap::from([(h, 40.0)]), 1_000);
+        let (secs, busy) = learned.fetches(&guian, 11_000);
+        assert_eq!((secs[&h], busy), (30.0, 30.0), "10 s of 40 s gone");
+        // Planned again: the fetch already under way is not restarted.
+        learned.started_fetches(&guian, &BTreeMap::from([(h, 40.0)]), 11_000);
+        assert_eq!(learned.fetches(&guian, 11_000).0[&h], 30.0);
+        // Overdue: arriving any moment, until long overdue (twice the estimate, at least 60 s).
+        assert_eq!(learned.fetches(&guian, 50_000).0[&h], 0.0);
+        assert!(learned.fetches(&guian, 121_001).0.is_empty());
+        // A task that finished there means the region holds the inputs.
+        learned.started_fetches(&guian, &BTreeMap::from([(h, 40.0)]), 200_000);
+        learned.record(&rec, &guian, 1.0, 1.0);
+        assert!(learned.fetches(&guian, 200_000).0.is_empty());
+        assert!(learned.held[&guian].contains(&h));
+        learned.started_fetches(&guian, &BTreeMap::from([(h, 40.0)]), 200_000);
+        assert!(
+            learned.fetches(&guian, 200_000).0.is_empty(),
+            "held inputs are not fetched"
+        );
+    }
+
+    #[test]
+    fn speeds_and_task_needs_come_from_rendered_tasks() {
+        let mut learned = Learned::default();
+        let (fast, slow): (Region, Region) = ("fast".parse().unwrap(), "slow".parse().unwrap());
+        let rec = job(0);
+        assert_eq!(
+            learned.needs(&rec).wall_seconds,
+            placement::TaskNeeds::default().wall_seconds
+        );
+        learned.record(&rec, &slow, 10.0, 10.0);
+        learned.record(&rec, &fast, 5.0, 5.0);
+        assert!(learned.speeds.factor(&fast, "builtin") > 1.5);
+        assert_eq!(learned.needs(&rec).wall_seconds, 7.5);
+        assert!(
+            learned.held.is_empty(),
+            "a job without inputs leaves nothing held"
+        );
+    }
 }
