@@ -10,13 +10,29 @@
 #   scripts/cluster.sh                       # guian and ulanqab, 2 workers each, frames 1-48
 #   scripts/cluster.sh --frames 1-24         # the short form, for CI
 #   scripts/cluster.sh --regions guian,ulanqab,zhongwei --workers 1 --keep
+#   scripts/cluster.sh --netns --rate guian=40,ulanqab=10 --frames 1-24   # as root
 #
 # Options: --regions A,B,...  --workers N (per region)  --slots N  --frames SPEC
-#          --timeout SECS (the whole job)  --dir DIR  --keep
+#          --timeout SECS (the whole job)  --dir DIR  --keep  --catalog FILE (for the coordinator)
+# --netns (root; Linux network namespaces): each region's leaf and workers run in a network
+#   namespace of their own (suanli-<region>-<pid>), joined to this one by a veth pair on a
+#   private /30 (10.213.<n>.0/30: .1 on this side, .2 inside) that a tc token bucket caps in
+#   both directions. The hub, the coordinator, the CLI and an S3 store (moto_server, from
+#   scripts/install-tools.sh) stay here, listening on the first region's .1 address, so every
+#   NATS and store byte a region moves crosses its capped link. The job carries a random input
+#   file that each worker fetches once; per region the script prints the frames, the input
+#   bytes the ledger counts and the bytes and rate measured on the link, and fails when the
+#   inputs did not cross the link or the link ran faster than its cap.
+#     --rate R=MBIT,...  link caps in Mbit/s; a region it does not name takes the catalog's
+#                        bandwidth_mbps, else guian 40, ulanqab 10, any other 20
+#     --input-mb N       size of the job's input file (default 8)
 # Environment: SUANLI_BIN (default target/debug/suanli, built when missing),
-#              SUANLI_NATS_SERVER (default .tools/bin/nats-server, then PATH).
-# Exits 0 only when the job is done, every region rendered, and every frame verified.
+#              SUANLI_NATS_SERVER (default .tools/bin/nats-server, then PATH),
+#              SUANLI_MOTO_SERVER (--netns; default .tools/bin/moto_server, then PATH).
+# Exits 0 only when the job is done, every region rendered (with --catalog placement may leave
+# a region out: it is reported), and every frame verified.
 set -euo pipefail
+here=$PWD
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
@@ -27,6 +43,10 @@ frames="1-48"
 limit_s=300
 dir=""
 keep=0
+catalog=""
+netns=0
+rates=""
+input_mb=8
 while [ $# -gt 0 ]; do
   case "$1" in
     --regions) regions=$2; shift 2 ;;
@@ -36,7 +56,11 @@ while [ $# -gt 0 ]; do
     --timeout) limit_s=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --catalog) catalog=$2; shift 2 ;;
+    --netns) netns=1; shift ;;
+    --rate) rates=$2; shift 2 ;;
+    --input-mb) input_mb=$2; shift 2 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "cluster: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +68,13 @@ IFS=',' read -r -a region_list <<<"$regions"
 if [ "${#region_list[@]}" -eq 0 ]; then
   echo "cluster: --regions needs at least one region" >&2
   exit 2
+fi
+if [ -n "$catalog" ]; then
+  case "$catalog" in /*) ;; *) catalog="$here/$catalog" ;; esac
+  if [ ! -f "$catalog" ]; then
+    echo "cluster: no catalog file $catalog" >&2
+    exit 2
+  fi
 fi
 
 nats_bin="${SUANLI_NATS_SERVER:-$root/.tools/bin/nats-server}"
@@ -54,6 +85,68 @@ if [ -z "$nats_bin" ]; then
   echo "cluster: no nats-server (run scripts/install-tools.sh or set SUANLI_NATS_SERVER)" >&2
   exit 1
 fi
+
+# --netns: root, iproute2 and moto_server; link caps per region (Mbit/s).
+declare -A rate_of=()
+if [ "$netns" = 1 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "cluster: --netns needs root (it creates network namespaces, veth pairs and tc qdiscs)" >&2
+    exit 1
+  fi
+  if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+    echo "cluster: installing Debian's iproute2 (ip, tc) for --netns" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends iproute2 >/dev/null; }; then
+      echo "cluster: cannot install iproute2; --netns needs 'ip' and 'tc'" >&2
+      exit 1
+    fi
+  fi
+  moto_bin="${SUANLI_MOTO_SERVER:-$root/.tools/bin/moto_server}"
+  if [ ! -x "$moto_bin" ]; then
+    moto_bin=$(command -v moto_server || true)
+  fi
+  if [ -z "$moto_bin" ]; then
+    echo "cluster: --netns needs moto_server (run scripts/install-tools.sh or set SUANLI_MOTO_SERVER)" >&2
+    exit 1
+  fi
+  if ! [[ "$input_mb" =~ ^[1-9][0-9]*$ ]]; then
+    echo "cluster: --input-mb wants a whole number of MiB, not '$input_mb'" >&2
+    exit 2
+  fi
+  declare -A rate_given=() rate_default=([guian]=40 [ulanqab]=10)
+  rate_items=()
+  [ -z "$rates" ] || IFS=',' read -r -a rate_items <<<"$rates"
+  for item in "${rate_items[@]}"; do
+    r=${item%%=*} v=${item#*=}
+    if [ "$r" = "$item" ] || ! [[ "$v" =~ ^[0-9]+(\.[0-9]+)?$ ]] || [[ "$v" =~ ^0+(\.0+)?$ ]]; then
+      echo "cluster: --rate wants REGION=MBIT,... with positive numbers, not '$item'" >&2
+      exit 2
+    fi
+    rate_given[$r]=$v
+  done
+  for region in "${region_list[@]}"; do
+    from_catalog=""
+    if [ -n "$catalog" ]; then
+      from_catalog=$(python3 - "$catalog" "$region" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    d = tomllib.load(f)
+for r in d.get("region", []):
+    if r.get("name") == sys.argv[2] and "bandwidth_mbps" in r:
+        print(f"{float(r['bandwidth_mbps']):g}")
+PY
+)
+    fi
+    if [ -n "${rate_given[$region]:-}" ]; then
+      rate_of[$region]=${rate_given[$region]}
+    elif [ -n "$from_catalog" ]; then
+      rate_of[$region]=$from_catalog
+    else
+      rate_of[$region]=${rate_default[$region]:-20}
+    fi
+  done
+fi
+
 bin="${SUANLI_BIN:-$root/target/debug/suanli}"
 if [ -z "${SUANLI_BIN:-}" ] && [ ! -x "$bin" ]; then
   cargo build --quiet --bin suanli
@@ -71,6 +164,8 @@ role_log="${RUST_LOG:-info}"
 export RUST_LOG=warn
 
 pids=()
+netns_names=()  # namespaces this run created
+host_links=()   # the root-side ends of their veth pairs
 cleanup() {
   local code=$?
   # Roles first (they hold NATS connections), then the leaves, then the hub.
@@ -82,6 +177,17 @@ cleanup() {
     kill -9 "$p" 2>/dev/null || true
   done
   wait 2>/dev/null || true
+  # --netns: anything still inside our namespaces (a renderer a worker left behind), then the
+  # namespaces (which takes their veth ends, and so the pairs, with them).
+  for ns in "${netns_names[@]}"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || echo "cluster: could not delete network namespace $ns" >&2
+  done
+  for l in "${host_links[@]}"; do
+    if ip link show "$l" >/dev/null 2>&1; then
+      ip link del "$l" 2>/dev/null || echo "cluster: could not delete link $l" >&2
+    fi
+  done
   if [ "$code" -ne 0 ]; then
     echo "cluster: FAILED (exit $code); last log lines:" >&2
     for f in "$dir"/logs/*.log; do
@@ -105,8 +211,9 @@ json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 # http URL: the body of a 2xx answer (fails otherwise).
 http() { python3 -c "import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())" "$1"; }
 
+# free_port [ADDR]: a TCP port nothing listens on at ADDR (default 127.0.0.1).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "${1:-127.0.0.1}"
 }
 
 # wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND every 0.2 s until it succeeds.
@@ -123,43 +230,140 @@ wait_for() {
   done
 }
 
-hub_port=$(free_port)
-hub_http=$(free_port)
-leaf_port=$(free_port)
-hub_url="nats://127.0.0.1:$hub_port"
+# --netns: one namespace per region, a veth pair on the first free 10.213.<n>.0/30 (under a
+# lock, so that two runs do not pick the same block), token buckets on both ends. The services
+# listen on the first region's root-side address; the other namespaces get one host route to
+# it through their own link, and no other route out.
+hub_host=127.0.0.1
+declare -A ns_of=() addr_of=() link_of=()
+if [ "$netns" = 1 ]; then
+  exec 9>/tmp/suanli-cluster-netns.lock
+  if ! flock -w 30 9; then
+    echo "cluster: another cluster.sh --netns held /tmp/suanli-cluster-netns.lock for 30s" >&2
+    exit 1
+  fi
+  used=$(ip -4 -o addr show | awk '{print $4}')
+  n=0 i=0
+  for region in "${region_list[@]}"; do
+    n=$((n + 1))
+    while grep -q "^10\.213\.$n\." <<<"$used"; do n=$((n + 1)); done
+    if [ "$n" -gt 254 ]; then
+      echo "cluster: no free 10.213.<n>.0/30 block left for region $region" >&2
+      exit 1
+    fi
+    ns="suanli-$region-$$"
+    if ! err=$(ip netns add "$ns" 2>&1); then
+      echo "cluster: cannot create network namespace $ns here ($err); run without --netns" >&2
+      exit 1
+    fi
+    netns_names+=("$ns")
+    host_link="sl$$h$i" peer_link="sl$$n$i"
+    ip link add "$host_link" type veth peer name "$peer_link"
+    host_links+=("$host_link")
+    ip link set "$peer_link" netns "$ns"
+    ip addr add "10.213.$n.1/30" dev "$host_link"
+    ip link set "$host_link" up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "10.213.$n.2/30" dev "$peer_link"
+    ip -n "$ns" link set "$peer_link" up
+    tc qdisc add dev "$host_link" root tbf rate "${rate_of[$region]}mbit" burst 32kbit latency 400ms
+    tc -n "$ns" qdisc add dev "$peer_link" root tbf rate "${rate_of[$region]}mbit" burst 32kbit latency 400ms
+    if [ "$i" -eq 0 ]; then
+      hub_host="10.213.$n.1"
+    else
+      ip -n "$ns" route add "$hub_host/32" via "10.213.$n.1" dev "$peer_link"
+    fi
+    ns_of[$region]=$ns addr_of[$region]="10.213.$n.2" link_of[$region]=$host_link
+    i=$((i + 1))
+  done
+  flock -u 9
+  exec 9>&-
+fi
 
-SUANLI_HUB_NAME=hub SUANLI_HUB_HOST=127.0.0.1 SUANLI_HUB_PORT=$hub_port \
+hub_port=$(free_port "$hub_host")
+hub_http=$(free_port "$hub_host")
+leaf_port=$(free_port "$hub_host")
+hub_url="nats://$hub_host:$hub_port"
+
+SUANLI_HUB_NAME=hub SUANLI_HUB_HOST=$hub_host SUANLI_HUB_PORT=$hub_port \
   SUANLI_HUB_HTTP=$hub_http SUANLI_LEAF_PORT=$leaf_port SUANLI_HUB_STORE="$dir/hub-js" \
   "$nats_bin" -c deploy/nats/hub.conf >>"$dir/logs/hub.log" 2>&1 &
 pids+=($!)
-wait_for "the hub's JetStream" 20 http "http://127.0.0.1:$hub_http/healthz?js-enabled-only=true"
-echo "cluster: hub $hub_url (JetStream), leaf-node port $leaf_port, monitoring http://127.0.0.1:$hub_http" >&2
+wait_for "the hub's JetStream" 20 http "http://$hub_host:$hub_http/healthz?js-enabled-only=true"
+echo "cluster: hub $hub_url (JetStream), leaf-node port $leaf_port, monitoring http://$hub_host:$hub_http" >&2
+
+# --netns: the store is S3 on moto_server beside the hub, so that inputs and frames cross the
+# regions' links (a file:// store would be read through the shared file system instead).
+if [ "$netns" = 1 ]; then
+  moto_port=$(free_port "$hub_host")
+  bucket=suanli-cluster
+  "$moto_bin" -H "$hub_host" -p "$moto_port" >>"$dir/logs/moto.log" 2>&1 &
+  pids+=($!)
+  make_bucket() {
+    python3 - "http://$hub_host:$moto_port/$bucket" <<'PY'
+import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], data=b"", method="PUT")
+with urllib.request.urlopen(req, timeout=5) as r:
+    sys.exit(0 if r.status == 200 else 1)
+PY
+  }
+  wait_for "moto_server to create bucket $bucket" 60 make_bucket
+  unset AWS_ENDPOINT_URL AWS_SESSION_TOKEN AWS_PROFILE http_proxy https_proxy all_proxy \
+    HTTP_PROXY HTTPS_PROXY ALL_PROXY
+  export AWS_ENDPOINT="http://$hub_host:$moto_port" AWS_ALLOW_HTTP=true \
+    AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+  echo "cluster: store s3://$bucket on moto_server $AWS_ENDPOINT" >&2
+fi
 
 declare -A leaf_url=()
+run_in=()
 for region in "${region_list[@]}"; do
-  port=$(free_port)
+  if [ "$netns" = 1 ]; then
+    # A namespace of its own: the leaf takes the usual client port on its loopback.
+    run_in=(ip netns exec "${ns_of[$region]}")
+    port=4222
+  else
+    port=$(free_port)
+  fi
   SUANLI_LEAF_NAME="leaf-$region" SUANLI_LEAF_HOST=127.0.0.1 SUANLI_LEAF_CLIENT=$port \
-    SUANLI_HUB_LEAF_URL="nats-leaf://127.0.0.1:$leaf_port" \
-    "$nats_bin" -c deploy/nats/leaf.conf >>"$dir/logs/leaf-$region.log" 2>&1 &
+    SUANLI_HUB_LEAF_URL="nats-leaf://$hub_host:$leaf_port" \
+    "${run_in[@]}" "$nats_bin" -c deploy/nats/leaf.conf >>"$dir/logs/leaf-$region.log" 2>&1 &
   pids+=($!)
   leaf_url[$region]="nats://127.0.0.1:$port"
 done
 leaves_connected() {
-  [ "$(http "http://127.0.0.1:$hub_http/leafz" | json "d['leafnodes']")" -eq "${#region_list[@]}" ]
+  [ "$(http "http://$hub_host:$hub_http/leafz" | json "d['leafnodes']")" -eq "${#region_list[@]}" ]
 }
 wait_for "${#region_list[@]} leaf nodes to connect to the hub" 30 leaves_connected
 for region in "${region_list[@]}"; do
-  echo "cluster: region $region: leaf ${leaf_url[$region]}" >&2
+  if [ "$netns" = 1 ]; then
+    echo "cluster: region $region: leaf ${leaf_url[$region]} in namespace ${ns_of[$region]}" \
+      "(${addr_of[$region]}, link ${link_of[$region]} capped at ${rate_of[$region]} Mbit/s)" >&2
+  else
+    echo "cluster: region $region: leaf ${leaf_url[$region]}" >&2
+  fi
 done
 
-export SUANLI_STORE="file://$dir/store"
-RUST_LOG=$role_log "$bin" coordinator --nats "$hub_url" >>"$dir/logs/coordinator.log" 2>&1 &
+if [ "$netns" = 1 ]; then
+  export SUANLI_STORE="s3://$bucket"
+else
+  export SUANLI_STORE="file://$dir/store"
+fi
+coordinator_args=()
+if [ -n "$catalog" ]; then
+  coordinator_args=(--catalog "$catalog")
+fi
+RUST_LOG=$role_log "$bin" coordinator --nats "$hub_url" "${coordinator_args[@]}" >>"$dir/logs/coordinator.log" 2>&1 &
 pids+=($!)
 wait_for "the coordinator" 30 "$bin" workers --nats "$hub_url"
 for region in "${region_list[@]}"; do
+  run_in=()
+  if [ "$netns" = 1 ]; then
+    run_in=(ip netns exec "${ns_of[$region]}")
+  fi
   for n in $(seq "$workers"); do
     name="$region-w$n"
-    RUST_LOG=$role_log "$bin" worker --nats "${leaf_url[$region]}" --region "$region" --name "$name" \
+    RUST_LOG=$role_log "${run_in[@]}" "$bin" worker --nats "${leaf_url[$region]}" --region "$region" --name "$name" \
       --slots "$slots" --cache-dir "$dir/cache-$name" >>"$dir/logs/worker-$name.log" 2>&1 &
     pids+=($!)
   done
@@ -171,11 +375,54 @@ workers_up() {
 wait_for "$want_workers workers to register through their leaves" 60 workers_up
 echo "cluster: coordinator and $want_workers workers up" >&2
 
+# --netns: sample each link's byte counters (root side: tx is into the region, rx out of it)
+# every 0.1 s while the job runs, to measure what crossed it and how fast.
+job_args=()
+submit_dir=$root
+if [ "$netns" = 1 ]; then
+  # Inputs must sit below the folder submit runs in (there is no scene to sit beside).
+  submit_dir="$dir/job"
+  mkdir -p "$dir/job"
+  head -c $((input_mb * 1024 * 1024)) /dev/urandom >"$dir/job/plate.bin"
+  job_args=(--input plate.bin)
+  touch "$dir/sampling"
+  sample_links() {
+    local end=$((SECONDS + limit_s + 60)) line l tx rx
+    while [ -e "$dir/sampling" ] && [ "$SECONDS" -lt "$end" ]; do
+      line=$EPOCHREALTIME
+      for l in "${host_links[@]}"; do
+        read -r tx <"/sys/class/net/$l/statistics/tx_bytes"
+        read -r rx <"/sys/class/net/$l/statistics/rx_bytes"
+        line+=" $tx $rx"
+      done
+      echo "$line"
+      sleep 0.1
+    done
+  }
+  LC_ALL=C sample_links >"$dir/link-samples.txt" &
+  sampler=$!
+  pids+=($sampler)
+  echo "cluster: job input: plate.bin, $input_mb MiB of random bytes" >&2
+fi
+
 started=$SECONDS
+t_submit=$EPOCHREALTIME
 echo "cluster: submitting frames $frames and waiting (at most ${limit_s}s)" >&2
 rc=0
-status=$(timeout "$limit_s" "$bin" submit --nats "$hub_url" --frames "$frames" --renderer builtin \
-  --width 96 --height 54 --samples 2 --name cluster-check --wait --json) || rc=$?
+# In the background, so that a TERM or INT sent to this script alone runs the cleanup now
+# (bash runs traps only between foreground commands; `wait` is interrupted by them).
+(cd "$submit_dir" && exec timeout "$limit_s" "$bin" submit --nats "$hub_url" --frames "$frames" \
+  --renderer builtin --width 96 --height 54 --samples 2 --name cluster-check "${job_args[@]}" \
+  --wait --json) >"$dir/status.json" &
+submitter=$!
+pids+=($submitter)
+wait "$submitter" || rc=$?
+status=$(cat "$dir/status.json")
+t_done=$EPOCHREALTIME
+if [ "$netns" = 1 ]; then
+  rm -f "$dir/sampling"
+  wait "$sampler" 2>/dev/null || true
+fi
 if [ "$rc" -ne 0 ]; then
   [ "$rc" -eq 124 ] && echo "cluster: the job did not finish within ${limit_s}s" >&2
   echo "cluster: submit --wait exited $rc" >&2
@@ -191,11 +438,74 @@ n_frames=$(json "d['frames']['total']" <<<"$status")
 for region in "${region_list[@]}"; do
   done_here=$(json "d['regions'].get('$region', {}).get('frames_done', 0)" <<<"$status")
   if [ "$done_here" -eq 0 ]; then
+    if [ -n "$catalog" ]; then
+      echo "cluster: region $region rendered no frames (placement under the catalog chose the others)" >&2
+      continue
+    fi
     echo "cluster: region $region rendered no frames through its leaf node" >&2
     exit 1
   fi
   echo "cluster: region $region rendered $done_here of $n_frames frames" >&2
 done
+if [ "$netns" = 1 ]; then
+  # Per region: the input bytes the ledger counts (workers' cache misses), what the link carried
+  # during the job, and its rate over the samples where it ran at more than half its cap.
+  link_args=()
+  for region in "${region_list[@]}"; do
+    link_args+=("$region" "${rate_of[$region]}")
+  done
+  python3 - "$dir/status.json" "$dir/link-samples.txt" "$t_submit" "$t_done" "${link_args[@]}" <<'PY' || exit 1
+import json, sys
+
+status = json.load(open(sys.argv[1]))
+t0, t1 = float(sys.argv[3]), float(sys.argv[4])
+pairs = sys.argv[5:]
+links = [(pairs[k], float(pairs[k + 1])) for k in range(0, len(pairs), 2)]
+rows = []
+for line in open(sys.argv[2]):
+    f = line.split()
+    if len(f) != 1 + 2 * len(links):
+        continue  # a line cut short when the sampler stopped
+    t = float(f[0])
+    if t0 - 0.2 <= t <= t1 + 0.2:
+        rows.append((t, [int(x) for x in f[1:]]))
+if len(rows) < 2:
+    print("cluster: too few link samples to measure", file=sys.stderr)
+    sys.exit(1)
+ok = True
+mb = lambda b: b / 1e6
+for k, (region, cap) in enumerate(links):
+    tx = lambda r: r[1][2 * k]
+    rx = lambda r: r[1][2 * k + 1]
+    down, up = tx(rows[-1]) - tx(rows[0]), rx(rows[-1]) - rx(rows[0])
+    busy_s = busy_b = 0.0
+    for a, b in zip(rows, rows[1:]):
+        dt, db = b[0] - a[0], tx(b) - tx(a)
+        if dt > 0 and db * 8 / dt / 1e6 > cap / 2:
+            busy_s += dt
+            busy_b += db
+    ledger = status.get("regions", {}).get(region, {}).get("bytes_in", 0)
+    line = (f"cluster: region {region} (cap {cap:g} Mbit/s): inputs {mb(ledger):.1f} MB by the "
+            f"ledger (at the cap: {ledger * 8 / (cap * 1e6):.1f} s); link carried "
+            f"{mb(down):.1f} MB in, {mb(up):.1f} MB out")
+    if busy_s > 0:
+        rate = busy_b * 8 / busy_s / 1e6
+        line += f"; busy {busy_s:.1f} s at {rate:.1f} Mbit/s"
+    else:
+        rate = 0.0
+        line += "; too fast to time with 0.1 s samples"
+    print(line, file=sys.stderr)
+    if ledger > 0 and down < ledger:
+        print(f"cluster: region {region}'s inputs ({ledger} bytes) did not cross its link "
+              f"({down} bytes)", file=sys.stderr)
+        ok = False
+    if busy_s >= 1.0 and rate > 1.2 * cap:
+        print(f"cluster: region {region}'s link ran at {rate:.1f} Mbit/s, above its "
+              f"{cap:g} Mbit/s cap", file=sys.stderr)
+        ok = False
+sys.exit(0 if ok else 1)
+PY
+fi
 "$bin" fetch "$job" --nats "$hub_url" --out "$dir/frames" --json >"$dir/fetch.json"
 fetched=$(find "$dir/frames" -name '*.png' | wc -l)
 if [ "$fetched" -ne "$n_frames" ]; then
