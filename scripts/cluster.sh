@@ -151,6 +151,8 @@ bin="${SUANLI_BIN:-$root/target/debug/suanli}"
 if [ -z "${SUANLI_BIN:-}" ] && [ ! -x "$bin" ]; then
   cargo build --quiet --bin suanli
 fi
+# Roles run from other folders (and namespaces): a relative SUANLI_BIN must not break them.
+bin=$(realpath -e "$bin") || { echo "cluster: SUANLI_BIN '$SUANLI_BIN' does not exist" >&2; exit 2; }
 
 if [ -z "$dir" ]; then
   dir=$(mktemp -d /tmp/suanli-cluster.XXXXXX)
