@@ -30,6 +30,14 @@ nats_ok() {
   [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 11 ]; }
 }
 
+# Installs one Debian package (as root, or through sudo).
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
+
 venv="$tools/venv"
 ensure_venv() {
   if [ ! -x "$venv/bin/python" ]; then
@@ -38,9 +46,7 @@ ensure_venv() {
       # Debian splits venv out of python3.
       rm -rf "$venv"
       log "python3 has no venv module: installing Debian's python3-venv"
-      if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
-      $sudo apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+      apt_install python3-venv
       python3 -m venv "$venv"
     fi
     "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null
@@ -72,9 +78,7 @@ log "moto_server: $tools/bin/moto_server"
 if [ "$want_blender" = 1 ]; then
   if ! command -v blender >/dev/null 2>&1; then
     log "installing Debian's blender (headless Cycles on the CPU)"
-    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends blender >/dev/null
+    apt_install blender
   fi
   log "blender: $(blender --version 2>/dev/null | head -n 1)"
 fi
@@ -82,9 +86,7 @@ fi
 if [ "$want_tmux" = 1 ]; then
   if ! command -v tmux >/dev/null 2>&1; then
     log "installing Debian's tmux (for scripts/tui-e2e.sh)"
-    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends tmux >/dev/null
+    apt_install tmux
   fi
   log "tmux: $(tmux -V)"
 fi
