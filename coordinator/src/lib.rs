@@ -444,6 +444,9 @@ impl Coordinator {
                     self.adopt(prepared).await
                 }
                 _ = tick.tick() => {
+                    // Region loss is measured in tens of seconds: checked on the timer, not
+                    // after every message.
+                    self.withdraw_from_lost_regions(now_ms()).await;
                     if events.is_none() {
                         match self.open_events().await {
                             Ok(s) => events = Some(s),
@@ -851,7 +854,6 @@ impl Coordinator {
     /// Releases backlog tasks onto regions with free slots.
     async fn dispatch(&mut self) {
         let mut free: BTreeMap<Region, i64> = BTreeMap::new();
-        let mut n_workers: BTreeMap<Region, i64> = BTreeMap::new();
         let mut live_slots: BTreeMap<Region, u32> = BTreeMap::new();
         let mut region_workers: BTreeMap<Region, Vec<suanli_shared::WorkerId>> = BTreeMap::new();
         let now = now_ms();
@@ -860,7 +862,6 @@ impl Coordinator {
             live_regions.push(w.region.clone());
             if w.state != WorkerState::Draining {
                 *free.entry(w.region.clone()).or_default() += w.slots as i64;
-                *n_workers.entry(w.region.clone()).or_default() += 1;
                 *live_slots.entry(w.region.clone()).or_default() += w.slots;
                 region_workers
                     .entry(w.region.clone())
@@ -871,14 +872,13 @@ impl Coordinator {
         for region in live_regions {
             self.last_live.insert(region, now);
         }
-        self.withdraw_from_lost_regions(now).await;
         if free.is_empty() {
             return;
         }
         let mut queued: BTreeMap<Region, u32> = BTreeMap::new();
         let mut renderers: BTreeSet<String> = BTreeSet::new();
         for (region, f) in free.iter_mut() {
-            *f += n_workers[region].min(self.config.prefetch as i64);
+            *f += (region_workers[region].len() as i64).min(self.config.prefetch as i64);
         }
         let mut ids = Vec::new();
         let mut views = Vec::new();
