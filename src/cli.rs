@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use suanli_shared::ledger::Ledger;
 use suanli_shared::protocol::{now_ms, JobState, JobStatus, WorkerInfo};
 use suanli_shared::store::Store;
 use suanli_shared::{JobId, Region, WorkerId};
@@ -524,7 +525,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 Some(job) => vec![client.status(&job).await?],
                 None => client.jobs().await?,
             };
-            let ledger = ledger_of(&statuses);
+            let ledger = Ledger::of(&statuses);
             if json {
                 print_json(&ledger);
             } else {
@@ -618,9 +619,7 @@ async fn render_frame(args: RenderFrameArgs) -> anyhow::Result<u8> {
 }
 
 fn default_worker_name() -> anyhow::Result<WorkerId> {
-    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_else(|_| "worker".into())
-        .trim()
+    let host: String = suanli_shared::sys::hostname()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -637,37 +636,6 @@ fn default_worker_name() -> anyhow::Result<WorkerId> {
 /// Reads a region catalog; a bad one is the operator's input error (exit 2).
 fn load_catalog(path: &std::path::Path) -> anyhow::Result<suanli_shared::regions::RegionCatalog> {
     suanli_shared::regions::RegionCatalog::load(path).map_err(|e| BadInput(e.to_string()).into())
-}
-
-/// Per-region totals of one job's or every listed job's ledger.
-#[derive(Debug, Default, serde::Serialize)]
-struct Ledger {
-    jobs: usize,
-    regions: std::collections::BTreeMap<String, suanli_shared::protocol::RegionFigures>,
-    total: suanli_shared::protocol::RegionFigures,
-}
-
-fn ledger_of(statuses: &[JobStatus]) -> Ledger {
-    let mut ledger = Ledger {
-        jobs: statuses.len(),
-        ..Default::default()
-    };
-    for s in statuses {
-        for (region, r) in &s.regions {
-            for acc in [
-                ledger.regions.entry(region.clone()).or_default(),
-                &mut ledger.total,
-            ] {
-                acc.frames_done += r.frames_done;
-                acc.core_seconds += r.core_seconds;
-                acc.bytes_in += r.bytes_in;
-                acc.cost += r.cost;
-                acc.energy_kwh += r.energy_kwh;
-                acc.carbon_kg += r.carbon_kg;
-            }
-        }
-    }
-    ledger
 }
 
 fn print_ledger(ledger: &Ledger) {

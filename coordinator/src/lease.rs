@@ -37,9 +37,7 @@ pub struct Holder {
 impl Holder {
     pub fn this_process() -> Self {
         Self {
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
+            host: suanli_shared::sys::hostname(),
             pid: std::process::id(),
             instance: ulid::Ulid::new().to_string(),
             renewed_ms: now_ms(),
@@ -52,9 +50,7 @@ impl Holder {
 
     /// The holder ran on this host and its process is gone.
     fn died_here(&self, me: &Holder) -> bool {
-        self.host == me.host
-            && self.pid != me.pid
-            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.host == me.host && self.pid != me.pid && !suanli_shared::sys::pid_alive(self.pid)
     }
 }
 

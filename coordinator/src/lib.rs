@@ -628,16 +628,7 @@ impl Coordinator {
     /// A job's status with its ledger priced from the region catalog.
     fn status_of(&self, job: &Job) -> suanli_shared::protocol::JobStatus {
         let mut status = job.status();
-        for (name, figures) in status.regions.iter_mut() {
-            let Ok(region) = name.parse::<Region>() else {
-                continue;
-            };
-            let profile = self.config.catalog.profile(&region);
-            figures.cost = profile.compute_cost(figures.core_seconds)
-                + profile.transfer_cost(figures.bytes_in);
-            figures.energy_kwh = profile.energy_kwh(figures.core_seconds);
-            figures.carbon_kg = profile.carbon_kg(figures.core_seconds);
-        }
+        suanli_shared::ledger::price_status(&mut status, &self.config.catalog);
         status
     }
 

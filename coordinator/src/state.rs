@@ -4,14 +4,13 @@
 
 use std::collections::BTreeMap;
 
+pub use suanli_shared::fold::Applied;
+use suanli_shared::fold::{self, AfterFailure, Tally};
 use suanli_shared::protocol::{
     Blocklisted, FrameCounts, JobRecord, JobState, JobStatus, RegionFigures, TaskCounts, TaskEvent,
-    TaskEventKind, TaskFailure, TaskRecord, TaskState, BLOCKLIST_AFTER, MAX_FAILURES_SHOWN,
+    TaskFailure, TaskRecord, TaskState, BLOCKLIST_AFTER, MAX_FAILURES_SHOWN,
 };
 use suanli_shared::{Region, WorkerId};
-
-/// How many failures a task record keeps (the oldest are dropped).
-const FAILURES_KEPT: usize = 5;
 
 /// A record with the KV revision it was read or written at (for compare-and-set).
 #[derive(Debug, Clone)]
@@ -26,21 +25,13 @@ pub struct Job {
     pub tasks: Vec<Versioned<TaskRecord>>,
 }
 
-/// What an event does to a task.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Applied {
-    /// The event is stale or a duplicate: acknowledge it and change nothing.
-    Ignored,
-    /// The task record must become this.
-    Changed(Box<TaskRecord>),
-}
-
 /// Retry backoff after the `attempt`-th failure: 1 s, 2 s, 4 s … capped at one minute.
 pub fn retry_backoff_ms(attempt: u32) -> u64 {
     1000u64.saturating_mul(1 << attempt.min(6)).min(60_000)
 }
 
-/// Folds one task event into a task record. `max_retries` comes from the job.
+/// Folds one task event into a task record: the shared record-keeping fold, with the
+/// coordinator's retry decision (the job's `max_retries`, then [`retry_backoff_ms`]).
 pub fn apply_event(
     task: &TaskRecord,
     ev: &TaskEvent,
@@ -48,117 +39,26 @@ pub fn apply_event(
     job_state: JobState,
     now_ms: u64,
 ) -> Applied {
-    if task.state.is_final() || job_state == JobState::Canceled {
-        return Applied::Ignored;
-    }
-    let mut next = task.clone();
-    match &ev.kind {
-        TaskEventKind::Started => {
-            if ev.attempt < task.attempt {
-                return Applied::Ignored;
+    fold::apply_event(task, ev, job_state, |attempt| {
+        if attempt < max_retries {
+            AfterFailure::Retry {
+                not_before_ms: now_ms + retry_backoff_ms(attempt),
             }
-            next.state = TaskState::Running;
-            next.attempt = ev.attempt;
-            next.worker = Some(ev.worker.clone());
-            next.region = Some(ev.region.clone());
-            next.started_ms = Some(ev.at_ms);
+        } else {
+            AfterFailure::Fail
         }
-        TaskEventKind::Progress { .. } => return Applied::Ignored,
-        TaskEventKind::Completed {
-            cached,
-            started_ms,
-            core_seconds,
-            outputs,
-            bytes_in,
-        } => {
-            // Any attempt's output is valid: same task key, same pixels.
-            next.state = if *cached {
-                TaskState::Cached
-            } else {
-                TaskState::Done
-            };
-            next.worker = Some(ev.worker.clone());
-            next.region = Some(ev.region.clone());
-            next.started_ms = Some(*started_ms);
-            next.finished_ms = Some(ev.at_ms);
-            next.core_seconds = *core_seconds;
-            next.outputs = outputs.clone();
-            next.bytes_in = *bytes_in;
-        }
-        TaskEventKind::Failed { failure } => {
-            if ev.attempt < task.attempt {
-                return Applied::Ignored;
-            }
-            next.failures.push(failure.clone());
-            if next.failures.len() > FAILURES_KEPT {
-                next.failures.remove(0);
-            }
-            next.worker = Some(ev.worker.clone());
-            next.region = Some(ev.region.clone());
-            if ev.attempt < max_retries {
-                next.state = TaskState::Pending;
-                next.attempt = ev.attempt + 1;
-                next.not_before_ms = now_ms + retry_backoff_ms(ev.attempt);
-                next.region = None;
-            } else {
-                next.state = TaskState::Failed;
-                next.finished_ms = Some(ev.at_ms);
-            }
-        }
-    }
-    Applied::Changed(Box::new(next))
+    })
 }
 
 impl Job {
     pub fn counts(&self) -> (TaskCounts, FrameCounts) {
-        let mut t = TaskCounts {
-            total: self.tasks.len() as u32,
-            ..Default::default()
-        };
-        let mut f = FrameCounts::default();
-        for task in &self.tasks {
-            let n = task.rec.chunk.len();
-            f.total += n;
-            match task.rec.state {
-                TaskState::Pending => t.pending += 1,
-                TaskState::Queued => t.queued += 1,
-                TaskState::Running => t.running += 1,
-                TaskState::Done => {
-                    t.done += 1;
-                    f.done += n;
-                }
-                TaskState::Cached => {
-                    t.done += 1;
-                    t.cached += 1;
-                    f.done += n;
-                    f.cached += n;
-                }
-                TaskState::Failed => {
-                    t.failed += 1;
-                    f.failed += n;
-                }
-                TaskState::Canceled => t.canceled += 1,
-            }
-        }
-        (t, f)
+        let tally = Tally::of(self.tasks.iter().map(|t| &t.rec));
+        (tally.tasks, tally.frames)
     }
 
     /// The state the job should be in, given its tasks (cancel is sticky).
     pub fn derived_state(&self) -> JobState {
-        let current = self.rec.rec.state;
-        if current == JobState::Canceled {
-            return current;
-        }
-        let (t, _) = self.counts();
-        if t.done == t.total {
-            JobState::Done
-        } else if t.done + t.failed == t.total {
-            JobState::Failed
-        } else if t.running > 0 || t.done > 0 || t.failed > 0 || current == JobState::Running {
-            JobState::Running
-        } else {
-            JobState::Queued
-        }
+        Tally::of(self.tasks.iter().map(|t| &t.rec)).job_state(self.rec.rec.state)
     }
 
     /// Why a failed job failed, in one line.
@@ -222,6 +122,7 @@ impl Job {
             failures,
             failures_total,
             blocklist: rec.blocklist.clone(),
+            max_retries: rec.spec.max_retries,
         }
     }
 
@@ -256,7 +157,7 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use suanli_shared::protocol::Failure;
+    use suanli_shared::protocol::{Failure, TaskEventKind};
     use suanli_shared::{ContentHash, FrameChunk, JobId};
 
     fn task() -> TaskRecord {

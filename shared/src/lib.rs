@@ -2,14 +2,18 @@
 //! set-up, the object-store layout and the storage adapter. Every type that crosses a process
 //! boundary is defined here; policy (what to retry, where to place) lives in the roles.
 
+pub mod fold;
 pub mod frames;
 pub mod hash;
+pub mod image;
 pub mod layout;
+pub mod ledger;
 pub mod names;
 pub mod nats;
 pub mod protocol;
 pub mod regions;
 pub mod store;
+pub mod sys;
 
 pub use frames::{FrameChunk, FrameSpec};
 pub use hash::ContentHash;

@@ -906,6 +906,10 @@ pub struct JobStatus {
     /// Workers barred from this job, and why.
     #[serde(default)]
     pub blocklist: Vec<Blocklisted>,
+    /// Retries each task gets after its first attempt fails (from the spec), so a reader of
+    /// events can tell a failed attempt that will be retried from a failed task.
+    #[serde(default)]
+    pub max_retries: u32,
 }
 
 /// How many task failures `status` lists.

@@ -38,41 +38,16 @@ impl Thumb {
 /// fit [`MAX_THUMB_WIDTH`] x [`MAX_THUMB_HEIGHT`], averaging the pixels each one covers.
 /// Blocking: call it from `spawn_blocking`.
 pub fn decode_thumb(bytes: &[u8]) -> Result<Thumb, String> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(|e| format!("not a PNG: {e}"))?;
-    let (w, h) = reader.info().size();
-    if w == 0 || h == 0 || u64::from(w) * u64::from(h) > MAX_DECODE_PIXELS {
-        return Err(format!("frame of {w}x{h} pixels is too large to preview"));
-    }
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| format!("frame of {w}x{h} pixels is too large to preview"))?;
-    let mut buf = vec![0; size];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| format!("corrupt PNG: {e}"))?;
-    let channels = match info.color_type {
-        png::ColorType::Grayscale => 1,
-        png::ColorType::GrayscaleAlpha => 2,
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => return Err("PNG palette could not be expanded".into()),
-    };
-    let (w, h) = (info.width, info.height);
-    let stride = info.line_size;
-    if info.bit_depth != png::BitDepth::Eight || buf.len() < stride * h as usize {
-        return Err(format!(
-            "unexpected PNG layout: {:?} at {:?} bits",
-            info.color_type, info.bit_depth
-        ));
-    }
-    let rgb_at = |x: u32, y: u32| -> [u8; 3] {
-        let i = y as usize * stride + x as usize * channels;
-        match channels {
-            1 | 2 => [buf[i]; 3],
-            _ => [buf[i], buf[i + 1], buf[i + 2]],
+    let img = suanli_shared::image::decode_png(bytes, MAX_DECODE_PIXELS).map_err(|e| match e {
+        suanli_shared::image::PngError::TooLarge { width, height, .. } => {
+            format!("frame of {width}x{height} pixels is too large to preview")
         }
+        other => other.to_string(),
+    })?;
+    let (w, h) = (img.width, img.height);
+    let rgb_at = |x: u32, y: u32| -> [u8; 3] {
+        let i = (y as usize * w as usize + x as usize) * 3;
+        [img.rgb[i], img.rgb[i + 1], img.rgb[i + 2]]
     };
     let scale = (w as f64 / MAX_THUMB_WIDTH as f64)
         .max(h as f64 / MAX_THUMB_HEIGHT as f64)

@@ -702,60 +702,15 @@ pub fn encode_png(img: &Image) -> Vec<u8> {
     out
 }
 
-/// Decode any 8/16-bit PNG (gray, gray+alpha, RGB, RGBA, palette; also 1/2/4-bit gray) into
-/// RGB8: 16-bit samples keep their high byte, alpha is dropped (not composited), gray is copied
-/// to all three channels. Only the first frame of an animated PNG is read.
+/// Decodes a PNG into RGB8 (see [`suanli_shared::image::decode_png`] for the formats it reads).
 pub fn decode_png(bytes: &[u8]) -> Result<Image, String> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder
-        .read_info()
-        .map_err(|e| format!("not a valid png (bad header): {e}"))?;
-    let (width, height) = reader.info().size();
-    if u64::from(width) * u64::from(height) > MAX_DECODE_PIXELS {
-        return Err(format!(
-            "png too large: {width}x{height} exceeds {MAX_DECODE_PIXELS} pixels"
-        ));
-    }
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| format!("png too large: {width}x{height}"))?;
-    let mut buf = vec![0; size];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| format!("corrupt png image data: {e}"))?;
-    let (width, height) = (info.width, info.height);
-    let pixels = width as usize * height as usize;
-    let channels = match info.color_type {
-        png::ColorType::Grayscale => 1,
-        png::ColorType::GrayscaleAlpha => 2,
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => return Err("png palette could not be expanded".to_string()),
-    };
-    if info.bit_depth != png::BitDepth::Eight || buf.len() < pixels * channels {
-        return Err(format!(
-            "unexpected png output: {:?} at {:?} bits",
-            info.color_type, info.bit_depth
-        ));
-    }
-    let rgb = match channels {
-        3 => {
-            buf.truncate(pixels * 3);
-            buf
-        }
-        1 | 2 => buf
-            .chunks_exact(channels)
-            .take(pixels)
-            .flat_map(|p| [p[0], p[0], p[0]])
-            .collect(),
-        _ => buf
-            .chunks_exact(4)
-            .take(pixels)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect(),
-    };
-    Ok(Image { width, height, rgb })
+    let img =
+        suanli_shared::image::decode_png(bytes, MAX_DECODE_PIXELS).map_err(|e| e.to_string())?;
+    Ok(Image {
+        width: img.width,
+        height: img.height,
+        rgb: img.rgb,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

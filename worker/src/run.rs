@@ -20,6 +20,7 @@ use suanli_shared::protocol::{
     TaskAssignment, TaskEvent, TaskEventKind, TaskRecord, WorkerInfo, WorkerState,
 };
 use suanli_shared::store::{Commit, Store, StoreErrorKind};
+use suanli_shared::sys::{hostname, pid_alive};
 use suanli_shared::{ContentHash, JobId, Region, WorkerId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -234,17 +235,6 @@ fn info_record(sh: &Shared) -> WorkerInfo {
         core_seconds,
         current,
     }
-}
-
-/// Whether a process with this pid runs on this host (it may be an unrelated one).
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Claims this worker's name in KV. A live worker with the same name in the region is refused;

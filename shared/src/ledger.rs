@@ -1,0 +1,134 @@
+//! The ledger: what rendering cost in money, energy and carbon, per region and in total. One
+//! home for pricing a region's figures with the region catalog's formulas and for summing them,
+//! used by the coordinator (`status`), the CLI (`suanli ledger`) and the operator terminal.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{JobStatus, RegionFigures};
+use crate::regions::{RegionCatalog, RegionProfile};
+use crate::Region;
+
+impl RegionFigures {
+    /// Sets cost, energy and carbon from the work done, at `profile`'s prices: compute at the
+    /// price per core-hour plus egress for the bytes moved in; facility energy (busy
+    /// core-hours x watts per core x PUE) and its carbon.
+    pub fn price(&mut self, profile: &RegionProfile) {
+        self.cost = profile.compute_cost(self.core_seconds) + profile.transfer_cost(self.bytes_in);
+        self.energy_kwh = profile.energy_kwh(self.core_seconds);
+        self.carbon_kg = profile.carbon_kg(self.core_seconds);
+    }
+
+    /// Adds another region's (or job's) figures to these.
+    pub fn add(&mut self, other: &RegionFigures) {
+        self.frames_done += other.frames_done;
+        self.core_seconds += other.core_seconds;
+        self.bytes_in += other.bytes_in;
+        self.cost += other.cost;
+        self.energy_kwh += other.energy_kwh;
+        self.carbon_kg += other.carbon_kg;
+    }
+}
+
+/// Prices every region of a job's status from the catalog (regions the catalog does not name
+/// get its neutral profile).
+pub fn price_status(status: &mut JobStatus, catalog: &RegionCatalog) {
+    for (name, figures) in status.regions.iter_mut() {
+        if let Ok(region) = name.parse::<Region>() {
+            figures.price(&catalog.profile(&region));
+        }
+    }
+}
+
+/// Per-region totals over some jobs, and their sum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// Jobs summed.
+    pub jobs: usize,
+    pub regions: BTreeMap<String, RegionFigures>,
+    pub total: RegionFigures,
+}
+
+impl Ledger {
+    /// The ledger of these jobs, from their (priced) statuses.
+    pub fn of<'a>(statuses: impl IntoIterator<Item = &'a JobStatus>) -> Self {
+        let mut ledger = Ledger::default();
+        for s in statuses {
+            ledger.add_job(s);
+        }
+        ledger
+    }
+
+    /// Adds one job's figures.
+    pub fn add_job(&mut self, status: &JobStatus) {
+        self.jobs += 1;
+        for (region, figures) in &status.regions {
+            self.regions.entry(region.clone()).or_default().add(figures);
+            self.total.add(figures);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FrameCounts, JobState, TaskCounts};
+    use crate::JobId;
+
+    fn status(regions: &[(&str, f64, u64)]) -> JobStatus {
+        JobStatus {
+            id: JobId::generate(),
+            name: "shot".into(),
+            state: JobState::Done,
+            priority: 0,
+            renderer: "builtin".into(),
+            created_ms: 0,
+            finished_ms: None,
+            reason: None,
+            frames: FrameCounts::default(),
+            tasks: TaskCounts::default(),
+            regions: regions
+                .iter()
+                .map(|(r, core_seconds, bytes_in)| {
+                    let f = RegionFigures {
+                        frames_done: 1,
+                        core_seconds: *core_seconds,
+                        bytes_in: *bytes_in,
+                        ..Default::default()
+                    };
+                    (r.to_string(), f)
+                })
+                .collect(),
+            failures: vec![],
+            failures_total: 0,
+            blocklist: vec![],
+            max_retries: 0,
+        }
+    }
+
+    #[test]
+    fn pricing_uses_the_catalog_formulas_and_the_ledger_sums_per_region() {
+        let catalog = RegionCatalog::default();
+        let mut a = status(&[("guian", 3600.0, 1_000_000_000), ("ulanqab", 7200.0, 0)]);
+        let mut b = status(&[("guian", 3600.0, 0)]);
+        price_status(&mut a, &catalog);
+        price_status(&mut b, &catalog);
+        let guian = catalog.profile(&"guian".parse().unwrap());
+        assert_eq!(
+            a.regions["guian"].cost,
+            guian.compute_cost(3600.0) + guian.transfer_cost(1_000_000_000)
+        );
+        assert_eq!(a.regions["guian"].energy_kwh, guian.energy_kwh(3600.0));
+        assert_eq!(a.regions["guian"].carbon_kg, guian.carbon_kg(3600.0));
+        let ledger = Ledger::of([&a, &b]);
+        assert_eq!(ledger.jobs, 2);
+        assert_eq!(ledger.regions["guian"].frames_done, 2);
+        assert_eq!(ledger.regions["guian"].core_seconds, 7200.0);
+        assert_eq!(ledger.total.core_seconds, 14_400.0);
+        assert_eq!(
+            ledger.total.cost,
+            ledger.regions["guian"].cost + ledger.regions["ulanqab"].cost
+        );
+    }
+}
