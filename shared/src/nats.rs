@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 
 use crate::names::{JobId, Region, WorkerId};
+use crate::protocol::{DecodeError, Event, EventKind};
 
 /// Work-queue stream holding released tasks, one subject per region.
 pub const TASKS_STREAM: &str = "SUANLI_TASKS";
@@ -39,6 +40,25 @@ pub fn region_consumer(region: &Region) -> String {
 /// `failed`, `job`.
 pub fn event_subject(job: &JobId, kind: &str) -> String {
     format!("suanli.evt.{job}.{kind}")
+}
+
+/// The kind of event a subject carries (`suanli.evt.<job>.<kind>`); `None` for a subject
+/// that is not an event subject.
+pub fn event_kind(subject: &str) -> Option<EventKind> {
+    let rest = subject.strip_prefix("suanli.evt.")?;
+    let (job, kind) = rest.rsplit_once('.')?;
+    if job.is_empty() || job.contains('.') {
+        return None;
+    }
+    EventKind::from_token(kind)
+}
+
+/// Decodes an event received on `subject`: its kind from the subject, its body by that kind.
+pub fn decode_event(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
+    let kind = event_kind(subject).ok_or_else(|| {
+        DecodeError::invalid("event", format!("{subject} is not an event subject"))
+    })?;
+    Event::decode(kind, payload)
 }
 
 /// Every event of one job (live subscription).
@@ -267,5 +287,20 @@ mod tests {
         assert!(parse_version("2.11.0").unwrap() >= MIN_SERVER);
         assert!(parse_version("3.0.0").unwrap() >= MIN_SERVER);
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn event_subjects_name_their_kind() {
+        let job = JobId::generate();
+        for kind in EventKind::ALL {
+            assert_eq!(event_kind(&event_subject(&job, kind.as_str())), Some(kind));
+        }
+        assert_eq!(event_kind("suanli.evt.j.jobs"), None);
+        assert_eq!(event_kind("suanli.task.guian"), None);
+        assert_eq!(event_kind("suanli.evt.a.b.job"), None);
+        assert!(decode_event("suanli.task.guian", b"{}")
+            .unwrap_err()
+            .to_string()
+            .contains("not an event subject"));
     }
 }

@@ -153,7 +153,7 @@ impl Cache {
             .store
             .get_verified(&layout::input_manifest(hash), hash)
             .await?;
-        InputManifest::parse(&bytes).map_err(CacheError::Manifest)
+        InputManifest::parse(&bytes).map_err(|e| CacheError::Manifest(e.to_string()))
     }
 
     /// Lays out every input of a manifest under `dest`; returns the bytes downloaded.

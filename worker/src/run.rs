@@ -627,7 +627,9 @@ fn failure(
 /// Reads a committed output manifest, if any.
 async fn committed(store: &Store, key: &ContentHash) -> Result<Option<OutputManifest>, String> {
     match store.get_bytes(&layout::output_manifest(key)).await {
-        Ok(bytes) => OutputManifest::parse(&bytes, key).map(Some),
+        Ok(bytes) => OutputManifest::parse(&bytes, key)
+            .map(Some)
+            .map_err(|e| e.to_string()),
         Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read the output manifest: {e}")),
     }

@@ -1,0 +1,32 @@
+//! Wire types: everything that crosses a process boundary (task messages, events, KV records,
+//! API requests and replies). Only this module defines them; every role decodes them here,
+//! once, at its edge. One submodule per concept; everything is re-exported here, so a type's
+//! path is `suanli_shared::protocol::Name` wherever it lives.
+
+pub mod api;
+pub mod clock;
+pub mod codec;
+pub mod events;
+pub mod manifest;
+pub mod queue;
+pub mod records;
+pub mod renderer;
+pub mod spec;
+pub mod status;
+pub mod task_key;
+
+pub use clock::now_ms;
+pub use codec::{decode, encode, DecodeError, EncodeError};
+pub use events::{Event, EventKind, Failure, JobEvent, TaskEvent, TaskEventKind};
+pub use manifest::{InputEntry, InputManifest, OutputFile, OutputManifest};
+pub use queue::TaskAssignment;
+pub use records::{
+    Blocklisted, CurrentTask, JobRecord, JobState, LeaseHolder, TaskRecord, TaskState, WorkerInfo,
+    WorkerState, BLOCKLIST_AFTER,
+};
+pub use renderer::{ImageFormat, RendererSpec, BUILTIN_VERSION, COMMAND_PLACEHOLDERS};
+pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
+pub use status::{
+    FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure, MAX_FAILURES_SHOWN,
+};
+pub use task_key::task_key;

@@ -1,0 +1,91 @@
+//! What `status` shows: task and frame counts, per-region figures (the ledger's rows) and
+//! the failures a studio needs to read.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::events::Failure;
+use super::records::{Blocklisted, JobState, TaskState};
+use crate::names::JobId;
+
+/// Counts per task state, as shown by `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub total: u32,
+    pub pending: u32,
+    pub queued: u32,
+    pub running: u32,
+    /// Tasks finished, rendered or cached.
+    pub done: u32,
+    pub failed: u32,
+    /// Tasks finished from the cache (a subset of `done`).
+    pub cached: u32,
+    pub canceled: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FrameCounts {
+    pub total: u32,
+    /// Frames finished, rendered or cached.
+    pub done: u32,
+    pub failed: u32,
+    pub cached: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionFigures {
+    pub frames_done: u32,
+    pub core_seconds: f64,
+    /// Input bytes moved from the store into the region.
+    pub bytes_in: u64,
+    /// Compute at the region's price per core-hour plus egress for `bytes_in`, in the
+    /// catalog's currency (0 for regions the catalog does not name).
+    #[serde(default)]
+    pub cost: f64,
+    /// Facility energy: busy core-hours x watts per core x PUE.
+    #[serde(default)]
+    pub energy_kwh: f64,
+    #[serde(default)]
+    pub carbon_kg: f64,
+}
+
+/// A failed task as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    pub task: u32,
+    pub frames: String,
+    pub state: TaskState,
+    #[serde(flatten)]
+    pub failure: Failure,
+}
+
+/// `suanli status JOB --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: JobId,
+    pub name: String,
+    pub state: JobState,
+    pub priority: i32,
+    pub renderer: String,
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub reason: Option<String>,
+    pub frames: FrameCounts,
+    pub tasks: TaskCounts,
+    pub regions: BTreeMap<String, RegionFigures>,
+    /// The last failure of each task that failed at least once (the first
+    /// [`MAX_FAILURES_SHOWN`]; `failures_total` counts them all).
+    pub failures: Vec<TaskFailure>,
+    pub failures_total: u32,
+    /// Workers barred from this job, and why.
+    #[serde(default)]
+    pub blocklist: Vec<Blocklisted>,
+    /// Retries each task gets after its first attempt fails (from the spec), so a reader of
+    /// events can tell a failed attempt that will be retried from a failed task.
+    #[serde(default)]
+    pub max_retries: u32,
+}
+
+/// How many task failures `status` lists.
+pub const MAX_FAILURES_SHOWN: usize = 50;
