@@ -14,7 +14,7 @@
 //! - randomness comes from a hash of (frame, x, y, sample), never from a global RNG or the clock;
 //! - no parallelism inside a frame (the farm parallelises across tasks).
 //!
-//! The film loops every [`LOOP_FRAMES`] frames (4 s at 24 fps): frame `n` and `n + 96` are
+//! The film loops every `LOOP_FRAMES` frames (4 s at 24 fps): frame `n` and `n + 96` are
 //! identical, and the frames within one loop all differ.
 
 use std::ops::{Add, Mul, Neg, Sub};
