@@ -1,5 +1,5 @@
-//! Built-in renderer: a small CPU ray tracer with an animated demo film, plus PNG helpers and a
-//! contact-sheet builder.
+//! Built-in renderer: a small CPU ray tracer with an animated demo film. Its frames leave as PNG
+//! (`png`) and are tiled into contact sheets (`sheet`); both are re-exported here.
 //!
 //! It exists so that a farm can render something with no external renderer installed: for
 //! demos, for end-to-end smoke tests of the whole pipeline, and for benchmarks. Task keys assume
@@ -14,11 +14,17 @@
 //! - randomness comes from a hash of (frame, x, y, sample), never from a global RNG or the clock;
 //! - no parallelism inside a frame (the farm parallelises across tasks).
 //!
-//! The film loops every [`LOOP_FRAMES`] frames (4 s at 24 fps): frame `n` and `n + 96` are
+//! The film loops every `LOOP_FRAMES` frames (4 s at 24 fps): frame `n` and `n + 96` are
 //! identical, and the frames within one loop all differ.
 
 use std::ops::{Add, Mul, Neg, Sub};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+mod png;
+mod sheet;
+
+pub use self::png::{decode_png, encode_png};
+pub use self::sheet::contact_sheet;
 
 /// Renderer version: part of every task key, bump whenever pixels could change.
 pub const VERSION: &str = "suanli-builtin-1";
@@ -670,154 +676,12 @@ pub fn render_frame(
     Some(Image { width, height, rgb })
 }
 
-// ---------------------------------------------------------------------------------------------
-// PNG
-// ---------------------------------------------------------------------------------------------
-
-/// Largest image [`decode_png`] accepts, in pixels: twice an 8192 x 8192 frame. Guards against
-/// a corrupt or hostile header asking for an enormous buffer.
-const MAX_DECODE_PIXELS: u64 = 2 * 8192 * 8192;
-
-/// Encode as PNG (RGB8). Deterministic bytes: only IHDR, IDAT and IEND chunks, no timestamps or
-/// text, fixed compression settings.
-///
-/// # Panics
-/// If `img.rgb.len() != width * height * 3` or a dimension is 0 (PNG cannot hold an empty
-/// image); every [`Image`] made by this module satisfies both.
-pub fn encode_png(img: &Image) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, img.width, img.height);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Balanced);
-    let mut writer = encoder
-        .write_header()
-        .expect("png header: writing to a Vec cannot fail and dimensions must be non-zero");
-    writer
-        .write_image_data(&img.rgb)
-        .expect("png data: writing to a Vec cannot fail and rgb must match the dimensions");
-    writer
-        .finish()
-        .expect("png end: writing to a Vec cannot fail");
-    out
-}
-
-/// Decodes a PNG into RGB8 (see [`suanli_shared::image::decode_png`] for the formats it reads).
-pub fn decode_png(bytes: &[u8]) -> Result<Image, String> {
-    let img =
-        suanli_shared::image::decode_png(bytes, MAX_DECODE_PIXELS).map_err(|e| e.to_string())?;
-    Ok(Image {
-        width: img.width,
-        height: img.height,
-        rgb: img.rgb,
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Contact sheet
-// ---------------------------------------------------------------------------------------------
-
-/// Gap between thumbnails (and around the sheet's edge), in pixels.
-const SHEET_GAP: u32 = 4;
-/// Colour of the gaps.
-const SHEET_GAP_RGB: [u8; 3] = [20, 20, 24];
-
-/// Tile frames into one contact sheet: `columns` per row, each thumbnail `thumb_width` wide
-/// (height kept in proportion, box-filter downscale in linear light), 4 px dark gaps between
-/// thumbnails and around the edge, frames in the given order, left to right then top to bottom.
-/// Frames may differ in size (each is scaled to `thumb_width`); every row is as tall as the
-/// tallest thumbnail, and shorter ones are centred vertically. With `n` frames and
-/// `c = min(columns, n)` the sheet is `c * thumb_width + (c + 1) * 4` wide and
-/// `rows * cell_height + (rows + 1) * 4` high. Empty input gives a 1x1 black image.
-/// `columns` and `thumb_width` of 0 count as 1; a malformed frame (a zero dimension or a short
-/// buffer) becomes a black thumbnail.
-pub fn contact_sheet(frames: &[Image], columns: u32, thumb_width: u32) -> Image {
-    if frames.is_empty() {
-        return Image {
-            width: 1,
-            height: 1,
-            rgb: vec![0; 3],
-        };
-    }
-    let thumb_width = thumb_width.max(1);
-    let count = u32::try_from(frames.len()).unwrap_or(u32::MAX);
-    let columns = columns.clamp(1, count);
-    let rows = count.div_ceil(columns);
-    let thumbs: Vec<Image> = frames.iter().map(|f| downscale(f, thumb_width)).collect();
-    let cell_height = thumbs.iter().map(|t| t.height).max().unwrap_or(1);
-
-    let width = columns * thumb_width + (columns + 1) * SHEET_GAP;
-    let height = rows * cell_height + (rows + 1) * SHEET_GAP;
-    let mut rgb = SHEET_GAP_RGB.repeat(width as usize * height as usize);
-    for (i, thumb) in thumbs.iter().enumerate() {
-        let i = i as u32;
-        let left = SHEET_GAP + (i % columns) * (thumb_width + SHEET_GAP);
-        let top = SHEET_GAP
-            + (i / columns) * (cell_height + SHEET_GAP)
-            + (cell_height - thumb.height) / 2;
-        let row_bytes = thumb.width as usize * 3;
-        for (ty, src) in thumb.rgb.chunks_exact(row_bytes).enumerate() {
-            let start = ((top as usize + ty) * width as usize + left as usize) * 3;
-            rgb[start..start + row_bytes].copy_from_slice(src);
-        }
-    }
-    Image { width, height, rgb }
-}
-
-/// Scale `img` to `width` pixels wide, keeping its aspect ratio (at least 1 pixel high), by
-/// averaging each output pixel's footprint in linear light (a box filter; nearest-neighbour when
-/// enlarging).
-fn downscale(img: &Image, width: u32) -> Image {
-    let (sw, sh) = (img.width as usize, img.height as usize);
-    let valid = sw > 0 && sh > 0 && img.rgb.len() >= sw * sh * 3;
-    let height = if valid {
-        let h = (u64::from(img.height) * u64::from(width) + u64::from(img.width) / 2)
-            / u64::from(img.width);
-        u32::try_from(h.max(1)).unwrap_or(u32::MAX)
-    } else {
-        1
-    };
-    if !valid {
-        return Image {
-            width,
-            height,
-            rgb: vec![0; width as usize * height as usize * 3],
-        };
-    }
-    // Source range [start, end) covered by output pixel `i` of `n` over `len` source pixels.
-    let span = |i: usize, n: usize, len: usize| {
-        let start = i * len / n;
-        let end = ((i + 1) * len / n).clamp(start + 1, len);
-        (start, end)
-    };
-    let (dw, dh) = (width as usize, height as usize);
-    let x_spans: Vec<(usize, usize)> = (0..dw).map(|x| span(x, dw, sw)).collect();
-    let mut rgb = Vec::with_capacity(dw * dh * 3);
-    for y in 0..dh {
-        let (y0, y1) = span(y, dh, sh);
-        for &(x0, x1) in &x_spans {
-            let mut sum = [0.0f64; 3];
-            for sy in y0..y1 {
-                let row = &img.rgb[(sy * sw + x0) * 3..(sy * sw + x1) * 3];
-                for px in row.chunks_exact(3) {
-                    for (acc, &v) in sum.iter_mut().zip(px) {
-                        *acc += SRGB_TO_LINEAR[usize::from(v)];
-                    }
-                }
-            }
-            let inv = 1.0 / ((x1 - x0) * (y1 - y0)) as f64;
-            rgb.extend(sum.iter().map(|&s| linear_to_srgb8(s * inv)));
-        }
-    }
-    Image { width, height, rgb }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    fn small(width: u32, height: u32, samples: u32) -> SceneSettings {
+    pub(super) fn small(width: u32, height: u32, samples: u32) -> SceneSettings {
         SceneSettings {
             width,
             height,
@@ -825,7 +689,7 @@ mod tests {
         }
     }
 
-    fn render(settings: &SceneSettings, frame: u32) -> Image {
+    pub(super) fn render(settings: &SceneSettings, frame: u32) -> Image {
         render_frame(settings, frame, &AtomicBool::new(false), &mut |_| {}).expect("not cancelled")
     }
 
@@ -834,35 +698,6 @@ mod tests {
         bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         })
-    }
-
-    fn png_of(
-        width: u32,
-        height: u32,
-        color: png::ColorType,
-        depth: png::BitDepth,
-        data: &[u8],
-        palette: Option<&[u8]>,
-    ) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut encoder = png::Encoder::new(&mut out, width, height);
-        encoder.set_color(color);
-        encoder.set_depth(depth);
-        if let Some(palette) = palette {
-            encoder.set_palette(palette.to_vec());
-        }
-        let mut writer = encoder.write_header().unwrap();
-        writer.write_image_data(data).unwrap();
-        writer.finish().unwrap();
-        out
-    }
-
-    fn solid(width: u32, height: u32, rgb: [u8; 3]) -> Image {
-        Image {
-            width,
-            height,
-            rgb: rgb.repeat(width as usize * height as usize),
-        }
     }
 
     #[test]
@@ -961,182 +796,6 @@ mod tests {
             assert!(seen[0] > 0.0);
             assert_eq!(*seen.last().unwrap(), 1.0);
         }
-    }
-
-    #[test]
-    fn png_round_trips_exactly_with_deterministic_bytes() {
-        let img = render(&small(23, 11, 1), 4);
-        let bytes = encode_png(&img);
-        assert_eq!(bytes, encode_png(&img));
-        assert_eq!(decode_png(&bytes).unwrap(), img);
-
-        // Only the critical chunks: no time or text chunks that would vary.
-        let mut chunks = Vec::new();
-        let mut at = 8;
-        while at + 8 <= bytes.len() {
-            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-            chunks.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
-            at += 12 + len;
-        }
-        assert_eq!(chunks.first().map(String::as_str), Some("IHDR"));
-        assert_eq!(chunks.last().map(String::as_str), Some("IEND"));
-        assert!(chunks
-            .iter()
-            .all(|c| ["IHDR", "IDAT", "IEND"].contains(&c.as_str())));
-    }
-
-    #[test]
-    fn decodes_rgba_dropping_alpha() {
-        let data = [255, 0, 0, 255, 0, 128, 255, 0, 10, 20, 30, 77];
-        let bytes = png_of(
-            3,
-            1,
-            png::ColorType::Rgba,
-            png::BitDepth::Eight,
-            &data,
-            None,
-        );
-        let img = decode_png(&bytes).unwrap();
-        assert_eq!((img.width, img.height), (3, 1));
-        assert_eq!(img.rgb, [255, 0, 0, 0, 128, 255, 10, 20, 30]);
-    }
-
-    #[test]
-    fn decodes_16_bit_rgb_and_gray_alpha() {
-        let rgb16: Vec<u8> = [0x1234u16, 0xff00, 0x00ff, 0xabcd, 0x0000, 0xffff]
-            .iter()
-            .flat_map(|v| v.to_be_bytes())
-            .collect();
-        let bytes = png_of(
-            2,
-            1,
-            png::ColorType::Rgb,
-            png::BitDepth::Sixteen,
-            &rgb16,
-            None,
-        );
-        assert_eq!(
-            decode_png(&bytes).unwrap().rgb,
-            [0x12, 0xff, 0x00, 0xab, 0x00, 0xff]
-        );
-
-        let gray_alpha16 = [0x80, 0x01, 0x00, 0x00, 0x07, 0xff, 0xff, 0xff];
-        let bytes = png_of(
-            1,
-            2,
-            png::ColorType::GrayscaleAlpha,
-            png::BitDepth::Sixteen,
-            &gray_alpha16,
-            None,
-        );
-        assert_eq!(decode_png(&bytes).unwrap().rgb, [0x80, 0x80, 0x80, 7, 7, 7]);
-    }
-
-    #[test]
-    fn decodes_palette_and_gray() {
-        let palette = [10, 20, 30, 200, 100, 50];
-        let bytes = png_of(
-            3,
-            1,
-            png::ColorType::Indexed,
-            png::BitDepth::Eight,
-            &[1, 0, 1],
-            Some(&palette),
-        );
-        assert_eq!(
-            decode_png(&bytes).unwrap().rgb,
-            [200, 100, 50, 10, 20, 30, 200, 100, 50]
-        );
-
-        let bytes = png_of(
-            2,
-            1,
-            png::ColorType::Grayscale,
-            png::BitDepth::Eight,
-            &[0, 99],
-            None,
-        );
-        assert_eq!(decode_png(&bytes).unwrap().rgb, [0, 0, 0, 99, 99, 99]);
-
-        // Low bit depths are scaled to the full 8-bit range.
-        let bytes = png_of(
-            2,
-            1,
-            png::ColorType::Grayscale,
-            png::BitDepth::One,
-            &[0x80],
-            None,
-        );
-        assert_eq!(decode_png(&bytes).unwrap().rgb, [255, 255, 255, 0, 0, 0]);
-    }
-
-    #[test]
-    fn garbage_and_truncated_png_are_errors() {
-        let err = decode_png(b"definitely not a png").unwrap_err();
-        assert!(err.starts_with("not a valid png"), "{err}");
-        assert!(decode_png(&[]).is_err());
-
-        let bytes = encode_png(&render(&small(16, 16, 1), 1));
-        let err = decode_png(&bytes[..bytes.len() / 2]).unwrap_err();
-        assert!(
-            err.chars().next().is_some_and(|c| c.is_lowercase()),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn contact_sheet_has_expected_layout() {
-        let frames: Vec<Image> = (0..10u8)
-            .map(|i| solid(32, 18, [i * 20, 100, 200]))
-            .collect();
-        let sheet = contact_sheet(&frames, 4, 16);
-        // 4 columns of 16 px, 3 rows of 9 px, 4 px gaps around and between.
-        assert_eq!((sheet.width, sheet.height), (4 * 16 + 5 * 4, 3 * 9 + 4 * 4));
-        assert_eq!(sheet.rgb.len(), (sheet.width * sheet.height * 3) as usize);
-        let px = |x: u32, y: u32| {
-            let i = ((y * sheet.width + x) * 3) as usize;
-            [sheet.rgb[i], sheet.rgb[i + 1], sheet.rgb[i + 2]]
-        };
-        assert_eq!(px(0, 0), SHEET_GAP_RGB);
-        // Frame 5 is row 1, column 1; a solid colour survives the box filter unchanged.
-        assert_eq!(px(4 + 20 + 3, 4 + 13 + 2), [100, 100, 200]);
-        // Frame 9 is row 2, column 1; row 2 column 2 is empty and stays gap-coloured.
-        assert_eq!(px(4 + 20 + 15, 4 + 26 + 8), [180, 100, 200]);
-        assert_eq!(px(4 + 40 + 1, 4 + 26 + 1), SHEET_GAP_RGB);
-    }
-
-    #[test]
-    fn contact_sheet_handles_mixed_sizes_and_edge_cases() {
-        let frames = [
-            solid(320, 180, [255, 0, 0]),
-            solid(10, 10, [0, 255, 0]),
-            solid(3, 7, [0, 0, 255]),
-        ];
-        let sheet = contact_sheet(&frames, 8, 20);
-        // Thumbnails 20x11, 20x20 and 20x47: one row of 3, as tall as the tallest.
-        assert_eq!((sheet.width, sheet.height), (3 * 20 + 4 * 4, 47 + 2 * 4));
-
-        let empty = contact_sheet(&[], 4, 64);
-        assert_eq!(empty, solid(1, 1, [0, 0, 0]));
-
-        let one = contact_sheet(&frames[..1], 0, 0);
-        assert_eq!((one.width, one.height), (1 + 2 * 4, 1 + 2 * 4));
-
-        let broken = Image {
-            width: 5,
-            height: 5,
-            rgb: vec![1; 4],
-        };
-        let sheet = contact_sheet(&[broken], 1, 8);
-        assert_eq!((sheet.width, sheet.height), (8 + 2 * 4, 1 + 2 * 4));
-    }
-
-    #[test]
-    fn downscale_averages_in_linear_light() {
-        // Black and white stripes average to mid-grey in linear light, which is sRGB 188.
-        let mut img = solid(2, 1, [0, 0, 0]);
-        img.rgb[3..].copy_from_slice(&[255, 255, 255]);
-        assert_eq!(downscale(&img, 1).rgb, [188, 188, 188]);
     }
 
     #[test]

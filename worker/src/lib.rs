@@ -8,7 +8,15 @@
 
 pub mod builtin;
 pub mod cache;
+mod commit;
+mod config;
+mod control;
+mod presence;
 pub mod render;
+mod report;
 mod run;
+mod state;
+mod task;
 
-pub use run::{run, Config};
+pub use config::Config;
+pub use run::run;

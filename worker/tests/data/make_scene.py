@@ -26,26 +26,22 @@ if n_frames < 1:
 bpy.ops.wm.read_factory_settings(use_empty=True)
 scene = bpy.context.scene
 
+
+def paint(obj, name, color):
+    """Gives `obj` a new material of this base colour; returns `obj`."""
+    mat = bpy.data.materials.new(name)
+    mat.use_nodes = True
+    mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (*color, 1)
+    obj.data.materials.append(mat)
+    return obj
+
+
 bpy.ops.mesh.primitive_plane_add(size=20, location=(0, 0, 0))
-ground = bpy.context.active_object
-ground_mat = bpy.data.materials.new("ground")
-ground_mat.use_nodes = True
-ground_mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (0.2, 0.5, 0.2, 1)
-ground.data.materials.append(ground_mat)
-
+paint(bpy.context.active_object, "ground", (0.2, 0.5, 0.2))
 bpy.ops.mesh.primitive_uv_sphere_add(radius=1, location=(-1.5, 0, 1))
-sphere = bpy.context.active_object
-sphere_mat = bpy.data.materials.new("sphere")
-sphere_mat.use_nodes = True
-sphere_mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (0.8, 0.2, 0.1, 1)
-sphere.data.materials.append(sphere_mat)
-
+sphere = paint(bpy.context.active_object, "sphere", (0.8, 0.2, 0.1))
 bpy.ops.mesh.primitive_cube_add(size=1.2, location=(1.5, 0, 0.6))
-cube = bpy.context.active_object
-cube_mat = bpy.data.materials.new("cube")
-cube_mat.use_nodes = True
-cube_mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (0.1, 0.3, 0.9, 1)
-cube.data.materials.append(cube_mat)
+cube = paint(bpy.context.active_object, "cube", (0.1, 0.3, 0.9))
 
 bpy.ops.object.light_add(type="SUN", location=(4, -4, 8))
 sun = bpy.context.active_object

@@ -1,0 +1,59 @@
+//! The worker's settings. They exist apart from the service so that the binary resolves flags
+//! and environment once into one value, passed explicitly (no global configuration), and so
+//! that every part of the worker reads the same figures.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use suanli_shared::{Region, WorkerId};
+
+/// Worker settings, resolved once by the binary.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub store_url: String,
+    pub region: Region,
+    pub name: WorkerId,
+    /// Tasks rendered at once.
+    pub slots: u32,
+    pub cache_dir: PathBuf,
+    pub cache_max_bytes: u64,
+    /// Ack wait of the region's consumer (set when the consumer is first created): how long a
+    /// silent worker keeps a task before it is redelivered.
+    pub ack_wait: Duration,
+    pub heartbeat: Duration,
+    /// How long a draining worker lets running renders finish before handing them back.
+    pub drain_grace: Duration,
+    /// CPU threads each slot's renderer may use (Blender's `-t`).
+    pub threads_per_slot: u32,
+    /// Heartbeat age after which a record with this worker's name counts as dead.
+    pub lost_after: Duration,
+}
+
+impl Config {
+    pub fn new(
+        nats_url: impl Into<String>,
+        store_url: impl Into<String>,
+        region: Region,
+        name: WorkerId,
+        cache_dir: PathBuf,
+    ) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        Self {
+            nats_url: nats_url.into(),
+            store_url: store_url.into(),
+            region,
+            name,
+            slots: 1,
+            cache_dir,
+            cache_max_bytes: 20 << 30,
+            ack_wait: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(2),
+            drain_grace: Duration::from_secs(30),
+            threads_per_slot: cores,
+            lost_after: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The life of one task on this worker: skip it when the coordinator no longer wants this run,
+//! hand it back when this worker is blocklisted for the job, reuse a committed output (a cache
+//! hit), fetch the inputs, render, commit, report, and acknowledge. While it renders, in-progress
+//! acks keep the message ours and progress events flow. It exists so that the one place that
+//! decides how a run ends also decides how its message is acknowledged.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::AckKind;
+use suanli_shared::nats;
+use suanli_shared::protocol::{
+    now_ms, CurrentTask, Failure, JobRecord, RendererSpec, TaskAssignment, TaskEventKind,
+    TaskRecord,
+};
+use suanli_shared::JobId;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::commit::{commit, committed};
+use crate::render::{self, RenderJob, RenderOutcome};
+use crate::report::{failure, publish_event, publish_progress};
+use crate::state::{lock, Running, Shared};
+
+/// How long a task this worker may not run waits before the queue offers it again (to another
+/// worker of the region, most likely).
+const BLOCKLISTED_NAK_DELAY: Duration = Duration::from_secs(2);
+
+/// How one task run ended.
+enum Outcome {
+    Completed(TaskEventKind),
+    Failed(Failure),
+    /// Canceled (job canceled) or handed back (drain).
+    Stopped,
+}
+
+/// Runs one task message to its end and acknowledges it; holds its slot (`_permit`) throughout.
+pub(crate) async fn handle(
+    sh: Arc<Shared>,
+    msg: async_nats::jetstream::Message,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (msg, acker) = msg.split();
+    let acker = Arc::new(acker);
+    let task = match TaskAssignment::decode(&msg.payload) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(subject = %msg.subject, error = %e, "dropping a malformed task message");
+            let _ = acker.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    if !still_wanted(&sh, &task).await {
+        debug!(job = %task.job, task = task.task, "task already settled; skipping");
+        let _ = acker.ack().await;
+        return;
+    }
+    if blocklisted(&sh, &task.job).await {
+        debug!(job = %task.job, task = task.task, "blocklisted for this job; handing the task back");
+        let _ = acker
+            .ack_with(AckKind::Nak(Some(BLOCKLISTED_NAK_DELAY)))
+            .await;
+        return;
+    }
+    let cancel = CancellationToken::new();
+    let fraction = Arc::new(AtomicU32::new(0f32.to_bits()));
+    lock(&sh.running).insert(
+        (task.job.clone(), task.task),
+        Running {
+            cancel: cancel.clone(),
+            current: CurrentTask {
+                job: task.job.clone(),
+                task: task.task,
+                chunk: task.chunk,
+                fraction: 0.0,
+            },
+            fraction: fraction.clone(),
+        },
+    );
+    let keepalive = CancellationToken::new();
+    let ticker = tokio::spawn(keep_alive(
+        sh.clone(),
+        task.clone(),
+        acker.clone(),
+        fraction.clone(),
+        keepalive.clone(),
+    ));
+    let outcome = execute(&sh, &task, fraction, cancel).await;
+    keepalive.cancel();
+    let _ = ticker.await;
+    lock(&sh.running).remove(&(task.job.clone(), task.task));
+
+    match outcome {
+        Outcome::Completed(kind) => {
+            if let TaskEventKind::Completed { core_seconds, .. } = &kind {
+                let mut t = lock(&sh.totals);
+                t.0 += 1;
+                t.1 += core_seconds;
+            }
+            if publish_event(&sh, &task, kind).await {
+                let _ = acker.double_ack().await;
+            }
+            // Not acknowledged: redelivered, and the next run finds the commit (a cache hit).
+        }
+        Outcome::Failed(failure) => {
+            warn!(job = %task.job, task = task.task, attempt = task.attempt, reason = %failure.reason, "task failed");
+            if publish_event(&sh, &task, TaskEventKind::Failed { failure }).await {
+                let _ = acker.double_ack().await;
+            }
+        }
+        Outcome::Stopped => {
+            if sh.handing_back.load(Ordering::SeqCst) {
+                let _ = acker.ack_with(AckKind::Nak(None)).await;
+            } else {
+                let _ = acker.ack().await;
+            }
+        }
+    }
+}
+
+/// Whether the coordinator barred this worker from the job after repeated failures.
+async fn blocklisted(sh: &Shared, job: &JobId) -> bool {
+    match sh.farm.jobs_kv.get(job.as_str()).await {
+        Ok(Some(bytes)) => serde_json::from_slice::<JobRecord>(&bytes).is_ok_and(|rec| {
+            rec.blocklist
+                .iter()
+                .any(|b| b.region == sh.config.region && b.worker == sh.config.name)
+        }),
+        _ => false,
+    }
+}
+
+/// Whether the coordinator still wants this run: not settled, not superseded by a retry.
+async fn still_wanted(sh: &Shared, task: &TaskAssignment) -> bool {
+    match sh
+        .farm
+        .tasks_kv
+        .get(nats::task_kv_key(&task.job, task.task))
+        .await
+    {
+        Ok(Some(bytes)) => match serde_json::from_slice::<TaskRecord>(&bytes) {
+            Ok(rec) => !(rec.state.is_final() || rec.attempt > task.attempt),
+            Err(_) => true,
+        },
+        _ => true,
+    }
+}
+
+/// While a task runs: in-progress acks every quarter of the ack wait, progress events at most
+/// once a second.
+async fn keep_alive(
+    sh: Arc<Shared>,
+    task: TaskAssignment,
+    acker: Arc<Acker>,
+    fraction: Arc<AtomicU32>,
+    stop: CancellationToken,
+) {
+    let ack_every = (sh.config.ack_wait / 4).max(Duration::from_millis(250));
+    let mut next_ack = Instant::now() + ack_every;
+    let mut last_sent = f32::NAN;
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(ack_every));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if Instant::now() >= next_ack {
+            if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                debug!(error = %e, "in-progress ack failed");
+            }
+            next_ack = Instant::now() + ack_every;
+        }
+        let f = f32::from_bits(fraction.load(Ordering::Relaxed));
+        if f != last_sent {
+            last_sent = f;
+            publish_progress(&sh, &task, f).await;
+        }
+    }
+}
+
+/// One run of a task, from its started event to its committed outputs.
+async fn execute(
+    sh: &Arc<Shared>,
+    task: &TaskAssignment,
+    fraction: Arc<AtomicU32>,
+    cancel: CancellationToken,
+) -> Outcome {
+    let started_ms = now_ms();
+    let t0 = Instant::now();
+    publish_event(sh, task, TaskEventKind::Started).await;
+    match committed(&sh.store, &task.key).await {
+        Ok(Some(m)) => {
+            info!(job = %task.job, task = task.task, "output already committed: cache hit");
+            return Outcome::Completed(TaskEventKind::Completed {
+                cached: m.job != task.job,
+                started_ms,
+                core_seconds: 0.0,
+                outputs: m.files,
+                bytes_in: 0,
+            });
+        }
+        Ok(None) => {}
+        Err(e) => return failed(sh, task, e),
+    }
+
+    let work_root = sh.cache.dir().join("work");
+    let workdir = match tokio::fs::create_dir_all(&work_root).await.and_then(|_| {
+        tempfile::Builder::new()
+            .prefix(&format!("{}-{}-", task.job, task.task))
+            .tempdir_in(&work_root)
+    }) {
+        Ok(d) => d,
+        Err(e) => {
+            let reason = format!(
+                "cannot create a work folder in {}: {e}",
+                work_root.display()
+            );
+            return failed(sh, task, reason);
+        }
+    };
+    let input_dir = workdir.path().join("in");
+    let output_dir = workdir.path().join("out");
+    if let Err(e) = tokio::fs::create_dir_all(&output_dir)
+        .await
+        .and(tokio::fs::create_dir_all(&input_dir).await)
+    {
+        return failed(sh, task, format!("cannot create the task folders: {e}"));
+    }
+    let bytes_in = match fetch_inputs(sh, task, &input_dir).await {
+        Ok(n) => n,
+        Err(reason) => return failed(sh, task, reason),
+    };
+
+    let threads = match task.renderer {
+        RendererSpec::Builtin { .. } => 1,
+        _ => sh.config.threads_per_slot.max(1),
+    };
+    let progress_cell = fraction.clone();
+    let progress: Arc<dyn Fn(f32) + Send + Sync> = Arc::new(move |f: f32| {
+        progress_cell.store(f.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    });
+    let job = RenderJob {
+        renderer: &task.renderer,
+        chunk: task.chunk,
+        scene: task.scene.as_ref().map(|s| input_dir.join(s)),
+        input_dir: input_dir.clone(),
+        output_dir: output_dir.clone(),
+        output_pattern: &task.output,
+        threads,
+        timeout: Duration::from_secs(task.timeout_secs),
+    };
+    let outcome = render::render(job, progress, cancel).await;
+    let core_seconds = t0.elapsed().as_secs_f64() * threads as f64;
+    let result = match outcome {
+        RenderOutcome::Rendered { frames } => match commit(sh, task, frames).await {
+            Ok((outputs, cached)) => Outcome::Completed(TaskEventKind::Completed {
+                cached,
+                started_ms,
+                core_seconds,
+                outputs,
+                bytes_in,
+            }),
+            Err(reason) => failed(sh, task, reason),
+        },
+        RenderOutcome::Failed(f) => {
+            Outcome::Failed(failure(sh, task, f.exit_code, f.reason, f.stderr_tail))
+        }
+        RenderOutcome::Canceled => Outcome::Stopped,
+    };
+    let dir = workdir.keep();
+    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
+    result
+}
+
+/// A run that failed on this worker's side (store, disk, inputs), with no renderer output.
+fn failed(sh: &Shared, task: &TaskAssignment, reason: String) -> Outcome {
+    Outcome::Failed(failure(sh, task, None, reason, String::new()))
+}
+
+/// Materializes the task's inputs through the cache; returns the bytes downloaded.
+async fn fetch_inputs(
+    sh: &Shared,
+    task: &TaskAssignment,
+    input_dir: &std::path::Path,
+) -> Result<u64, String> {
+    let manifest = sh
+        .cache
+        .manifest(&task.inputs)
+        .await
+        .map_err(|e| format!("cannot fetch the input manifest: {e}"))?;
+    sh.cache
+        .materialize(&manifest, input_dir)
+        .await
+        .map_err(|e| format!("cannot fetch inputs: {e}"))
+}
