@@ -202,24 +202,16 @@ mod tests {
     use crate::{ContentHash, FrameChunk, JobId};
 
     fn task() -> TaskRecord {
-        TaskRecord {
-            job: JobId::generate(),
-            task: 0,
-            key: ContentHash::of(b"k"),
-            chunk: FrameChunk::single(1),
-            state: TaskState::Queued,
-            attempt: 0,
-            region: Some("guian".parse().unwrap()),
-            worker: None,
-            started_ms: None,
-            finished_ms: None,
-            core_seconds: 0.0,
-            not_before_ms: 0,
-            failures: vec![],
-            outputs: vec![],
-            bytes_in: 0,
-            releases: 0,
-        }
+        let mut t = TaskRecord::new(
+            JobId::generate(),
+            0,
+            ContentHash::of(b"k"),
+            FrameChunk::single(1),
+            TaskState::Queued,
+            None,
+        );
+        t.region = Some("guian".parse().unwrap());
+        t
     }
 
     fn event(t: &TaskRecord, attempt: u32, kind: TaskEventKind) -> TaskEvent {

@@ -256,6 +256,21 @@ impl Store {
                 "store options {keys:?} do not apply to {shown}: options are for s3, gs and az stores"
             )));
         }
+        // The cloud stores differ only in their builder type, their environment prefix and how
+        // the bucket is named: one recipe for all three.
+        macro_rules! cloud {
+            ($builder:expr, $env:literal, $key:ty, $name:ident($bucket:expr)) => {{
+                let builder = configure($builder, $env, options, &shown, |b, k: $key, v| {
+                    b.with_config(k, v)
+                })?;
+                let store = builder
+                    .$name($bucket)
+                    .with_retry(retry_config())
+                    .build()
+                    .map_err(|e| build_error(&shown, e))?;
+                Arc::new(store)
+            }};
+        }
         let inner: Arc<dyn ObjectStore> = match backend {
             Backend::Local(dir) => {
                 std::fs::create_dir_all(&dir).map_err(|e| {
@@ -272,51 +287,24 @@ impl Store {
                 Arc::new(fs)
             }
             Backend::Memory => Arc::new(InMemory::new()),
-            Backend::S3(bucket) => {
-                let builder = configure(
-                    AmazonS3Builder::from_env(),
-                    "AWS_",
-                    options,
-                    &shown,
-                    |b, k: AmazonS3ConfigKey, v| b.with_config(k, v),
-                )?;
-                let s3 = builder
-                    .with_bucket_name(bucket)
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(|e| build_error(&shown, e))?;
-                Arc::new(s3)
-            }
-            Backend::Gcs(bucket) => {
-                let builder = configure(
-                    GoogleCloudStorageBuilder::from_env(),
-                    "GOOGLE_",
-                    options,
-                    &shown,
-                    |b, k: GoogleConfigKey, v| b.with_config(k, v),
-                )?;
-                let gcs = builder
-                    .with_bucket_name(bucket)
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(|e| build_error(&shown, e))?;
-                Arc::new(gcs)
-            }
-            Backend::Azure(container) => {
-                let builder = configure(
-                    MicrosoftAzureBuilder::from_env(),
-                    "AZURE_",
-                    options,
-                    &shown,
-                    |b, k: AzureConfigKey, v| b.with_config(k, v),
-                )?;
-                let az = builder
-                    .with_container_name(container)
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(|e| build_error(&shown, e))?;
-                Arc::new(az)
-            }
+            Backend::S3(bucket) => cloud!(
+                AmazonS3Builder::from_env(),
+                "AWS_",
+                AmazonS3ConfigKey,
+                with_bucket_name(bucket)
+            ),
+            Backend::Gcs(bucket) => cloud!(
+                GoogleCloudStorageBuilder::from_env(),
+                "GOOGLE_",
+                GoogleConfigKey,
+                with_bucket_name(bucket)
+            ),
+            Backend::Azure(container) => cloud!(
+                MicrosoftAzureBuilder::from_env(),
+                "AZURE_",
+                AzureConfigKey,
+                with_container_name(container)
+            ),
         };
         let inner = match prefix {
             Some(prefix) => Arc::new(PrefixStore::new(inner, prefix)) as Arc<dyn ObjectStore>,

@@ -124,6 +124,38 @@ pub struct TaskRecord {
     pub releases: u32,
 }
 
+impl TaskRecord {
+    /// A task as submit creates it: in `state` (pending, or cached when its output is already
+    /// committed, finished at `finished_ms`), attempt 0, never run.
+    pub fn new(
+        job: JobId,
+        task: u32,
+        key: ContentHash,
+        chunk: FrameChunk,
+        state: TaskState,
+        finished_ms: Option<u64>,
+    ) -> Self {
+        Self {
+            job,
+            task,
+            key,
+            chunk,
+            state,
+            attempt: 0,
+            region: None,
+            worker: None,
+            started_ms: None,
+            finished_ms,
+            core_seconds: 0.0,
+            not_before_ms: 0,
+            failures: vec![],
+            outputs: vec![],
+            bytes_in: 0,
+            releases: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
