@@ -80,63 +80,75 @@ pub fn status(s: &JobStatus) {
 
 /// One line a job: id, name, state, frames done, cached, age.
 pub fn job_list(list: &[JobStatus]) {
-    if list.is_empty() {
-        println!("no jobs");
-        return;
-    }
-    println!(
-        "{:<26}  {:<20} {:<9} {:>13}  {:>6}  age",
-        "ID", "NAME", "STATE", "FRAMES", "CACHED"
+    table(
+        list,
+        "no jobs",
+        format!(
+            "{:<26}  {:<20} {:<9} {:>13}  {:>6}  age",
+            "ID", "NAME", "STATE", "FRAMES", "CACHED"
+        ),
+        |s| {
+            format!(
+                "{:<26}  {:<20} {:<9} {:>6}/{:<6}  {:>6}  {}",
+                s.id,
+                truncate(&s.name, 20),
+                s.state.as_str(),
+                s.frames.done,
+                s.frames.total,
+                s.frames.cached,
+                age(s.created_ms)
+            )
+        },
     );
-    for s in list {
-        println!(
-            "{:<26}  {:<20} {:<9} {:>6}/{:<6}  {:>6}  {}",
-            s.id,
-            truncate(&s.name, 20),
-            s.state.as_str(),
-            s.frames.done,
-            s.frames.total,
-            s.frames.cached,
-            age(s.created_ms)
-        );
-    }
 }
 
 /// One line a worker: region, name, state, slots, tasks done, heartbeat age, current tasks.
 pub fn workers(list: &[WorkerInfo]) {
-    if list.is_empty() {
-        println!("no workers");
+    table(
+        list,
+        "no workers",
+        format!(
+            "{:<12} {:<24} {:<10} {:>5}  {:>8}  {:>10}  current",
+            "REGION", "WORKER", "STATE", "SLOTS", "TASKS", "HEARTBEAT"
+        ),
+        |w| {
+            let current: Vec<String> = w
+                .current
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}#{} {} {:.0}%",
+                        &c.job.as_str()[..8.min(c.job.as_str().len())],
+                        c.task,
+                        c.chunk,
+                        c.fraction * 100.0
+                    )
+                })
+                .collect();
+            format!(
+                "{:<12} {:<24} {:<10} {:>2}/{:<2}  {:>8}  {:>10}  {}",
+                w.region.as_str(),
+                truncate(w.id.as_str(), 24),
+                format!("{:?}", w.state).to_lowercase(),
+                w.busy,
+                w.slots,
+                w.tasks_done,
+                format!("{} ago", age(w.heartbeat_ms)),
+                current.join(", ")
+            )
+        },
+    );
+}
+
+/// Prints `header` and one `row` an item, or only `none` when there are no items.
+fn table<T>(items: &[T], none: &str, header: String, row: impl Fn(&T) -> String) {
+    if items.is_empty() {
+        println!("{none}");
         return;
     }
-    println!(
-        "{:<12} {:<24} {:<10} {:>5}  {:>8}  {:>10}  current",
-        "REGION", "WORKER", "STATE", "SLOTS", "TASKS", "HEARTBEAT"
-    );
-    for w in list {
-        let current: Vec<String> = w
-            .current
-            .iter()
-            .map(|c| {
-                format!(
-                    "{}#{} {} {:.0}%",
-                    &c.job.as_str()[..8.min(c.job.as_str().len())],
-                    c.task,
-                    c.chunk,
-                    c.fraction * 100.0
-                )
-            })
-            .collect();
-        println!(
-            "{:<12} {:<24} {:<10} {:>2}/{:<2}  {:>8}  {:>10}  {}",
-            w.region.as_str(),
-            truncate(w.id.as_str(), 24),
-            format!("{:?}", w.state).to_lowercase(),
-            w.busy,
-            w.slots,
-            w.tasks_done,
-            format!("{} ago", age(w.heartbeat_ms)),
-            current.join(", ")
-        );
+    println!("{header}");
+    for item in items {
+        println!("{}", row(item));
     }
 }
 
