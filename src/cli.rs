@@ -175,3 +175,51 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Tui => crate::tui_api::run(&nats, &store).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn submit_flags_land_in_the_overrides() {
+        let cli = Cli::try_parse_from([
+            "suanli",
+            "submit",
+            "JOB.toml",
+            "--frames",
+            "1-3",
+            "--timeout",
+            "90s",
+            "--input",
+            "tex",
+            "--input",
+            "cache",
+            "--priority",
+            "-3",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "x",
+        ])
+        .unwrap();
+        let Command::Submit(args) = cli.command else {
+            panic!("not submit: {:?}", cli.command);
+        };
+        assert_eq!(args.job_file, Some(PathBuf::from("JOB.toml")));
+        assert!(args.wait && !args.json);
+        let f = &args.flags;
+        assert_eq!(f.frames.as_deref(), Some("1-3"));
+        assert_eq!(f.task_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(f.inputs, [PathBuf::from("tex"), PathBuf::from("cache")]);
+        assert_eq!(f.priority, Some(-3));
+        assert_eq!(f.argv, ["sh", "-c", "x"]);
+    }
+}

@@ -1,5 +1,5 @@
 //! The `suanli` binary's library: the CLI and its commands, what they print and how they exit,
-//! the API client, job-file resolution and input upload, the local farm used by `up`, `demo`
+//! the API client, job-file resolution, input gathering and upload, the local farm used by `up`, `demo`
 //! and the integration tests, the demo itself, and the TUI's farm access.
 //!
 //! Dependencies run one way: `cli` → `commands` → {`print`, `exit`, `client`, `jobfile`,
@@ -10,6 +10,7 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod exit;
+pub mod inputs;
 pub mod jobfile;
 pub mod localfarm;
 pub mod print;

@@ -17,69 +17,13 @@ use crate::print;
 pub struct SubmitArgs {
     /// Job file (TOML); flags override its values.
     pub job_file: Option<PathBuf>,
-    /// Scene file (required by blender and command renderers).
-    #[arg(long)]
-    pub scene: Option<PathBuf>,
-    /// Frames: 1-240, 1-240x2 (step), 1,5,9-12.
-    #[arg(long)]
-    pub frames: Option<String>,
-    /// Frames per task.
-    #[arg(long)]
-    pub chunk: Option<u32>,
-    /// builtin, blender or command.
-    #[arg(long)]
-    pub renderer: Option<String>,
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Higher runs first.
-    #[arg(long, allow_negative_numbers = true)]
-    pub priority: Option<i32>,
-    /// Regions allowed to render the job (default: any).
-    #[arg(long, value_delimiter = ',')]
-    pub regions: Option<Vec<String>>,
-    #[arg(long)]
-    pub max_retries: Option<u32>,
-    /// Per-task time limit, e.g. 2h.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub timeout: Option<Duration>,
-    /// Extra input file or folder (repeatable).
-    #[arg(long = "input")]
-    pub inputs: Vec<PathBuf>,
-    /// Output file pattern with one run of '#', e.g. shot010_####.
-    #[arg(long)]
-    pub output: Option<String>,
-    #[arg(long)]
-    pub width: Option<u32>,
-    #[arg(long)]
-    pub height: Option<u32>,
-    #[arg(long)]
-    pub samples: Option<u32>,
-    /// Renderer version that goes into the task key (blender: default from the workers).
-    #[arg(long)]
-    pub renderer_version: Option<String>,
-    /// Blender output format: png, exr, jpeg.
-    #[arg(long)]
-    pub format: Option<String>,
-    /// Extension of the frames a command renderer writes.
-    #[arg(long)]
-    pub ext: Option<String>,
-    /// Placement policy: balanced, cheapest, fastest, greenest (default: the farm's).
-    #[arg(long)]
-    pub policy: Option<String>,
-    /// When every frame is needed: 2025-06-01T18:00:00+08:00, Unix ms, or +6h.
-    #[arg(long)]
-    pub deadline: Option<String>,
-    /// Most tasks of this job queued or running at once.
-    #[arg(long)]
-    pub max_slots: Option<u32>,
+    #[command(flatten)]
+    pub flags: Overrides,
     /// Wait for the job to finish; exit 0 only when every frame is done.
     #[arg(long)]
     pub wait: bool,
     #[arg(long)]
     pub json: bool,
-    /// Command renderer argv, after `--`: placeholders {frame} {start} {end} {step} {output} {scene}.
-    #[arg(last = true)]
-    pub argv: Vec<String>,
 }
 
 /// `suanli submit`: resolves and checks the job, uploads its inputs, submits it and, with
@@ -102,31 +46,8 @@ pub async fn submit(args: SubmitArgs, nats: &str, store_url: &str) -> anyhow::Re
         }
         None => (JobFile::default(), PathBuf::from(".")),
     };
-    let flags = Overrides {
-        name: args.name,
-        frames: args.frames,
-        chunk: args.chunk,
-        priority: args.priority,
-        regions: args.regions,
-        max_retries: args.max_retries,
-        task_timeout: args.timeout,
-        output: args.output,
-        scene: args.scene,
-        inputs: args.inputs,
-        renderer: args.renderer,
-        width: args.width,
-        height: args.height,
-        samples: args.samples,
-        renderer_version: args.renderer_version,
-        format: args.format,
-        argv: args.argv,
-        ext: args.ext,
-        policy: args.policy,
-        deadline: args.deadline,
-        max_slots: args.max_slots,
-    };
     let mut resolved =
-        jobfile::resolve(file, flags, &base).map_err(|e| BadInput(format!("{e:#}")))?;
+        jobfile::resolve(file, args.flags, &base).map_err(|e| BadInput(format!("{e:#}")))?;
     // Check the coordinator is there before uploading anything.
     let client = Client::connect(nats).await?;
     let store = Store::open(store_url)?;
