@@ -1,6 +1,6 @@
 //! A job's input files: gathered from the scene's folder (nothing outside it, at most
 //! [`MAX_INPUT_FILES`]), then hashed with BLAKE3 and uploaded, only the blobs the store lacks,
-//! with the manifest that names them. Kept apart from [`crate::jobfile`], which decides *which*
+//! with the manifest that names them. Kept apart from `jobfile`, which decides *which*
 //! paths a job names, because this is the part that touches the disk and the store.
 
 use std::collections::BTreeSet;

@@ -1,6 +1,7 @@
 //! `suanli sim`: a discrete-event simulation of a farm far larger than one machine, driven by
-//! the coordinator's own [`dispatch::plan`] and [`crate::placement`] code, so a policy can be
-//! judged on paper (makespan, cost, carbon, utilization, data moved) before it runs a film.
+//! the coordinator's own [`crate::dispatch::plan`] and [`crate::placement`] code, so a policy
+//! can be judged on paper (makespan, cost, carbon, utilization, data moved) before it runs a
+//! film.
 //!
 //! The model: each region has `workers × slots_per_worker` render slots of `cores_per_slot`
 //! cores and a true speed; a task's render takes `task_core_seconds / cores_per_slot / speed`
@@ -10,11 +11,12 @@
 //! prefetch). Like the coordinator, which plans after events and on a half-second timer, the
 //! simulation plans once per `tick_s` in which something happened (a slot freed, a job
 //! arrived); that keeps a million-task run to about one `plan` per tick. The planner does
-//! not know true speeds: it learns them from finished tasks with a [`SpeedBook`], as the
-//! coordinator does. Time is kept in integer milliseconds so runs are exactly reproducible.
+//! not know true speeds: it learns them from finished tasks with a
+//! [`crate::placement::SpeedBook`], as the coordinator does. Time is kept in integer
+//! milliseconds so runs are exactly reproducible.
 //!
-//! [`scenario`] reads and checks a scenario, [`engine`] runs it, [`report`] holds what a run
-//! yields. Formatting is the binary's business.
+//! `scenario` reads and checks a scenario, `engine` runs it, `report` holds what a run
+//! yields. Formatting is the binary's business (`src/print/sim.rs` in the `suanli` package).
 
 mod engine;
 mod report;

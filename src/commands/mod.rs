@@ -1,5 +1,5 @@
 //! The bodies of the `suanli` subcommands, one module per kind of work, each with the clap
-//! arguments it takes. [`crate::cli`] parses and dispatches; these run and return an exit code,
+//! arguments it takes. `cli` parses and dispatches to them; these run and return an exit code,
 //! printing through [`crate::print`] and naming failures with [`crate::exit`].
 
 pub mod farm;
