@@ -80,18 +80,26 @@ impl Client {
         }
     }
 
+    /// A request that names one job (status, record, cancel, retry).
+    async fn call_for_job<Resp: DeserializeOwned>(
+        &self,
+        subject: &str,
+        job: &JobId,
+    ) -> Result<Resp, ClientError> {
+        self.call(subject, &api::JobRequest { job: job.clone() })
+            .await
+    }
+
     pub async fn submit(&self, spec: JobSpec) -> Result<api::SubmitReply, ClientError> {
         self.call(api::SUBMIT, &api::SubmitRequest { spec }).await
     }
 
     pub async fn status(&self, job: &JobId) -> Result<JobStatus, ClientError> {
-        self.call(api::STATUS, &api::JobRequest { job: job.clone() })
-            .await
+        self.call_for_job(api::STATUS, job).await
     }
 
     pub async fn job(&self, job: &JobId) -> Result<JobRecord, ClientError> {
-        self.call(api::JOB, &api::JobRequest { job: job.clone() })
-            .await
+        self.call_for_job(api::JOB, job).await
     }
 
     pub async fn jobs(&self) -> Result<Vec<JobStatus>, ClientError> {
@@ -99,13 +107,11 @@ impl Client {
     }
 
     pub async fn cancel(&self, job: &JobId) -> Result<JobStatus, ClientError> {
-        self.call(api::CANCEL, &api::JobRequest { job: job.clone() })
-            .await
+        self.call_for_job(api::CANCEL, job).await
     }
 
     pub async fn retry(&self, job: &JobId) -> Result<JobStatus, ClientError> {
-        self.call(api::RETRY, &api::JobRequest { job: job.clone() })
-            .await
+        self.call_for_job(api::RETRY, job).await
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {

@@ -159,8 +159,8 @@ async fn render_film(
         anyhow::bail!("the demo job did not finish within 30 minutes");
     };
     if status.state != JobState::Done {
-        crate::cli::print_status(&status);
-        return Ok(crate::cli::EXIT_JOB_FAILED);
+        crate::print::status(&status);
+        return Ok(crate::exit::EXIT_JOB_FAILED);
     }
 
     let frames_dir = dir.join("frames");

@@ -1,23 +1,19 @@
 //! From what a studio writes (a `JOB.toml` and/or flags) to a [`JobSpec`] with its inputs in
-//! the store: resolve paths, refuse bad input before anything is uploaded or enqueued, hash
-//! every input with BLAKE3, upload only the blobs the store lacks, and store the manifest.
+//! the store: merge file and flags, resolve paths, and refuse bad input before anything is
+//! uploaded or enqueued. Gathering, hashing and uploading the input files is [`crate::inputs`].
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use bytes::Bytes;
 use serde::Deserialize;
-use suanli_shared::layout;
 use suanli_shared::protocol::{
-    ImageFormat, InputEntry, InputManifest, JobSpec, Placement, Policy, RendererSpec,
+    ImageFormat, InputManifest, JobSpec, Placement, Policy, RendererSpec,
 };
 use suanli_shared::store::Store;
-use suanli_shared::{ContentHash, FrameSpec, Region};
+use suanli_shared::{FrameSpec, Region};
 
-/// Most input files one job may name (directories count by their files).
-pub const MAX_INPUT_FILES: usize = 100_000;
+use crate::inputs::{self, UploadReport};
 
 /// A job file as written by a studio. Paths are relative to the file's folder.
 #[derive(Debug, Default, Deserialize)]
@@ -60,31 +56,67 @@ pub struct RendererFile {
     pub ext: Option<String>,
 }
 
-/// Flags of `suanli submit` that override the file.
-#[derive(Debug, Default, Clone)]
+/// Flags of `suanli submit` that override the file (doc comments are the help text).
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
-    pub name: Option<String>,
-    pub frames: Option<String>,
-    pub chunk: Option<u32>,
-    pub priority: Option<i32>,
-    pub regions: Option<Vec<String>>,
-    pub max_retries: Option<u32>,
-    pub task_timeout: Option<Duration>,
-    pub output: Option<String>,
+    /// Scene file (required by blender and command renderers).
+    #[arg(long)]
     pub scene: Option<PathBuf>,
-    pub inputs: Vec<PathBuf>,
+    /// Frames: 1-240, 1-240x2 (step), 1,5,9-12.
+    #[arg(long)]
+    pub frames: Option<String>,
+    /// Frames per task.
+    #[arg(long)]
+    pub chunk: Option<u32>,
+    /// builtin, blender or command.
+    #[arg(long)]
     pub renderer: Option<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Higher runs first.
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Regions allowed to render the job (default: any).
+    #[arg(long, value_delimiter = ',')]
+    pub regions: Option<Vec<String>>,
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// Per-task time limit, e.g. 2h.
+    #[arg(long = "timeout", value_name = "TIMEOUT", value_parser = humantime::parse_duration)]
+    pub task_timeout: Option<Duration>,
+    /// Extra input file or folder (repeatable).
+    #[arg(long = "input")]
+    pub inputs: Vec<PathBuf>,
+    /// Output file pattern with one run of '#', e.g. shot010_####.
+    #[arg(long)]
+    pub output: Option<String>,
+    #[arg(long)]
     pub width: Option<u32>,
+    #[arg(long)]
     pub height: Option<u32>,
+    #[arg(long)]
     pub samples: Option<u32>,
+    /// Renderer version that goes into the task key (blender: default from the workers).
+    #[arg(long)]
     pub renderer_version: Option<String>,
+    /// Blender output format: png, exr, jpeg.
+    #[arg(long)]
     pub format: Option<String>,
-    pub argv: Vec<String>,
+    /// Extension of the frames a command renderer writes.
+    #[arg(long)]
     pub ext: Option<String>,
+    /// Placement policy: balanced, cheapest, fastest, greenest (default: the farm's).
+    #[arg(long)]
     pub policy: Option<String>,
-    /// As in the job file: RFC 3339, Unix ms or "+DURATION".
+    /// When every frame is needed: 2025-06-01T18:00:00+08:00, Unix ms, or +6h.
+    #[arg(long)]
     pub deadline: Option<String>,
+    /// Most tasks of this job queued or running at once.
+    #[arg(long)]
     pub max_slots: Option<u32>,
+    /// Command renderer argv, after `--`: placeholders {frame} {start} {end} {step} {output} {scene}.
+    #[arg(last = true)]
+    pub argv: Vec<String>,
 }
 
 /// A checked job whose inputs are known but not yet uploaded.
@@ -140,20 +172,20 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
         .or(file.policy)
         .map(|p| p.parse::<Policy>())
         .transpose()?;
-    let deadline_ms = match (flags.deadline, file.deadline) {
-        (Some(text), _) => Some(parse_deadline(&text, suanli_shared::protocol::now_ms())?),
-        (None, Some(toml::Value::Integer(ms))) => Some(
-            u64::try_from(ms).map_err(|_| anyhow::anyhow!("deadline {ms} is negative"))?,
-        ),
-        (None, Some(toml::Value::String(text))) => {
+    let deadline = flags.deadline.map(toml::Value::String).or(file.deadline);
+    let deadline_ms = match deadline {
+        Some(toml::Value::String(text)) => {
             Some(parse_deadline(&text, suanli_shared::protocol::now_ms())?)
         }
-        (None, Some(toml::Value::Datetime(dt))) => Some(datetime_ms(&dt)?),
-        (None, Some(other)) => bail!(
+        Some(toml::Value::Integer(ms)) => Some(
+            u64::try_from(ms).map_err(|_| anyhow::anyhow!("deadline {ms} is negative"))?,
+        ),
+        Some(toml::Value::Datetime(dt)) => Some(datetime_ms(&dt)?),
+        Some(other) => bail!(
             "deadline must be a date-time like 2025-06-01T18:00:00+08:00, Unix milliseconds or \"+6h\", not a {}",
             other.type_str()
         ),
-        (None, None) => None,
+        None => None,
     };
     let file_renderer = file.renderer.unwrap_or_default();
     let kind = flags
@@ -161,6 +193,13 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
         .clone()
         .or((!file_renderer.kind.is_empty()).then(|| file_renderer.kind.clone()))
         .unwrap_or_else(|| "builtin".into());
+    let version = || {
+        flags
+            .renderer_version
+            .clone()
+            .or(file_renderer.version.clone())
+            .unwrap_or_default()
+    };
     let renderer = match kind.as_str() {
         "builtin" => RendererSpec::Builtin {
             width: flags.width.or(file_renderer.width).unwrap_or(320),
@@ -183,11 +222,7 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
                 _ => bail!("give both width and height to override the scene's resolution"),
             };
             RendererSpec::Blender {
-                version: flags
-                    .renderer_version
-                    .clone()
-                    .or(file_renderer.version.clone())
-                    .unwrap_or_default(),
+                version: version(),
                 format,
                 resolution,
                 samples: flags.samples.or(file_renderer.samples),
@@ -204,11 +239,7 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
             }
             RendererSpec::Command {
                 argv,
-                version: flags
-                    .renderer_version
-                    .clone()
-                    .or(file_renderer.version.clone())
-                    .unwrap_or_default(),
+                version: version(),
                 ext: flags
                     .ext
                     .or(file_renderer.ext)
@@ -218,41 +249,12 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
         other => bail!("unknown renderer '{other}' (known: builtin, blender, command)"),
     };
 
-    // Inputs: the scene plus every named file or folder, all inside `root`.
+    // Inputs: the scene plus every named file or folder, all inside the scene's folder.
     let scene_path = flags.scene.or(file.scene).map(|p| base.join(p));
     let mut input_paths: Vec<PathBuf> = file.inputs.iter().map(|p| base.join(p)).collect();
     input_paths.extend(flags.inputs.iter().map(|p| base.join(p)));
-    let root = match &scene_path {
-        Some(scene) => {
-            if !scene.is_file() {
-                bail!("scene file {} does not exist", scene.display());
-            }
-            scene
-                .canonicalize()?
-                .parent()
-                .map(Path::to_path_buf)
-                .context("scene has no parent folder")?
-        }
-        None => base
-            .canonicalize()
-            .with_context(|| format!("cannot open {}", base.display()))?,
-    };
-    let mut files: BTreeSet<(String, PathBuf)> = BTreeSet::new();
-    let mut scene_rel = None;
-    if let Some(scene) = &scene_path {
-        let rel = rel_inside(&root, scene)?;
-        scene_rel = Some(rel.clone());
-        files.insert((rel, scene.canonicalize()?));
-    }
-    for p in &input_paths {
-        collect_files(&root, p, &mut files)?;
-    }
-    if files.len() > MAX_INPUT_FILES {
-        bail!(
-            "job names {} input files; at most {MAX_INPUT_FILES} are allowed",
-            files.len()
-        );
-    }
+    let inputs::Gathered { scene_rel, files } =
+        inputs::gather(base, scene_path.as_deref(), &input_paths)?;
 
     let spec = JobSpec {
         name: flags.name.or(file.name).unwrap_or_else(|| {
@@ -281,10 +283,7 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
         },
     };
     spec.validate()?;
-    Ok(Resolved {
-        spec,
-        files: files.into_iter().collect(),
-    })
+    Ok(Resolved { spec, files })
 }
 
 /// A deadline as a studio writes it: Unix milliseconds, "+DURATION" from `now_ms`, or an
@@ -336,91 +335,10 @@ fn datetime_ms(dt: &toml::value::Datetime) -> anyhow::Result<u64> {
     u64::try_from(ms).map_err(|_| anyhow::anyhow!("deadline '{dt}' is before 1970"))
 }
 
-/// `path` relative to `root`, refusing anything outside it.
-fn rel_inside(root: &Path, path: &Path) -> anyhow::Result<String> {
-    let abs = path
-        .canonicalize()
-        .with_context(|| format!("input {} does not exist", path.display()))?;
-    let rel = abs.strip_prefix(root).map_err(|_| {
-        anyhow::anyhow!(
-            "input {} is outside the job's folder {}: inputs must sit beside or below the scene",
-            path.display(),
-            root.display()
-        )
-    })?;
-    let rel = rel
-        .to_str()
-        .with_context(|| format!("input path {} is not valid UTF-8", rel.display()))?
-        .to_string();
-    suanli_shared::names::validate_rel_path(&rel)?;
-    Ok(rel)
-}
-
-fn collect_files(
-    root: &Path,
-    path: &Path,
-    out: &mut BTreeSet<(String, PathBuf)>,
-) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("input {} does not exist", path.display()))?;
-    if meta.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot list {}", path.display()))?
-            .collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.path());
-        for e in entries {
-            collect_files(root, &e.path(), out)?;
-            if out.len() > MAX_INPUT_FILES {
-                bail!("inputs hold more than {MAX_INPUT_FILES} files");
-            }
-        }
-    } else if meta.is_file() {
-        out.insert((rel_inside(root, path)?, path.canonicalize()?));
-    }
-    Ok(())
-}
-
-/// What uploading the inputs did.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UploadReport {
-    pub files: usize,
-    pub bytes: u64,
-    pub uploaded: usize,
-    pub uploaded_bytes: u64,
-}
-
 /// Hashes every input, uploads the blobs the store lacks, stores the manifest and fills in
 /// `spec.inputs`.
 pub async fn upload_inputs(store: &Store, resolved: &mut Resolved) -> anyhow::Result<UploadReport> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut manifest = InputManifest::default();
-    let mut report = UploadReport::default();
-    for (rel, path) in &resolved.files {
-        let p = path.clone();
-        let (hash, size, mode) = tokio::task::spawn_blocking(move || {
-            let (hash, size) = ContentHash::of_file(&p)?;
-            let mode = std::fs::metadata(&p)?.permissions().mode() & 0o777;
-            std::io::Result::Ok((hash, size, mode))
-        })
-        .await?
-        .with_context(|| format!("cannot hash {}", path.display()))?;
-        if store.upload_blob(&hash, path).await? {
-            report.uploaded += 1;
-            report.uploaded_bytes += size;
-        }
-        report.files += 1;
-        report.bytes += size;
-        manifest
-            .files
-            .insert(rel.clone(), InputEntry { hash, size, mode });
-    }
-    let hash = manifest.hash();
-    store
-        .put_if_absent(
-            &layout::input_manifest(&hash),
-            Bytes::from(manifest.to_bytes()),
-        )
-        .await?;
+    let (hash, report) = inputs::upload(store, &resolved.files).await?;
     resolved.spec.inputs = hash;
     Ok(report)
 }
@@ -436,48 +354,59 @@ mod tests {
         }
     }
 
+    /// A flag change that makes `resolve` fail: (frames, the change, part of the error).
+    type Refusal = (&'static str, fn(&mut Overrides), &'static str);
+
+    /// Resolves each case in an empty folder and checks its error names what was wrong.
+    fn assert_refused(cases: &[Refusal]) {
+        let dir = tempfile::tempdir().unwrap();
+        for (frames, change, want) in cases {
+            let mut f = flags(frames);
+            change(&mut f);
+            let shown = format!("{f:?}");
+            let err = resolve(JobFile::default(), f, dir.path()).unwrap_err();
+            assert!(
+                format!("{err:#}").contains(want),
+                "{shown}: '{err:#}' lacks '{want}'"
+            );
+        }
+    }
+
     #[test]
     fn refuses_bad_input_before_upload() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = |f: Overrides| {
-            format!(
-                "{:#}",
-                resolve(JobFile::default(), f, dir.path()).unwrap_err()
-            )
-        };
-        assert!(err(flags("")).contains("frame spec is empty"));
-        assert!(err(flags("1-10x0")).contains("step"));
-        assert!(err(Overrides {
-            chunk: Some(0),
-            ..flags("1-10")
-        })
-        .contains("chunk size 0"));
-        assert!(err(Overrides {
-            renderer: Some("maya".into()),
-            ..flags("1")
-        })
-        .contains("unknown renderer 'maya'"));
-        assert!(err(Overrides {
-            scene: Some("nope.blend".into()),
-            renderer: Some("blender".into()),
-            ..flags("1")
-        })
-        .contains("does not exist"));
-        assert!(err(Overrides {
-            renderer: Some("blender".into()),
-            ..flags("1")
-        })
-        .contains("needs a scene"));
-        assert!(err(Overrides {
-            output: Some("../x_####".into()),
-            ..flags("1")
-        })
-        .contains("output file name"));
-        assert!(err(Overrides {
-            regions: Some(vec!["Bad Region".into()]),
-            ..flags("1")
-        })
-        .contains("invalid region"));
+        assert_refused(&[
+            ("", |_| {}, "frame spec is empty"),
+            ("1-10x0", |_| {}, "step"),
+            ("1-10", |f| f.chunk = Some(0), "chunk size 0"),
+            (
+                "1",
+                |f| f.renderer = Some("maya".into()),
+                "unknown renderer 'maya'",
+            ),
+            (
+                "1",
+                |f| {
+                    f.scene = Some("nope.blend".into());
+                    f.renderer = Some("blender".into());
+                },
+                "does not exist",
+            ),
+            (
+                "1",
+                |f| f.renderer = Some("blender".into()),
+                "needs a scene",
+            ),
+            (
+                "1",
+                |f| f.output = Some("../x_####".into()),
+                "output file name",
+            ),
+            (
+                "1",
+                |f| f.regions = Some(vec!["Bad Region".into()]),
+                "invalid region",
+            ),
+        ]);
     }
 
     #[test]
@@ -592,36 +521,32 @@ mod tests {
             parse_deadline("2000-03-01T00:00:00-01:30", 0).unwrap(),
             951_868_800_000 + 5_400_000
         );
-        let err = |f: Overrides| {
-            format!(
-                "{:#}",
-                resolve(JobFile::default(), f, dir.path()).unwrap_err()
-            )
-        };
-        assert!(err(Overrides {
-            policy: Some("cheap".into()),
-            ..flags("1")
-        })
-        .contains("unknown placement policy 'cheap'"));
-        assert!(err(Overrides {
-            deadline: Some("tomorrow".into()),
-            ..flags("1")
-        })
-        .contains("bad deadline 'tomorrow'"));
-        assert!(err(Overrides {
-            deadline: Some("2025-06-01T18:00:00".into()),
-            ..flags("1")
-        })
-        .contains("UTC offset"));
-        assert!(err(Overrides {
-            deadline: Some("1748772000".into()),
-            ..flags("1")
-        })
-        .contains("seconds given by mistake"));
-        assert!(err(Overrides {
-            max_slots: Some(0),
-            ..flags("1")
-        })
-        .contains("max_slots must be at least 1"));
+        assert_refused(&[
+            (
+                "1",
+                |f| f.policy = Some("cheap".into()),
+                "unknown placement policy 'cheap'",
+            ),
+            (
+                "1",
+                |f| f.deadline = Some("tomorrow".into()),
+                "bad deadline 'tomorrow'",
+            ),
+            (
+                "1",
+                |f| f.deadline = Some("2025-06-01T18:00:00".into()),
+                "UTC offset",
+            ),
+            (
+                "1",
+                |f| f.deadline = Some("1748772000".into()),
+                "seconds given by mistake",
+            ),
+            (
+                "1",
+                |f| f.max_slots = Some(0),
+                "max_slots must be at least 1",
+            ),
+        ]);
     }
 }

@@ -1,9 +1,17 @@
-//! The `suanli` binary's library: the CLI, the API client, job-file resolution, the local farm
-//! used by `up`, `demo` and the integration tests, and the demo itself.
+//! The `suanli` binary's library: the CLI and its commands, what they print and how they exit,
+//! the API client, job-file resolution, input gathering and upload, the local farm used by `up`, `demo`
+//! and the integration tests, the demo itself, and the TUI's farm access.
+//!
+//! Dependencies run one way: `cli` → `commands` → {`print`, `exit`, `client`, `jobfile`,
+//! `localfarm`, `demo`}; nothing points back at `cli` or `commands`.
 
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod demo;
+pub mod exit;
+pub mod inputs;
 pub mod jobfile;
 pub mod localfarm;
+pub mod print;
 pub mod tui_api;

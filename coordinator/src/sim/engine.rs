@@ -1,0 +1,244 @@
+//! The event loop: slots freeing, jobs arriving and input fetches finishing, in time order,
+//! with the coordinator's own [`dispatch::plan`] deciding what each free slot renders.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use suanli_shared::protocol::Policy;
+use suanli_shared::ContentHash;
+
+use super::{secs_to_ms, JobReport, RegionReport, Scenario, SimJob, SimReport};
+use crate::dispatch::{self, JobView, RegionView};
+use crate::placement::{SpeedBook, TaskNeeds};
+
+/// The stand-in content hash of a named input set: jobs that name the same set share it.
+fn input_set(name: &str) -> ContentHash {
+    ContentHash::of(format!("suanli-sim-inputs/{name}").as_bytes())
+}
+
+/// splitmix64: small, fast and reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// An event: (time ms, sequence, region or `ARRIVAL`, job, render ms).
+type Event = Reverse<(u64, u64, u32, u32, u64)>;
+const ARRIVAL: u32 = u32::MAX;
+
+struct RegionState {
+    report: RegionReport,
+    speed: f64,
+    render_ms: u64,
+    link_free_ms: u64,
+    /// Input set -> when its fetch into the region completes.
+    fetched: BTreeMap<ContentHash, u64>,
+}
+
+/// Simulates `scenario` with `policy` for every job that names none.
+pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
+    let inputs_of = |j: &SimJob| input_set(j.inputs.as_deref().unwrap_or(&j.name));
+    let mut regions: Vec<RegionView> = Vec::new();
+    let mut states: Vec<RegionState> = Vec::new();
+    for r in &scenario.regions {
+        let mut view = RegionView::new(r.profile.clone(), i64::from(r.slots), r.slots);
+        let mut fetched = BTreeMap::new();
+        for name in &r.cached {
+            let h = input_set(name);
+            view.cached.insert(h);
+            fetched.insert(h, 0);
+        }
+        regions.push(view);
+        states.push(RegionState {
+            report: RegionReport {
+                name: r.profile.name.to_string(),
+                slots: r.slots,
+                tasks: 0,
+                core_hours: 0.0,
+                cost: 0.0,
+                energy_kwh: 0.0,
+                carbon_kg: 0.0,
+                gb_in: 0.0,
+                utilization: 0.0,
+            },
+            speed: r.speed,
+            render_ms: 0,
+            link_free_ms: 0,
+            fetched,
+        });
+    }
+    let mut jobs: Vec<JobView> = Vec::new();
+    let mut reports: Vec<JobReport> = Vec::new();
+    let mut heap: BinaryHeap<Event> = BinaryHeap::new();
+    let mut seq = 0u64;
+    for (i, j) in scenario.jobs.iter().enumerate() {
+        let submit_ms = secs_to_ms(j.submit_at_s);
+        let mut view = JobView::new(j.priority, submit_ms, 0, j.regions.clone(), Vec::new());
+        view.policy = j.policy.unwrap_or(policy);
+        view.deadline_ms = j.deadline_s.map(|d| submit_ms + secs_to_ms(d));
+        view.max_slots = j.max_slots;
+        view.renderer = j.renderer.clone();
+        view.inputs = Some(inputs_of(j));
+        view.needs = TaskNeeds {
+            core_seconds: j.task_core_seconds,
+            wall_seconds: j.task_core_seconds / scenario.cores_per_slot,
+            input_bytes: (j.input_gb * 1e9) as u64,
+        };
+        jobs.push(view);
+        reports.push(JobReport {
+            name: j.name.clone(),
+            tasks: j.tasks,
+            done: 0,
+            submitted_s: j.submit_at_s,
+            finished_s: None,
+            due_s: j.deadline_s.map(|d| j.submit_at_s + d),
+            met_deadline: None,
+            cost: 0.0,
+        });
+        heap.push(Reverse((submit_ms, seq, ARRIVAL, i as u32, 0)));
+        seq += 1;
+    }
+    let mut rng = Rng(scenario.seed);
+    let mut book = SpeedBook::default();
+    let (mut events, mut plan_calls, mut makespan_ms) = (0u64, 0u64, 0u64);
+    let tick = scenario.tick_ms;
+    while let Some(Reverse((first, ..))) = heap.peek().copied() {
+        // Every event until the end of this tick, then one round of planning.
+        let now = first.div_ceil(tick) * tick;
+        while let Some(&Reverse((t, _, region, job, render_ms))) = heap.peek() {
+            if t > now {
+                break;
+            }
+            heap.pop();
+            events += 1;
+            let (ri, ji) = (region as usize, job as usize);
+            if region == ARRIVAL {
+                jobs[ji].ready = (0..scenario.jobs[ji].tasks).collect();
+                continue;
+            }
+            let render_s = render_ms as f64 / 1000.0;
+            let core_s = render_s * scenario.cores_per_slot;
+            let st = &mut states[ri];
+            let p = &regions[ri].profile;
+            let cost = p.compute_cost(core_s);
+            st.render_ms += render_ms;
+            st.report.tasks += 1;
+            st.report.core_hours += core_s / 3600.0;
+            st.report.cost += cost;
+            st.report.energy_kwh += p.energy_kwh(core_s);
+            st.report.carbon_kg += p.carbon_kg(core_s);
+            let view = &mut jobs[ji];
+            view.in_flight -= 1;
+            book.record(&p.name, &view.renderer, view.needs.wall_seconds, render_s);
+            let learned = book.factor(&p.name, &view.renderer);
+            regions[ri].free += 1;
+            match regions[ri].speed.get_mut(&view.renderer) {
+                Some(v) => *v = learned,
+                None => {
+                    regions[ri].speed.insert(view.renderer.clone(), learned);
+                }
+            }
+            let rep = &mut reports[ji];
+            rep.done += 1;
+            rep.cost += cost;
+            if rep.done == rep.tasks {
+                rep.finished_s = Some(t as f64 / 1000.0);
+            }
+            makespan_ms = makespan_ms.max(t);
+        }
+        // What the planner knows of transfers: inputs held, inputs on their way, busy links.
+        for (view, st) in regions.iter_mut().zip(&states) {
+            view.link_busy_secs = st.link_free_ms.saturating_sub(now) as f64 / 1000.0;
+            view.arriving.clear();
+            for (h, at) in &st.fetched {
+                if *at > now {
+                    view.arriving.insert(*h, (*at - now) as f64 / 1000.0);
+                } else if !view.cached.contains(h) {
+                    view.cached.insert(*h);
+                }
+            }
+        }
+        plan_calls += 1;
+        for release in dispatch::plan(&mut jobs, &mut regions, now) {
+            let ri = regions
+                .iter()
+                .position(|r| r.name() == &release.region)
+                .expect("plan releases onto known regions");
+            let (job, st) = (&jobs[release.job], &mut states[ri]);
+            let p = &regions[ri].profile;
+            let bytes = job.needs.input_bytes;
+            let inputs_at = match job.inputs {
+                Some(h) if bytes > 0 => *st.fetched.entry(h).or_insert_with(|| {
+                    let start = st.link_free_ms.max(now);
+                    let end = start + secs_to_ms(p.transfer_secs(bytes));
+                    st.link_free_ms = end;
+                    st.report.gb_in += bytes as f64 / 1e9;
+                    st.report.cost += p.transfer_cost(bytes);
+                    reports[release.job].cost += p.transfer_cost(bytes);
+                    end
+                }),
+                _ => now,
+            };
+            let jitter = 1.0 + scenario.jitter * (2.0 * rng.next_f64() - 1.0);
+            let render_ms = secs_to_ms(job.needs.wall_seconds / st.speed * jitter).max(1);
+            let end = inputs_at.max(now) + render_ms;
+            heap.push(Reverse((
+                end,
+                seq,
+                ri as u32,
+                release.job as u32,
+                render_ms,
+            )));
+            seq += 1;
+        }
+    }
+    let makespan_s = makespan_ms as f64 / 1000.0;
+    let mut out = SimReport {
+        scenario: scenario.name.clone(),
+        policy,
+        currency: scenario.currency.clone(),
+        makespan_s,
+        cost: 0.0,
+        energy_kwh: 0.0,
+        carbon_kg: 0.0,
+        gb_moved: 0.0,
+        mean_turnaround_s: 0.0,
+        tasks_done: 0,
+        tasks_total: scenario.jobs.iter().map(|j| u64::from(j.tasks)).sum(),
+        regions: Vec::new(),
+        jobs: Vec::new(),
+        events,
+        plan_calls,
+    };
+    for mut st in states {
+        st.report.utilization = if makespan_ms == 0 {
+            0.0
+        } else {
+            st.render_ms as f64 / (f64::from(st.report.slots) * makespan_ms as f64)
+        };
+        out.cost += st.report.cost;
+        out.energy_kwh += st.report.energy_kwh;
+        out.carbon_kg += st.report.carbon_kg;
+        out.gb_moved += st.report.gb_in;
+        out.tasks_done += st.report.tasks;
+        out.regions.push(st.report);
+    }
+    let mut turnaround = 0.0;
+    for mut rep in reports {
+        rep.met_deadline = rep
+            .due_s
+            .map(|due| rep.finished_s.is_some_and(|f| f <= due + 1e-9));
+        turnaround += rep.finished_s.unwrap_or(makespan_s) - rep.submitted_s;
+        out.jobs.push(rep);
+    }
+    out.mean_turnaround_s = turnaround / out.jobs.len().max(1) as f64;
+    out
+}

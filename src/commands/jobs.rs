@@ -1,0 +1,204 @@
+//! The commands that act on jobs: `submit` (job file and flags to a queued job, optionally
+//! waiting), `status`, `wait`, `fetch`, `cancel` and `retry`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use suanli_shared::store::Store;
+use suanli_shared::JobId;
+
+use crate::client::Client;
+use crate::exit::{self, BadInput, EXIT_ERROR, EXIT_JOB_FAILED, EXIT_TIMEOUT};
+use crate::jobfile::{self, JobFile, Overrides};
+use crate::print;
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Job file (TOML); flags override its values.
+    pub job_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: Overrides,
+    /// Wait for the job to finish; exit 0 only when every frame is done.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `suanli submit`: resolves and checks the job, uploads its inputs, submits it and, with
+/// `--wait`, follows it to the end.
+pub async fn submit(args: SubmitArgs, nats: &str, store_url: &str) -> anyhow::Result<u8> {
+    let (file, base) = match &args.job_file {
+        Some(path) => {
+            let file = jobfile::read_job_file(path).map_err(|e| BadInput(format!("{e:#}")))?;
+            let base = path
+                .parent()
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p.to_path_buf()
+                    }
+                })
+                .unwrap_or_else(|| ".".into());
+            (file, base)
+        }
+        None => (JobFile::default(), PathBuf::from(".")),
+    };
+    let mut resolved =
+        jobfile::resolve(file, args.flags, &base).map_err(|e| BadInput(format!("{e:#}")))?;
+    // Check the coordinator is there before uploading anything.
+    let client = Client::connect(nats).await?;
+    let store = Store::open(store_url)?;
+    let upload = jobfile::upload_inputs(&store, &mut resolved).await?;
+    let reply = client.submit(resolved.spec).await.context("job refused")?;
+    if !args.wait {
+        if args.json {
+            print::json(
+                &serde_json::json!({"id": reply.id, "tasks": reply.tasks, "cached": reply.cached}),
+            );
+        } else {
+            println!("{}", reply.id);
+            eprintln!(
+                "submitted: {} tasks ({} cached); inputs: {} files, {} uploaded ({:.1} MB)",
+                reply.tasks,
+                reply.cached,
+                upload.files,
+                upload.uploaded,
+                upload.uploaded_bytes as f64 / 1e6
+            );
+        }
+        return Ok(0);
+    }
+    if !args.json {
+        eprintln!(
+            "job {} submitted: {} tasks ({} cached)",
+            reply.id, reply.tasks, reply.cached
+        );
+    }
+    let end = client
+        .wait(&reply.id, None, |s| {
+            if !args.json {
+                eprintln!(
+                    "  {}: {}/{} frames, {} running",
+                    s.state.as_str(),
+                    s.frames.done,
+                    s.frames.total,
+                    s.tasks.running
+                );
+            }
+        })
+        .await?
+        .context("wait ended without a result")?;
+    if args.json {
+        print::json(&end);
+    } else {
+        println!("{}", reply.id);
+        print::status(&end);
+    }
+    Ok(exit::of_ended_job(&end))
+}
+
+/// `suanli status [JOB]`: one job in full, or the list of jobs.
+pub async fn status(nats: &str, job: Option<JobId>, json: bool) -> anyhow::Result<u8> {
+    let client = Client::connect(nats).await?;
+    match job {
+        Some(job) => {
+            let s = client.status(&job).await?;
+            if json {
+                print::json(&s);
+            } else {
+                print::status(&s);
+            }
+        }
+        None => {
+            let list = client.jobs().await?;
+            if json {
+                print::json(&list);
+            } else {
+                print::job_list(&list);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `suanli wait JOB`: until the job ends (exit 0 only when done) or `timeout` passes (exit 4).
+pub async fn wait(
+    nats: &str,
+    job: JobId,
+    timeout: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let client = Client::connect(nats).await?;
+    let end = client.wait(&job, timeout, |_| {}).await?;
+    match end {
+        Some(s) => {
+            if json {
+                print::json(&s);
+            } else {
+                print::status(&s);
+            }
+            Ok(exit::of_ended_job(&s))
+        }
+        None => {
+            eprintln!("error: job {job} did not finish within the timeout");
+            Ok(EXIT_TIMEOUT)
+        }
+    }
+}
+
+/// `suanli fetch JOB --out DIR`: exit 1 when a stored frame is damaged, 3 when frames are
+/// missing.
+pub async fn fetch(
+    nats: &str,
+    store: &str,
+    job: JobId,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let client = Client::connect(nats).await?;
+    let rec = client.job(&job).await?;
+    let store = Store::open(store)?;
+    let report = crate::client::fetch(&rec, &store, out).await?;
+    if json {
+        print::json(&report);
+    } else {
+        print::fetch(&report, out, rec.state.as_str());
+    }
+    Ok(if !report.unverified.is_empty() {
+        EXIT_ERROR
+    } else if report.missing.is_empty() {
+        0
+    } else {
+        EXIT_JOB_FAILED
+    })
+}
+
+/// `suanli cancel JOB`.
+pub async fn cancel(nats: &str, job: JobId, json: bool) -> anyhow::Result<u8> {
+    let s = Client::connect(nats).await?.cancel(&job).await?;
+    if json {
+        print::json(&s);
+    } else {
+        println!("job {} is {}", s.id, s.state.as_str());
+    }
+    Ok(0)
+}
+
+/// `suanli retry JOB`.
+pub async fn retry(nats: &str, job: JobId, json: bool) -> anyhow::Result<u8> {
+    let s = Client::connect(nats).await?.retry(&job).await?;
+    if json {
+        print::json(&s);
+    } else {
+        println!(
+            "job {} is {}: {} tasks pending",
+            s.id,
+            s.state.as_str(),
+            s.tasks.pending
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,167 @@
+//! The long-running roles: `suanli coordinator`, `suanli worker` and `suanli up` (a whole farm
+//! on this machine). Each turns its flags into the role's config and runs it until Ctrl-C or
+//! SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use suanli_shared::{Region, WorkerId};
+
+use super::{load_catalog, shutdown_on_signals};
+use crate::exit::BadInput;
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkerCommand {
+    #[command(subcommand)]
+    pub action: Option<WorkerAction>,
+    #[command(flatten)]
+    pub run: WorkerArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum WorkerAction {
+    /// Drain a worker: it takes no new tasks, finishes its renders within its grace period (or
+    /// hands them back to the queue) and exits 0.
+    Drain {
+        /// The worker's name, or REGION.NAME when the name is in several regions.
+        worker: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Region (data center) this worker renders for (required to run a worker).
+    #[arg(long, env = "SUANLI_REGION")]
+    pub region: Option<Region>,
+    /// Tasks rendered at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// Local input cache folder.
+    #[arg(long, env = "SUANLI_CACHE_DIR", default_value = "./suanli-cache")]
+    pub cache_dir: PathBuf,
+    /// Input cache bound in GiB.
+    #[arg(long, default_value_t = 20)]
+    pub cache_gib: u64,
+    /// Worker name, unique within the region (default: host name and pid).
+    #[arg(long)]
+    pub name: Option<WorkerId>,
+    /// How long a render may run after SIGTERM before it is handed back.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_grace: Duration,
+    /// Ack wait of the region's queue consumer, set by the first worker of a region: a task
+    /// whose worker went silent this long is given to another worker. Renders send in-progress
+    /// acks every quarter of it, so it bounds recovery time, not render time.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    /// A coordinator that stops renewing its lease this long is replaced by a standby.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// A worker whose heartbeat is this old is shown as lost and holds no slots.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub worker_lost_after: Duration,
+    /// Region catalog (TOML: prices, PUE, carbon, links; see deploy/regions.example.toml).
+    /// Regions it does not name get neutral figures.
+    #[arg(long, env = "SUANLI_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// A region with no live worker this long loses its queued tasks to the other regions.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub region_lost_after: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Regions to start workers in.
+    #[arg(long, value_delimiter = ',', default_value = "guian,ulanqab")]
+    pub regions: Vec<Region>,
+    #[arg(long, default_value_t = 1)]
+    pub workers_per_region: u32,
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// Folder for NATS data, caches and the default store.
+    #[arg(long, default_value = "./suanli-farm")]
+    pub dir: PathBuf,
+    /// Region catalog for the coordinator (see `suanli coordinator --catalog`).
+    #[arg(long, env = "SUANLI_CATALOG")]
+    pub catalog: Option<PathBuf>,
+}
+
+/// `suanli coordinator`: leads (or stands by) until a signal.
+pub async fn coordinator(args: CoordinatorArgs, nats: &str, store: &str) -> anyhow::Result<u8> {
+    let mut config = suanli_coordinator::Config::new(nats, store);
+    config.lease_ttl = args.lease_ttl.max(Duration::from_secs(1));
+    config.worker_lost_after = args.worker_lost_after;
+    config.region_lost_after = args.region_lost_after;
+    if let Some(path) = &args.catalog {
+        config.catalog = load_catalog(path)?;
+    }
+    suanli_coordinator::run(config, shutdown_on_signals()).await?;
+    Ok(0)
+}
+
+/// `suanli worker --region R`: renders the region's tasks until a signal, then drains.
+pub async fn worker(args: WorkerArgs, nats: &str, store: &str) -> anyhow::Result<u8> {
+    let Some(region) = args.region else {
+        return Err(BadInput(
+            "a worker needs --region NAME (or SUANLI_REGION): the region it renders for".into(),
+        )
+        .into());
+    };
+    let name = match args.name {
+        Some(n) => n,
+        None => default_worker_name()?,
+    };
+    let mut config = suanli_worker::Config::new(nats, store, region, name, args.cache_dir);
+    config.slots = args.slots.max(1);
+    config.cache_max_bytes = args.cache_gib << 30;
+    config.drain_grace = args.drain_grace;
+    config.ack_wait = args.ack_wait.max(Duration::from_secs(1));
+    config.threads_per_slot = (config.threads_per_slot / config.slots).max(1);
+    suanli_worker::run(config, shutdown_on_signals()).await?;
+    Ok(0)
+}
+
+/// `suanli up`: a local farm (its own nats-server unless `nats` is given) until Ctrl-C.
+pub async fn up(args: UpArgs, nats: Option<String>, store: Option<String>) -> anyhow::Result<u8> {
+    let mut options = crate::localfarm::FarmOptions::new(&args.dir, &[])?;
+    options.regions = args.regions;
+    options.workers_per_region = args.workers_per_region.max(1);
+    options.slots = args.slots.max(1);
+    options.nats_url = nats;
+    options.store_url = store;
+    if let Some(path) = &args.catalog {
+        options.catalog = load_catalog(path)?;
+    }
+    let farm = crate::localfarm::LocalFarm::start(options).await?;
+    println!("farm up: NATS {}  store {}", farm.nats_url, farm.store_url);
+    println!(
+        "  export SUANLI_NATS={} SUANLI_STORE={}",
+        farm.nats_url, farm.store_url
+    );
+    println!("Ctrl-C stops it.");
+    shutdown_on_signals().cancelled().await;
+    farm.stop().await;
+    Ok(0)
+}
+
+/// The host name made safe for a worker name, and the pid: unique on one machine.
+fn default_worker_name() -> anyhow::Result<WorkerId> {
+    let host: String = suanli_shared::sys::hostname()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    Ok(format!("{host}-{}", std::process::id()).parse()?)
+}

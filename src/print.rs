@@ -1,0 +1,232 @@
+//! Everything the CLI prints for people and scripts: job status, job and worker lists, the
+//! ledger table, the fetch summary, `--json` output, and the simulation's tables ([`sim`]).
+//! Commands decide what to show; this module alone decides how it looks, so `demo` and the
+//! commands print a job the same way without depending on each other.
+
+pub mod sim;
+
+use std::path::Path;
+use std::time::Duration;
+
+use suanli_shared::ledger::Ledger;
+use suanli_shared::protocol::{now_ms, JobStatus, RegionFigures, WorkerInfo};
+
+use crate::client::FetchReport;
+
+/// Pretty JSON on stdout, for `--json`.
+pub fn json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// One job in full: counts, per-region figures, the reason it ended and its failed tasks with
+/// the tail of each one's stderr.
+pub fn status(s: &JobStatus) {
+    println!("job {}  {}  [{}]", s.id, s.name, s.state.as_str());
+    println!(
+        "  frames {}/{} done ({} cached), {} failed",
+        s.frames.done, s.frames.total, s.frames.cached, s.frames.failed
+    );
+    println!(
+        "  tasks  {} total: {} pending, {} queued, {} running, {} done ({} cached), {} failed, {} canceled",
+        s.tasks.total, s.tasks.pending, s.tasks.queued, s.tasks.running, s.tasks.done, s.tasks.cached, s.tasks.failed, s.tasks.canceled
+    );
+    for (region, r) in &s.regions {
+        println!(
+            "  region {region}: {} frames, {:.1} core-s, cost {:.3}, {:.3} kWh, {:.3} kg CO2, {:.1} MB in",
+            r.frames_done, r.core_seconds, r.cost, r.energy_kwh, r.carbon_kg, r.bytes_in as f64 / 1e6
+        );
+    }
+    if let Some(reason) = &s.reason {
+        println!("  reason: {reason}");
+    }
+    for f in &s.failures {
+        println!(
+            "  task {} (frames {}) {:?}: attempt {} on {}/{}: {}{}",
+            f.task,
+            f.frames,
+            f.state,
+            f.failure.attempt,
+            f.failure.region,
+            f.failure.worker,
+            f.failure.reason,
+            f.failure
+                .exit_code
+                .map(|c| format!(" (exit {c})"))
+                .unwrap_or_default()
+        );
+        for line in f
+            .failure
+            .stderr_tail
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            println!("      | {line}");
+        }
+    }
+    if s.failures_total as usize > s.failures.len() {
+        println!(
+            "  … and {} more failed tasks",
+            s.failures_total as usize - s.failures.len()
+        );
+    }
+}
+
+/// One line a job: id, name, state, frames done, cached, age.
+pub fn job_list(list: &[JobStatus]) {
+    table(
+        list,
+        "no jobs",
+        format!(
+            "{:<26}  {:<20} {:<9} {:>13}  {:>6}  age",
+            "ID", "NAME", "STATE", "FRAMES", "CACHED"
+        ),
+        |s| {
+            format!(
+                "{:<26}  {:<20} {:<9} {:>6}/{:<6}  {:>6}  {}",
+                s.id,
+                truncate(&s.name, 20),
+                s.state.as_str(),
+                s.frames.done,
+                s.frames.total,
+                s.frames.cached,
+                age(s.created_ms)
+            )
+        },
+    );
+}
+
+/// One line a worker: region, name, state, slots, tasks done, heartbeat age, current tasks.
+pub fn workers(list: &[WorkerInfo]) {
+    table(
+        list,
+        "no workers",
+        format!(
+            "{:<12} {:<24} {:<10} {:>5}  {:>8}  {:>10}  current",
+            "REGION", "WORKER", "STATE", "SLOTS", "TASKS", "HEARTBEAT"
+        ),
+        |w| {
+            let current: Vec<String> = w
+                .current
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}#{} {} {:.0}%",
+                        &c.job.as_str()[..8.min(c.job.as_str().len())],
+                        c.task,
+                        c.chunk,
+                        c.fraction * 100.0
+                    )
+                })
+                .collect();
+            format!(
+                "{:<12} {:<24} {:<10} {:>2}/{:<2}  {:>8}  {:>10}  {}",
+                w.region.as_str(),
+                truncate(w.id.as_str(), 24),
+                format!("{:?}", w.state).to_lowercase(),
+                w.busy,
+                w.slots,
+                w.tasks_done,
+                format!("{} ago", age(w.heartbeat_ms)),
+                current.join(", ")
+            )
+        },
+    );
+}
+
+/// Prints `header` and one `row` an item, or only `none` when there are no items.
+fn table<T>(items: &[T], none: &str, header: String, row: impl Fn(&T) -> String) {
+    if items.is_empty() {
+        println!("{none}");
+        return;
+    }
+    println!("{header}");
+    for item in items {
+        println!("{}", row(item));
+    }
+}
+
+/// The ledger: one row a region, then the total.
+pub fn ledger(ledger: &Ledger) {
+    println!(
+        "{:<12} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "REGION", "FRAMES", "CORE-H", "COST", "KWH", "KG CO2", "MB IN"
+    );
+    let row = |name: &str, r: &RegionFigures| {
+        println!(
+            "{:<12} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.1}",
+            name,
+            r.frames_done,
+            r.core_seconds / 3600.0,
+            r.cost,
+            r.energy_kwh,
+            r.carbon_kg,
+            r.bytes_in as f64 / 1e6
+        )
+    };
+    for (region, r) in &ledger.regions {
+        row(region, r);
+    }
+    row("total", &ledger.total);
+}
+
+/// What `fetch` wrote into `out`; frames with no output yet go to stderr, naming the job's
+/// `state`.
+pub fn fetch(report: &FetchReport, out: &Path, state: &str) {
+    println!(
+        "{} frames in {} ({} downloaded, {} already there, {:.1} MB), {}",
+        report.frames - report.unverified.len(),
+        out.display(),
+        report.downloaded,
+        report.already_present,
+        report.bytes as f64 / 1e6,
+        if report.unverified.is_empty() {
+            "all verified".to_string()
+        } else {
+            format!(
+                "{} DAMAGED in the store (not written): {}",
+                report.unverified.len(),
+                report.unverified.join(", ")
+            )
+        }
+    );
+    if !report.missing.is_empty() {
+        eprintln!(
+            "{} frames have no output yet (job is {state})",
+            report.missing.len(),
+        );
+    }
+}
+
+/// How long ago `ms` (Unix milliseconds) was, in whole seconds: "3m 12s".
+fn age(ms: u64) -> String {
+    let secs = now_ms().saturating_sub(ms) / 1000;
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// `s` cut to `n` characters, the last one an ellipsis when anything was cut.
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_cut_with_an_ellipsis() {
+        assert_eq!(truncate("shot010", 20), "shot010");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("渲染渲染渲染", 3), "渲染…");
+    }
+}
