@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use suanli_shared::layout;
 use suanli_shared::nats;
-use suanli_shared::protocol::api::{self, ApiError, ErrorKind};
-use suanli_shared::protocol::{JobRecord, JobSpec, JobStatus, OutputManifest, WorkerInfo};
+use suanli_shared::protocol::api::{self, ApiError, Endpoint, ErrorKind};
+use suanli_shared::protocol::{
+    decode, encode, JobRecord, JobSpec, JobStatus, OutputManifest, WorkerInfo,
+};
+use suanli_shared::regions::RegionProfile;
 use suanli_shared::store::{Store, StoreErrorKind};
 use suanli_shared::{JobId, Region, WorkerId};
 
@@ -54,18 +55,16 @@ impl Client {
         &self.nats
     }
 
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        subject: &str,
-        req: &Req,
-    ) -> Result<Resp, ClientError> {
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Transport(e.to_string()))?;
+    /// Sends one request to the coordinator: the endpoint type fixes the subject, the
+    /// request and the reply, so every API call goes through here.
+    pub async fn call<E: Endpoint>(&self, req: &E::Request) -> Result<E::Reply, ClientError> {
+        let body = encode(req, "request").map_err(|e| ClientError::Transport(e.to_string()))?;
         let request = async_nats::Request::new()
-            .payload(body.into())
+            .payload(body)
             .timeout(Some(REQUEST_TIMEOUT));
         let msg = self
             .nats
-            .send_request(subject.to_string(), request)
+            .send_request(E::SUBJECT, request)
             .await
             .map_err(|e| match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => {
@@ -73,49 +72,43 @@ impl Client {
                 }
                 _ => ClientError::Transport(e.to_string()),
             })?;
-        match serde_json::from_slice::<api::Reply<Resp>>(&msg.payload) {
+        match decode::<api::Reply<E::Reply>>(&msg.payload, "reply") {
             Ok(api::Reply::Ok(v)) => Ok(v),
             Ok(api::Reply::Error(e)) => Err(ClientError::Api(e)),
-            Err(e) => Err(ClientError::Transport(format!("malformed reply: {e}"))),
+            Err(e) => Err(ClientError::Transport(e.to_string())),
         }
     }
 
-    /// A request that names one job (status, record, cancel, retry).
-    async fn call_for_job<Resp: DeserializeOwned>(
-        &self,
-        subject: &str,
-        job: &JobId,
-    ) -> Result<Resp, ClientError> {
-        self.call(subject, &api::JobRequest { job: job.clone() })
-            .await
-    }
-
     pub async fn submit(&self, spec: JobSpec) -> Result<api::SubmitReply, ClientError> {
-        self.call(api::SUBMIT, &api::SubmitRequest { spec }).await
+        self.call::<api::Submit>(&api::SubmitRequest { spec }).await
     }
 
     pub async fn status(&self, job: &JobId) -> Result<JobStatus, ClientError> {
-        self.call_for_job(api::STATUS, job).await
+        self.call::<api::Status>(&job_request(job)).await
     }
 
     pub async fn job(&self, job: &JobId) -> Result<JobRecord, ClientError> {
-        self.call_for_job(api::JOB, job).await
+        self.call::<api::Job>(&job_request(job)).await
     }
 
     pub async fn jobs(&self) -> Result<Vec<JobStatus>, ClientError> {
-        self.call(api::JOBS, &api::Empty::default()).await
+        self.call::<api::Jobs>(&api::Empty {}).await
     }
 
     pub async fn cancel(&self, job: &JobId) -> Result<JobStatus, ClientError> {
-        self.call_for_job(api::CANCEL, job).await
+        self.call::<api::Cancel>(&job_request(job)).await
     }
 
     pub async fn retry(&self, job: &JobId) -> Result<JobStatus, ClientError> {
-        self.call_for_job(api::RETRY, job).await
+        self.call::<api::Retry>(&job_request(job)).await
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
-        self.call(api::WORKERS, &api::Empty::default()).await
+        self.call::<api::Workers>(&api::Empty {}).await
+    }
+
+    pub async fn regions(&self) -> Result<Vec<RegionProfile>, ClientError> {
+        self.call::<api::Regions>(&api::Empty {}).await
     }
 
     /// One page of a job's task records (at most [`api::MAX_TASKS_PAGE`]).
@@ -130,7 +123,7 @@ impl Client {
             offset,
             limit,
         };
-        self.call(api::TASKS, &req).await
+        self.call::<api::Tasks>(&req).await
     }
 
     /// Asks the coordinator to drain a worker; returns the worker as last seen.
@@ -143,7 +136,7 @@ impl Client {
             region: region.clone(),
             worker: worker.clone(),
         };
-        self.call(api::DRAIN, &req).await
+        self.call::<api::Drain>(&req).await
     }
 
     /// Waits until the job reaches a final state (or `timeout`), calling `on_update` with each
@@ -200,6 +193,10 @@ impl Client {
             }
         }
     }
+}
+
+fn job_request(job: &JobId) -> api::JobRequest {
+    api::JobRequest { job: job.clone() }
 }
 
 /// What `fetch` did.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use suanli_shared::protocol::api::{self, TasksPage};
+use suanli_shared::protocol::api::TasksPage;
 use suanli_shared::protocol::{JobStatus, OutputFile, WorkerInfo};
 use suanli_shared::regions::RegionProfile;
 use suanli_shared::store::Store;
@@ -83,19 +83,7 @@ impl FarmApi for TuiFarm {
     }
 
     async fn regions(&self) -> Result<Vec<RegionProfile>, FarmError> {
-        let client = self.client().await?;
-        let body = serde_json::to_vec(&api::Empty::default())
-            .map_err(|e| FarmError::refused(e.to_string()))?;
-        let msg = client
-            .nats()
-            .request(api::REGIONS, body.into())
-            .await
-            .map_err(|e| FarmError::unreachable(e.to_string()))?;
-        match serde_json::from_slice::<api::Reply<Vec<RegionProfile>>>(&msg.payload) {
-            Ok(api::Reply::Ok(list)) => Ok(list),
-            Ok(api::Reply::Error(e)) => Err(FarmError::refused(e.message)),
-            Err(e) => Err(FarmError::refused(format!("malformed regions reply: {e}"))),
-        }
+        self.client().await?.regions().await.map_err(farm_error)
     }
 
     async fn queue_depths(&self, regions: &[Region]) -> Result<BTreeMap<Region, u64>, FarmError> {

@@ -526,7 +526,10 @@ async fn bad_input_anywhere_is_refused_and_no_role_crashes() {
         .await
         .unwrap();
     let reply = nc
-        .request(suanli_shared::protocol::api::SUBMIT, "[]".into())
+        .request(
+            <suanli_shared::protocol::api::Submit as suanli_shared::protocol::api::Endpoint>::SUBJECT,
+            "[]".into(),
+        )
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&reply.payload).contains("malformed submit request"));

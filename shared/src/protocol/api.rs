@@ -22,17 +22,18 @@ pub trait Endpoint {
     type Reply: Serialize + DeserializeOwned + Send;
 }
 
-/// Declares each endpoint (a unit type implementing [`Endpoint`]) and the [`Request`] enum
-/// that the coordinator decodes every request into.
+/// Declares each endpoint (a unit type implementing [`Endpoint`], its subject
+/// `suanli.api.<token>`) and the [`Request`] enum that the coordinator decodes every request
+/// into.
 macro_rules! endpoints {
-    ($( $(#[$doc:meta])* $name:ident = $subject:literal, $req:ty => $reply:ty; )*) => {
+    ($( $(#[$doc:meta])* $name:ident = $token:literal, $req:ty => $reply:ty; )*) => {
         $(
             $(#[$doc])*
             #[derive(Debug, Clone, Copy)]
             pub struct $name;
 
             impl Endpoint for $name {
-                const SUBJECT: &'static str = $subject;
+                const SUBJECT: &'static str = concat!("suanli.api.", $token);
                 type Request = $req;
                 type Reply = $reply;
             }
@@ -51,7 +52,7 @@ macro_rules! endpoints {
             /// Decodes a request; an unknown subject or a malformed body is a bad request.
             pub fn decode(subject: &str, payload: &[u8]) -> Result<Self, ApiError> {
                 match subject {
-                    $( $subject => decode::<$req>(payload, "request")
+                    $( concat!("suanli.api.", $token) => decode::<$req>(payload, concat!($token, " request"))
                         .map(Request::$name)
                         .map_err(|e| ApiError::bad_request(e.to_string())), )*
                     other => Err(ApiError::bad_request(format!("unknown API subject {other}"))),
@@ -60,31 +61,31 @@ macro_rules! endpoints {
         }
 
         /// Every endpoint's subject.
-        pub const SUBJECTS: &[&str] = &[$( $subject ),*];
+        pub const SUBJECTS: &[&str] = &[$( concat!("suanli.api.", $token) ),*];
     };
 }
 
 endpoints! {
     /// Submit a job (its inputs already uploaded).
-    Submit = "suanli.api.submit", SubmitRequest => SubmitReply;
+    Submit = "submit", SubmitRequest => SubmitReply;
     /// One job's status, priced from the region catalog.
-    Status = "suanli.api.status", JobRequest => JobStatus;
+    Status = "status", JobRequest => JobStatus;
     /// The latest jobs' statuses, without their failure lists.
-    Jobs = "suanli.api.jobs", Empty => Vec<JobStatus>;
+    Jobs = "jobs", Empty => Vec<JobStatus>;
     /// One job's record (its spec), e.g. for `fetch`.
-    Job = "suanli.api.job", JobRequest => JobRecord;
+    Job = "job", JobRequest => JobRecord;
     /// Cancel a job: running renders are killed, queued tasks are skipped.
-    Cancel = "suanli.api.cancel", JobRequest => JobStatus;
+    Cancel = "cancel", JobRequest => JobStatus;
     /// Retry a job's failed and canceled tasks.
-    Retry = "suanli.api.retry", JobRequest => JobStatus;
+    Retry = "retry", JobRequest => JobStatus;
     /// Every worker the coordinator knows, with its observed state.
-    Workers = "suanli.api.workers", Empty => Vec<WorkerInfo>;
+    Workers = "workers", Empty => Vec<WorkerInfo>;
     /// A page of one job's task records, for the TUI's job view.
-    Tasks = "suanli.api.tasks", TasksRequest => TasksPage;
+    Tasks = "tasks", TasksRequest => TasksPage;
     /// Drain one worker: it takes no new tasks, finishes or hands back what it renders, exits.
-    Drain = "suanli.api.drain", DrainRequest => WorkerInfo;
+    Drain = "drain", DrainRequest => WorkerInfo;
     /// The region catalog.
-    Regions = "suanli.api.regions", Empty => Vec<RegionProfile>;
+    Regions = "regions", Empty => Vec<RegionProfile>;
 }
 
 /// Every API subject, for the coordinator's subscription.
@@ -232,7 +233,7 @@ mod tests {
         let malformed = Request::decode(Status::SUBJECT, b"{}").unwrap_err();
         assert_eq!(malformed.kind, ErrorKind::BadRequest);
         assert!(
-            malformed.message.starts_with("malformed request"),
+            malformed.message.starts_with("malformed status request"),
             "{}",
             malformed.message
         );
