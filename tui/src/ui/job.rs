@@ -50,7 +50,7 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
     let mut lines = Vec::new();
     match state.job(&jv.job) {
         Some(job) => {
-            let spend = figures::job_spend(state, job);
+            let spent = figures::job_figures(job);
             let eta = figures::eta_secs(state, job)
                 .map_or(UNKNOWN.to_string(), |s| format!("~{}", fmt::duration(s)));
             lines.push(Line::from(vec![
@@ -59,8 +59,8 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
                 Span::raw(format!(
                     "  eta {eta} · elapsed {} · {} core-h · cost {} · {} ",
                     fmt::duration(figures::elapsed_secs(state, job)),
-                    fmt::figure(spend.core_hours),
-                    fmt::money(spend.cost),
+                    fmt::figure(figures::core_hours(&spent)),
+                    fmt::money(figures::cost(state, &spent)),
                     job.renderer
                 )),
                 Span::styled(job.id.to_string(), t.dim()),

@@ -1,6 +1,7 @@
 //! The farm's polls and live events folded into the state: connection, workers, jobs,
 //! regions, history and the log.
 
+use suanli_shared::ledger::Ledger;
 use suanli_shared::protocol::{JobEvent, JobState, WorkerState};
 use suanli_tui::fixtures::{self, NOW};
 use suanli_tui::state::{Connection, Level, Series, BUCKET_MS};
@@ -191,17 +192,17 @@ fn the_catalog_prices_regions_or_leaves_them_unknown() {
     let mut s = fresh();
     polled(&mut s);
     assert!(figures::region_rows(&s).iter().all(|r| r.price.is_none()));
-    assert_eq!(figures::ledger(&s).total.cost, None);
+    assert_eq!(figures::cost(&s, &Ledger::of(&s.jobs).total), None);
     update(&mut s, Action::Catalog(Some(fixtures::catalog())));
     let rows = figures::region_rows(&s);
     assert_eq!((rows[0].price, rows[0].pue), (Some(0.08), Some(1.12)));
-    let ledger = figures::ledger(&s);
+    let ledger = Ledger::of(&s.jobs);
     // shot010: 6 frames x 360 core-s in each region; shot001: 9 x 720 in guian.
     let guian_h = (6.0 * 360.0 + 9.0 * 720.0) / 3600.0;
     let ulanqab_h = 6.0 * 360.0 / 3600.0;
-    let cost = ledger.total.cost.unwrap();
+    let cost = figures::cost(&s, &ledger.total).unwrap();
     assert!((cost - (guian_h * 0.08 + ulanqab_h * 0.06)).abs() < 1e-9);
-    let kwh = ledger.total.kwh.unwrap();
+    let kwh = figures::energy_kwh(&s, &ledger.total).unwrap();
     assert!((kwh - (guian_h * 0.010 * 1.12 + ulanqab_h * 0.010 * 1.25)).abs() < 1e-9);
     // A region the catalog does not name gets neutral figures (free, PUE 1).
     let mut snap = fixtures::farm_snapshot();
