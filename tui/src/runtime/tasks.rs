@@ -363,6 +363,15 @@ mod tests {
         asked: Mutex<Vec<u32>>,
     }
 
+    impl Pages {
+        fn new(total: u32) -> Self {
+            Self {
+                total,
+                asked: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
     fn nothing<T>() -> Result<T, FarmError> {
         Err(FarmError::refused("not in this test"))
     }
@@ -440,11 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_jobs_reload_every_page_each_poll() {
-        let farm = Pages {
-            total: 1_200,
-            asked: Mutex::new(Vec::new()),
-        };
-        let mut loader = TaskLoader::default();
+        let (farm, mut loader) = (Pages::new(1_200), TaskLoader::default());
         // Size unknown: the first page tells, then the rest.
         assert_eq!(
             refresh(&mut loader, &farm, 0, 0).await,
@@ -459,11 +464,7 @@ mod tests {
 
     #[tokio::test]
     async fn large_jobs_load_once_then_refresh_the_selection_and_one_more_page() {
-        let farm = Pages {
-            total: 5_000,
-            asked: Mutex::new(Vec::new()),
-        };
-        let mut loader = TaskLoader::default();
+        let (farm, mut loader) = (Pages::new(5_000), TaskLoader::default());
         let (asked, posted) = refresh(&mut loader, &farm, 5_000, 0).await;
         assert_eq!((asked.len(), posted), (10, 5_000));
         // Selection on task 2,600 (page 5); the sweep moves one page per poll.

@@ -5,9 +5,24 @@ use suanli_shared::ledger::Ledger;
 use suanli_shared::protocol::{JobEvent, JobState, WorkerState};
 use suanli_tui::fixtures::{self, NOW};
 use suanli_tui::state::{Connection, Level, Series, BUCKET_MS};
-use suanli_tui::{figures, update, Action, FarmEvent, View};
+use suanli_tui::{figures, update, Action, FarmEvent, State, View};
 
 use super::{fresh, polled};
+
+/// A poll of the standard farm plus an idle worker of `slots` in lhasa, a region the
+/// catalog does not name.
+fn poll_with_lhasa(s: &mut State, slots: u32) {
+    let mut snap = fixtures::farm_snapshot();
+    snap.workers.push(fixtures::worker(
+        "lhasa",
+        "lhasa-1",
+        slots,
+        0,
+        WorkerState::Idle,
+        0,
+    ));
+    update(s, Action::Polled(Box::new(snap)));
+}
 
 #[test]
 fn a_poll_fills_the_state_and_selects_the_first_job() {
@@ -73,16 +88,7 @@ fn workers_that_stop_heartbeating_are_logged_as_lost_and_back() {
         "{}",
         last.text
     );
-    let mut snap = fixtures::farm_snapshot();
-    snap.workers.push(fixtures::worker(
-        "lhasa",
-        "lhasa-1",
-        4,
-        0,
-        WorkerState::Idle,
-        0,
-    ));
-    update(&mut s, Action::Polled(Box::new(snap)));
+    poll_with_lhasa(&mut s, 4);
     let texts: Vec<&str> = s
         .log
         .iter()
@@ -205,16 +211,7 @@ fn the_catalog_prices_regions_or_leaves_them_unknown() {
     let kwh = figures::energy_kwh(&s, &ledger.total).unwrap();
     assert!((kwh - (guian_h * 0.010 * 1.12 + ulanqab_h * 0.010 * 1.25)).abs() < 1e-9);
     // A region the catalog does not name gets neutral figures (free, PUE 1).
-    let mut snap = fixtures::farm_snapshot();
-    snap.workers.push(fixtures::worker(
-        "lhasa",
-        "lhasa-1",
-        1,
-        0,
-        WorkerState::Idle,
-        0,
-    ));
-    update(&mut s, Action::Polled(Box::new(snap)));
+    poll_with_lhasa(&mut s, 1);
     let lhasa = figures::region_rows(&s)
         .into_iter()
         .find(|r| r.region.as_str() == "lhasa")
