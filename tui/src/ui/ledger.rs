@@ -1,6 +1,7 @@
 //! The ledger view: core-hours, cost, energy (with each region's PUE) and input bytes moved
 //! into each region, per region and per job, with totals. Figures come from the jobs' status
-//! (the coordinator computes them from task records); prices and PUE from the region catalog.
+//! (the coordinator computes and prices them from task records); prices and PUE from the region
+//! catalog.
 
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::Line;
