@@ -12,7 +12,7 @@ use suanli_shared::{ContentHash, JobId, Region, WorkerId};
 
 use crate::api::FarmEvent;
 use crate::preview::Thumb;
-use crate::state::View;
+use crate::view::View;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {

@@ -1,10 +1,12 @@
 //! Figures derived from the state for the views: per-region capacity and utilization, per-job
 //! progress, ETA and cost, and the ledger. Pure functions of the state, computed at draw time
-//! (a few thousand records: microseconds), so the state keeps only what was observed.
+//! (a few thousand records: microseconds), so the state keeps only what was observed. Money and
+//! energy are never derived here: the coordinator prices each job's figures
+//! ([`suanli_shared::ledger`]) and the terminal only sums and shows them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use suanli_shared::protocol::{JobStatus, WorkerState};
+use suanli_shared::protocol::{JobStatus, RegionFigures, WorkerState};
 use suanli_shared::regions::RegionProfile;
 use suanli_shared::Region;
 
@@ -136,72 +138,30 @@ pub fn throughput_history(state: &State, n: usize) -> Vec<Option<f64>> {
         .collect()
 }
 
-/// Money and energy of some core-seconds per region.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Spend {
-    pub core_hours: f64,
-    /// `None` without a catalog.
-    pub cost: Option<f64>,
-    /// Facility energy: IT energy of the busy cores times PUE.
-    pub kwh: Option<f64>,
-    pub bytes_in: u64,
-    pub frames: u64,
-}
-
-impl Spend {
-    fn add(&mut self, other: &Spend) {
-        self.core_hours += other.core_hours;
-        self.cost = sum_opt(self.cost, other.cost);
-        self.kwh = sum_opt(self.kwh, other.kwh);
-        self.bytes_in += other.bytes_in;
-        self.frames += other.frames;
-    }
-}
-
-fn sum_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
-        _ => None,
-    }
-}
-
-/// What `core_seconds` rendered in `region` cost.
-pub fn spend(state: &State, region: &str, core_seconds: f64, bytes_in: u64, frames: u64) -> Spend {
-    let core_hours = core_seconds / 3600.0;
-    let profile = region
-        .parse::<Region>()
-        .ok()
-        .and_then(|r| profile(state, &r));
-    Spend {
-        core_hours,
-        cost: profile
-            .as_ref()
-            .map(|p| core_hours * p.price_per_core_hour + bytes_in as f64 / 1e9 * p.egress_per_gb),
-        kwh: profile
-            .as_ref()
-            .map(|p| core_hours * p.watts_per_core / 1000.0 * p.pue),
-        bytes_in,
-        frames,
-    }
-}
-
-/// A job's spend over every region it rendered in.
-pub fn job_spend(state: &State, job: &JobStatus) -> Spend {
-    let mut total = Spend {
-        cost: state.catalog.as_ref().map(|_| 0.0),
-        kwh: state.catalog.as_ref().map(|_| 0.0),
-        ..Spend::default()
-    };
-    for (region, f) in &job.regions {
-        total.add(&spend(
-            state,
-            region,
-            f.core_seconds,
-            f.bytes_in,
-            f.frames_done as u64,
-        ));
+/// A job's figures summed over every region it rendered in, as the coordinator priced them.
+pub fn job_figures(job: &JobStatus) -> RegionFigures {
+    let mut total = RegionFigures::default();
+    for f in job.regions.values() {
+        total.add(f);
     }
     total
+}
+
+/// Money as shown: `None` (a dash) until the coordinator offers its catalog, as for prices and
+/// PUE. A coordinator that cannot give one may send its figures unpriced (zero), and zero must
+/// not read as free.
+pub fn cost(state: &State, figures: &RegionFigures) -> Option<f64> {
+    state.catalog.is_some().then_some(figures.cost)
+}
+
+/// Facility energy as shown: `None` until the coordinator offers its catalog (see [`cost`]).
+pub fn energy_kwh(state: &State, figures: &RegionFigures) -> Option<f64> {
+    state.catalog.is_some().then_some(figures.energy_kwh)
+}
+
+/// Core-hours of some figures.
+pub fn core_hours(figures: &RegionFigures) -> f64 {
+    figures.core_seconds / 3600.0
 }
 
 /// Seconds until a job is done: remaining tasks in waves of the tasks it runs at once, each
@@ -225,45 +185,4 @@ pub fn eta_secs(state: &State, job: &JobStatus) -> Option<f64> {
 pub fn elapsed_secs(state: &State, job: &JobStatus) -> f64 {
     let end = job.finished_ms.unwrap_or(state.now_ms);
     end.saturating_sub(job.created_ms) as f64 / 1000.0
-}
-
-/// The ledger: spend per region and per job, with totals.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ledger {
-    pub regions: Vec<(String, Spend)>,
-    pub jobs: Vec<Spend>,
-    pub total: Spend,
-}
-
-pub fn ledger(state: &State) -> Ledger {
-    let known = state.catalog.as_ref().map(|_| 0.0);
-    let zero = Spend {
-        cost: known,
-        kwh: known,
-        ..Spend::default()
-    };
-    let mut per_region: BTreeMap<String, Spend> = BTreeMap::new();
-    let mut jobs = Vec::with_capacity(state.jobs.len());
-    let mut total = zero;
-    for job in &state.jobs {
-        let mut js = zero;
-        for (region, f) in &job.regions {
-            let s = spend(
-                state,
-                region,
-                f.core_seconds,
-                f.bytes_in,
-                f.frames_done as u64,
-            );
-            per_region.entry(region.clone()).or_insert(zero).add(&s);
-            js.add(&s);
-        }
-        total.add(&js);
-        jobs.push(js);
-    }
-    Ledger {
-        regions: per_region.into_iter().collect(),
-        jobs,
-        total,
-    }
 }

@@ -73,7 +73,7 @@ pub fn worker(
 
 /// A job of one-frame tasks: `done` of them finished (of which `cached` from the cache),
 /// `failed`, `running`, the rest pending. Rendered frames are split over `regions` evenly,
-/// each frame costing `core_s_per_frame` core-seconds.
+/// each frame costing `core_s_per_frame` core-seconds, priced with [`catalog`].
 #[allow(clippy::too_many_arguments)]
 pub fn job(
     n: u32,
@@ -92,15 +92,19 @@ pub fn job(
     for (i, r) in regions.iter().enumerate() {
         let share = rendered / regions.len() as u32
             + u32::from((i as u32) < rendered % regions.len() as u32);
-        figures.insert(
-            r.to_string(),
-            RegionFigures {
-                frames_done: share,
-                core_seconds: share as f64 * core_s_per_frame,
-                bytes_in: 2_500_000 * (i as u64 + 1),
-                ..Default::default()
-            },
-        );
+        let mut f = RegionFigures {
+            frames_done: share,
+            core_seconds: share as f64 * core_s_per_frame,
+            bytes_in: 2_500_000 * (i as u64 + 1),
+            ..Default::default()
+        };
+        // Priced as the coordinator prices them, from the catalog it would offer.
+        let profile = catalog()
+            .into_iter()
+            .find(|p| p.name.as_str() == *r)
+            .unwrap_or_else(|| RegionProfile::neutral(region(r)));
+        f.price(&profile);
+        figures.insert(r.to_string(), f);
     }
     // Built through serde, so fields the protocol adds with defaults need no change here.
     from_json(serde_json::json!({

@@ -4,7 +4,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::action::Action;
-use crate::state::View;
+use crate::view::View;
 
 pub fn map_key(key: KeyEvent) -> Option<Action> {
     if key.kind == KeyEventKind::Release {

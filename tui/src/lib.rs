@@ -13,14 +13,17 @@ pub mod figures;
 pub mod fixtures;
 pub mod fmt;
 pub mod input;
+pub mod layout;
 pub mod preview;
 mod runtime;
 pub mod state;
 pub mod theme;
 pub mod ui;
+pub mod view;
 
 pub use action::{Action, Effect, Snapshot};
 pub use api::{decode_event, FarmApi, FarmError, FarmErrorKind, FarmEvent};
 pub use runtime::{perform, poll_once, run, Options};
-pub use state::{update, State, View};
+pub use state::{update, State};
 pub use theme::Theme;
+pub use view::View;

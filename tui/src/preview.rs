@@ -180,28 +180,25 @@ mod tests {
         assert!(decode_thumb(b"not a png").is_err());
     }
 
+    /// `thumb` drawn by the widget into a buffer one line high and `width` cells wide.
+    fn draw(thumb: &Thumb, theme: Theme, width: u16) -> Buffer {
+        let mut buf = Buffer::empty(Rect::new(0, 0, width, 1));
+        PreviewWidget { thumb, theme }.render(buf.area, &mut buf);
+        buf
+    }
+
     #[test]
     fn half_blocks_carry_two_pixels_per_cell() {
         // Top row white, bottom row black: one cell, '▀' white on black.
         let bytes = png_of(2, 2, |_, y| if y == 0 { [255; 3] } else { [0; 3] });
         let t = decode_thumb(&bytes).unwrap();
-        let mut buf = Buffer::empty(Rect::new(0, 0, 2, 1));
-        PreviewWidget {
-            thumb: &t,
-            theme: Theme::colored(),
-        }
-        .render(buf.area, &mut buf);
+        let buf = draw(&t, Theme::colored(), 2);
         let cell = &buf[(0, 0)];
         assert_eq!(cell.symbol(), "▀");
         assert_eq!(cell.fg, Color::Rgb(255, 255, 255));
         assert_eq!(cell.bg, Color::Rgb(0, 0, 0));
         // Without colour, the same cell is mid-grey on the ramp; white is '@', black ' '.
-        let mut buf = Buffer::empty(Rect::new(0, 0, 2, 1));
-        PreviewWidget {
-            thumb: &t,
-            theme: Theme::plain(),
-        }
-        .render(buf.area, &mut buf);
+        let buf = draw(&t, Theme::plain(), 2);
         assert_eq!(buf[(0, 0)].symbol(), "=");
         let white = Thumb {
             width: 1,
@@ -209,12 +206,7 @@ mod tests {
             rgb: vec![255; 3],
             source: (1, 1),
         };
-        let mut buf = Buffer::empty(Rect::new(0, 0, 1, 1));
-        PreviewWidget {
-            thumb: &white,
-            theme: Theme::plain(),
-        }
-        .render(buf.area, &mut buf);
+        let buf = draw(&white, Theme::plain(), 1);
         assert_eq!(buf[(0, 0)].symbol(), "@");
     }
 }

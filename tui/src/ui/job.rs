@@ -9,30 +9,14 @@ use suanli_shared::protocol::{TaskRecord, TaskState};
 
 use crate::figures;
 use crate::fmt::{self, UNKNOWN};
+use crate::layout::{job_left_width, JOB_DETAIL_H, JOB_HEADER_H};
 use crate::preview::PreviewWidget;
 use crate::state::{render_secs, JobView, State};
 use crate::theme::task_glyph;
 use crate::ui::section;
 
-/// Lines above the grid: name and figures, progress, legend.
-const HEADER_H: u16 = 3;
-/// The task details below the grid: a title rule and six lines.
-const DETAIL_H: u16 = 7;
 /// Lines of the stderr tail shown.
 const STDERR_LINES: usize = 4;
-
-/// Width of the grid's column (the rest is the preview).
-fn left_width(width: u16) -> u16 {
-    width * 11 / 20
-}
-
-/// Cells per grid row and grid rows on a terminal of `size` (tab and status bars included):
-/// update() moves the selection by rows with it, draw() lays the grid out with it.
-pub fn grid_size((width, height): (u16, u16)) -> (u16, u16) {
-    let cols = left_width(width).saturating_sub(1).max(1);
-    let rows = height.saturating_sub(2 + HEADER_H + DETAIL_H + 1).max(1);
-    (cols, rows)
-}
 
 pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
     let t = state.theme;
@@ -46,13 +30,13 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
         );
         return;
     };
-    let header = Rect::new(area.x, area.y, area.width, HEADER_H.min(area.height));
+    let header = Rect::new(area.x, area.y, area.width, JOB_HEADER_H.min(area.height));
     draw_header(frame, state, jv, header);
     let rest = area.height.saturating_sub(header.height);
-    let detail_h = DETAIL_H.min(rest.saturating_sub(2));
+    let detail_h = JOB_DETAIL_H.min(rest.saturating_sub(2));
     let mid_h = rest - detail_h;
     let mid_y = header.y + header.height;
-    let lw = left_width(area.width);
+    let lw = job_left_width(area.width);
     let grid = Rect::new(area.x, mid_y, lw, mid_h);
     let preview = Rect::new(area.x + lw, mid_y, area.width - lw, mid_h);
     let details = Rect::new(area.x, mid_y + mid_h, area.width, detail_h);
@@ -66,7 +50,7 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
     let mut lines = Vec::new();
     match state.job(&jv.job) {
         Some(job) => {
-            let spend = figures::job_spend(state, job);
+            let spent = figures::job_figures(job);
             let eta = figures::eta_secs(state, job)
                 .map_or(UNKNOWN.to_string(), |s| format!("~{}", fmt::duration(s)));
             lines.push(Line::from(vec![
@@ -75,8 +59,8 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
                 Span::raw(format!(
                     "  eta {eta} · elapsed {} · {} core-h · cost {} · {} ",
                     fmt::duration(figures::elapsed_secs(state, job)),
-                    fmt::figure(spend.core_hours),
-                    fmt::money(spend.cost),
+                    fmt::figure(figures::core_hours(&spent)),
+                    fmt::money(figures::cost(state, &spent)),
                     job.renderer
                 )),
                 Span::styled(job.id.to_string(), t.dim()),
@@ -115,16 +99,17 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
     let tl = &jv.tally;
     let mut legend = vec![Span::raw(" ")];
     let entries = [
-        (Some(TaskState::Done), "done", tl.done),
-        (Some(TaskState::Cached), "cached", tl.cached),
-        (Some(TaskState::Running), "running", tl.running),
-        (Some(TaskState::Queued), "queued", tl.queued),
-        (Some(TaskState::Pending), "pending", tl.pending),
-        (Some(TaskState::Failed), "failed", tl.failed),
-        (Some(TaskState::Canceled), "canceled", tl.canceled),
-        (None, "loading", tl.unknown),
+        (Some(TaskState::Done), "done"),
+        (Some(TaskState::Cached), "cached"),
+        (Some(TaskState::Running), "running"),
+        (Some(TaskState::Queued), "queued"),
+        (Some(TaskState::Pending), "pending"),
+        (Some(TaskState::Failed), "failed"),
+        (Some(TaskState::Canceled), "canceled"),
+        (None, "loading"),
     ];
-    for (s, name, n) in entries {
+    for (s, name) in entries {
+        let n = tl.count(s);
         if n == 0 && matches!(s, Some(TaskState::Canceled) | None) {
             continue;
         }

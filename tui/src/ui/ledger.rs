@@ -1,13 +1,17 @@
 //! The ledger view: core-hours, cost, energy (with each region's PUE) and input bytes moved
 //! into each region, per region and per job, with totals. Figures come from the jobs' status
-//! (the coordinator computes them from task records); prices and PUE from the region catalog.
+//! (the coordinator computes and prices them from task records); prices and PUE from the region
+//! catalog.
 
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::Line;
 use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
-use crate::figures::{self, Spend};
+use suanli_shared::ledger::Ledger;
+use suanli_shared::protocol::RegionFigures;
+
+use crate::figures;
 use crate::fmt::{self, UNKNOWN};
 use crate::state::State;
 use crate::ui::{page_start, section, Columns};
@@ -35,19 +39,19 @@ const JOB_COLS: [(Constraint, bool); 7] = [
     (Constraint::Length(9), true),
 ];
 
-fn spend_cells(s: &Spend) -> [String; 5] {
+fn figure_cells(state: &State, f: &RegionFigures) -> [String; 5] {
     [
-        s.frames.to_string(),
-        fmt::figure(s.core_hours),
-        fmt::money(s.cost),
-        s.kwh.map_or(UNKNOWN.to_string(), |k| format!("{k:.3}")),
-        fmt::bytes(s.bytes_in),
+        f.frames_done.to_string(),
+        fmt::figure(figures::core_hours(f)),
+        fmt::money(figures::cost(state, f)),
+        figures::energy_kwh(state, f).map_or(UNKNOWN.to_string(), |k| format!("{k:.3}")),
+        fmt::bytes(f.bytes_in),
     ]
 }
 
 pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
     let t = state.theme;
-    let ledger = figures::ledger(state);
+    let ledger = Ledger::of(&state.jobs);
     let n_regions = ledger.regions.len().clamp(1, MAX_REGION_ROWS) as u16;
     let top_h = (3 + n_regions).min(area.height);
     let top = Rect::new(area.x, area.y, area.width, top_h);
@@ -79,7 +83,7 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
             .parse()
             .ok()
             .and_then(|r| figures::profile(state, &r));
-        let [frames, core, cost, kwh, bytes] = spend_cells(s);
+        let [frames, core, cost, kwh, bytes] = figure_cells(state, s);
         lines.push(cols.line(vec![
             (region.clone(), t.normal()),
             (frames, t.normal()),
@@ -98,7 +102,7 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
             (bytes, t.normal()),
         ]));
     }
-    let [frames, core, cost, kwh, bytes] = spend_cells(&ledger.total);
+    let [frames, core, cost, kwh, bytes] = figure_cells(state, &ledger.total);
     lines.push(cols.line(vec![
         ("TOTAL".into(), t.header()),
         (frames, t.header()),
@@ -126,15 +130,8 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
     let visible = inner.height.saturating_sub(2) as usize;
     let sel = state.selected_job_index();
     let start = page_start(sel.unwrap_or(0), visible);
-    for (i, (job, s)) in state
-        .jobs
-        .iter()
-        .zip(&ledger.jobs)
-        .enumerate()
-        .skip(start)
-        .take(visible)
-    {
-        let [frames, core, cost, kwh, bytes] = spend_cells(s);
+    for (i, job) in state.jobs.iter().enumerate().skip(start).take(visible) {
+        let [frames, core, cost, kwh, bytes] = figure_cells(state, &figures::job_figures(job));
         let mut line = cols.line(vec![
             (job.name.clone(), t.normal()),
             (job.state.as_str().to_string(), t.job_state(job.state)),
@@ -149,7 +146,7 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
         }
         lines.push(line);
     }
-    let [frames, core, cost, kwh, bytes] = spend_cells(&ledger.total);
+    let [frames, core, cost, kwh, bytes] = figure_cells(state, &ledger.total);
     lines.push(cols.line(vec![
         ("TOTAL".into(), t.header()),
         (String::new(), t.header()),

@@ -13,7 +13,8 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 use ratatui::Frame;
 
 use crate::fmt;
-use crate::state::{Connection, State, View};
+use crate::state::{Connection, State};
+use crate::view::View;
 
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame, state: &State) {

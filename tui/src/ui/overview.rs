@@ -160,7 +160,7 @@ fn draw_jobs(frame: &mut Frame, state: &State, area: Rect) {
     for (i, job) in state.jobs.iter().enumerate().skip(start).take(visible) {
         let f = &job.frames;
         let rendered = f.done.saturating_sub(f.cached);
-        let spend = figures::job_spend(state, job);
+        let spent = figures::job_figures(job);
         let eta = figures::eta_secs(state, job)
             .map_or(UNKNOWN.to_string(), |s| format!("~{}", fmt::duration(s)));
         let mut line = cols.line(vec![
@@ -175,8 +175,8 @@ fn draw_jobs(frame: &mut Frame, state: &State, area: Rect) {
             (f.cached.to_string(), t.cached()),
             (eta, t.normal()),
             (fmt::duration(figures::elapsed_secs(state, job)), t.normal()),
-            (fmt::figure(spend.core_hours), t.normal()),
-            (fmt::money(spend.cost), t.normal()),
+            (fmt::figure(figures::core_hours(&spent)), t.normal()),
+            (fmt::money(figures::cost(state, &spent)), t.normal()),
         ]);
         if Some(i) == sel {
             line = line.patch_style(t.selected());

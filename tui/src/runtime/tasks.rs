@@ -1,25 +1,14 @@
-//! The loop: terminal in, actions through `update`, frames out. Three background tasks talk to
-//! the farm and only post actions: the poller (snapshot every second, the catalog now and
-//! then, the open job's task records), the event listener (live `suanli.evt.>`), and the
-//! effect runner (operator actions and preview downloads). Every call they make has a
-//! timeout, so the screen never waits on the network; a failed poll becomes the banner.
+//! The background tasks that talk to the farm for the terminal: the poller (snapshot, catalog,
+//! the open job's task pages), the live event listener, and the effect runner (operator
+//! actions, preview downloads). They only post actions, never touch the state, and every call
+//! has a timeout so a silent farm becomes a banner, not a frozen screen.
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::io::{IsTerminal, Stdout};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use crossterm::event::{Event, EventStream};
-use crossterm::terminal::{
-    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
-};
 use futures::StreamExt;
-use ratatui::backend::CrosstermBackend;
-use ratatui::Terminal;
 use suanli_shared::protocol::api::MAX_TASKS_PAGE;
 use suanli_shared::protocol::now_ms;
 use suanli_shared::{ContentHash, JobId, Region};
@@ -27,12 +16,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::action::{Action, Effect, Snapshot};
 use crate::api::{FarmApi, FarmError, FarmErrorKind};
-use crate::state::{update, Interest, State};
-use crate::theme::Theme;
+use crate::state::Interest;
 
 /// How often the coordinator is polled.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -46,206 +33,6 @@ const CATALOG_RETRY: Duration = Duration::from_secs(10);
 /// Jobs with at most this many tasks have every record refreshed each poll; larger ones the
 /// selected page plus one more page in turn (events keep the rest current).
 const FULL_REFRESH_MAX: u32 = 4 * MAX_TASKS_PAGE;
-/// At most one frame per this interval (events can come by the hundred per second).
-const FRAME_INTERVAL: Duration = Duration::from_millis(50);
-const ACTION_QUEUE: usize = 1024;
-const EFFECT_QUEUE: usize = 32;
-
-/// How `suanli tui` (or the demo) wants the terminal.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// Shown in the status bar (the demo explains what quitting does there).
-    pub hint: Option<String>,
-    /// Job selected at start.
-    pub select_job: Option<JobId>,
-    /// While the screen is up, the process's stderr goes here, so log lines from in-process
-    /// roles (the demo's farm) cannot scribble over it. Removed afterwards when empty.
-    pub stderr_log: Option<PathBuf>,
-}
-
-/// Runs the terminal until the operator quits (`q`, Ctrl-C). SIGINT, SIGTERM and SIGHUP end it
-/// too, with an error saying so. The terminal is restored on every way out, panics included.
-pub async fn run<A: FarmApi>(api: A, options: Options) -> anyhow::Result<()> {
-    if !std::io::stdout().is_terminal() {
-        anyhow::bail!(
-            "suanli tui needs a terminal: stdout is not one (use `suanli status` in scripts)"
-        );
-    }
-    let api = Arc::new(api);
-    let redirected = match &options.stderr_log {
-        Some(path) => {
-            redirect_stderr(path).with_context(|| format!("cannot open {}", path.display()))?;
-            true
-        }
-        None => false,
-    };
-    let result = run_screen(api, &options).await;
-    restore_stderr();
-    if let (true, Some(path)) = (redirected, &options.stderr_log) {
-        match std::fs::metadata(path) {
-            Ok(m) if m.len() > 0 => eprintln!(
-                "suanli tui: messages logged while the screen was up are in {}",
-                path.display()
-            ),
-            _ => {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-    result
-}
-
-async fn run_screen<A: FarmApi>(api: Arc<A>, options: &Options) -> anyhow::Result<()> {
-    let mut screen = Screen::enter().context("cannot set up the terminal")?;
-    let size = screen.terminal.size()?;
-    let mut state = State::new(Theme::from_env(), now_ms(), (size.width, size.height));
-    state.hint = options.hint.clone();
-    state.selected_job = options.select_job.clone();
-
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let (tx, mut rx) = mpsc::channel(ACTION_QUEUE);
-    let (interest_tx, interest_rx) = watch::channel(Interest::default());
-    let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
-    tracker.spawn(poll_loop(
-        api.clone(),
-        tx.clone(),
-        interest_rx,
-        shutdown.clone(),
-    ));
-    tracker.spawn(event_loop(api.clone(), tx.clone(), shutdown.clone()));
-    tracker.spawn(effect_loop(api, tx, effect_rx, shutdown.clone()));
-
-    let mut signals = Signals::new()?;
-    let result = ui_loop(
-        &mut screen,
-        &mut state,
-        &mut rx,
-        &effect_tx,
-        &interest_tx,
-        &mut signals,
-    )
-    .await;
-    shutdown.cancel();
-    tracker.close();
-    // Every call in flight has a timeout and watches the token: this is short.
-    let _ = timeout(Duration::from_secs(2), tracker.wait()).await;
-    drop(screen);
-    signals.stay_fatal();
-    match result? {
-        None => Ok(()),
-        Some(name) => anyhow::bail!("interrupted by {name}"),
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP while the screen is up: each one ends the loop so that the
-/// terminal is restored before the process goes.
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// The next signal's name and number.
-    async fn recv(&mut self) -> (&'static str, i32) {
-        tokio::select! {
-            _ = self.int.recv() => ("SIGINT", libc::SIGINT),
-            _ = self.term.recv() => ("SIGTERM", libc::SIGTERM),
-            _ = self.hup.recv() => ("SIGHUP", libc::SIGHUP),
-        }
-    }
-
-    /// Tokio never hands a signal back to its default disposition, so a program that goes on
-    /// after the screen closes (`suanli demo` waits for its job) would ignore Ctrl-C and
-    /// `kill`. This keeps them fatal, as they were before the screen opened, for as long as
-    /// the runtime lives.
-    fn stay_fatal(mut self) {
-        tokio::spawn(async move {
-            let (_, signo) = self.recv().await;
-            std::process::exit(128 + signo);
-        });
-    }
-}
-
-async fn ui_loop(
-    screen: &mut Screen,
-    state: &mut State,
-    rx: &mut mpsc::Receiver<Action>,
-    effects: &mpsc::Sender<Effect>,
-    interest: &watch::Sender<Interest>,
-    signals: &mut Signals,
-) -> anyhow::Result<Option<&'static str>> {
-    let mut input = EventStream::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut dirty = true;
-    let mut last_draw = Instant::now() - FRAME_INTERVAL;
-    loop {
-        if dirty && last_draw.elapsed() >= FRAME_INTERVAL {
-            screen
-                .terminal
-                .draw(|f| crate::ui::draw(f, state))
-                .context("cannot draw")?;
-            dirty = false;
-            last_draw = Instant::now();
-        }
-        let first = tokio::select! {
-            biased;
-            ev = input.next() => match ev {
-                Some(Ok(Event::Key(key))) => crate::input::map_key(key),
-                Some(Ok(Event::Resize(width, height))) => Some(Action::Resize { width, height }),
-                Some(Ok(_)) => None,
-                Some(Err(e)) => return Err(e).context("cannot read the terminal"),
-                // The terminal went away.
-                None => Some(Action::Quit),
-            },
-            (name, _) = signals.recv() => return Ok(Some(name)),
-            Some(action) = rx.recv() => Some(action),
-            _ = tick.tick() => Some(Action::Tick { now_ms: now_ms() }),
-            _ = tokio::time::sleep_until(last_draw + FRAME_INTERVAL), if dirty => None,
-        };
-        let mut batch: Vec<Action> = first.into_iter().collect();
-        while batch.len() < 256 {
-            match rx.try_recv() {
-                Ok(a) => batch.push(a),
-                Err(_) => break,
-            }
-        }
-        for action in batch {
-            dirty = true;
-            for effect in update(state, action) {
-                if effect == Effect::Quit {
-                    return Ok(None);
-                }
-                if effects.try_send(effect).is_err() {
-                    update(
-                        state,
-                        Action::Failed("too many requests in flight: try again shortly".into()),
-                    );
-                }
-            }
-        }
-        let want = state.interest();
-        interest.send_if_modified(|cur| {
-            if *cur != want {
-                *cur = want;
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
 
 /// Runs `f` with the poll timeout; a timeout means the farm is out of reach.
 async fn call<T>(
@@ -286,7 +73,7 @@ pub async fn poll_once<A: FarmApi>(api: &A) -> Result<Snapshot, FarmError> {
     })
 }
 
-async fn poll_loop<A: FarmApi>(
+pub(super) async fn poll_loop<A: FarmApi>(
     api: Arc<A>,
     tx: mpsc::Sender<Action>,
     mut interest: watch::Receiver<Interest>,
@@ -432,7 +219,7 @@ impl TaskLoader {
     }
 }
 
-async fn event_loop<A: FarmApi>(
+pub(super) async fn event_loop<A: FarmApi>(
     api: Arc<A>,
     tx: mpsc::Sender<Action>,
     shutdown: CancellationToken,
@@ -478,7 +265,7 @@ async fn event_loop<A: FarmApi>(
     }
 }
 
-async fn effect_loop<A: FarmApi>(
+pub(super) async fn effect_loop<A: FarmApi>(
     api: Arc<A>,
     tx: mpsc::Sender<Action>,
     mut rx: mpsc::Receiver<Effect>,
@@ -555,100 +342,6 @@ async fn load_preview<A: FarmApi>(
     .map_err(|e| format!("preview decoder stopped: {e}"))?
 }
 
-/// The process's stderr while it is redirected (-1: not redirected). A static, so the panic
-/// hook can put it back before printing.
-static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
-
-fn redirect_stderr(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    // SAFETY: dup/dup2 on descriptors this process owns; fd 2 is always open in a CLI.
-    unsafe {
-        let saved = libc::dup(2);
-        if saved < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::dup2(file.as_raw_fd(), 2) < 0 {
-            let e = std::io::Error::last_os_error();
-            libc::close(saved);
-            return Err(e);
-        }
-        SAVED_STDERR.store(saved, Ordering::SeqCst);
-    }
-    Ok(())
-}
-
-fn restore_stderr() {
-    let saved = SAVED_STDERR.swap(-1, Ordering::SeqCst);
-    if saved >= 0 {
-        // SAFETY: `saved` came from dup() above and is closed exactly once (the swap).
-        unsafe {
-            libc::dup2(saved, 2);
-            libc::close(saved);
-        }
-    }
-}
-
-/// Puts the terminal back: cooked mode, main screen, cursor shown, stderr back. Idempotent.
-fn restore_terminal() {
-    let _ = disable_raw_mode();
-    let _ = crossterm::execute!(
-        std::io::stdout(),
-        LeaveAlternateScreen,
-        crossterm::cursor::Show
-    );
-    restore_stderr();
-}
-
-type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
-
-/// The terminal in raw mode on the alternate screen; dropping it (or a panic) restores it.
-struct Screen {
-    terminal: Terminal<CrosstermBackend<Stdout>>,
-    previous_hook: Option<Arc<PanicHook>>,
-}
-
-impl Screen {
-    fn enter() -> anyhow::Result<Self> {
-        let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
-        let previous: Arc<PanicHook> = Arc::new(std::panic::take_hook());
-        let chained = previous.clone();
-        std::panic::set_hook(Box::new(move |info| {
-            restore_terminal();
-            chained(info);
-        }));
-        // From here on, dropping `screen` undoes everything, on error too.
-        let mut screen = Screen {
-            terminal,
-            previous_hook: Some(previous),
-        };
-        enable_raw_mode()?;
-        crossterm::execute!(
-            std::io::stdout(),
-            EnterAlternateScreen,
-            crossterm::cursor::Hide
-        )?;
-        screen.terminal.clear()?;
-        Ok(screen)
-    }
-}
-
-impl Drop for Screen {
-    fn drop(&mut self) {
-        restore_terminal();
-        // Put the original panic hook back (ours holds the other reference to it).
-        drop(std::panic::take_hook());
-        if let Some(prev) = self.previous_hook.take() {
-            if let Ok(prev) = Arc::try_unwrap(prev) {
-                std::panic::set_hook(prev);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -668,6 +361,15 @@ mod tests {
     struct Pages {
         total: u32,
         asked: Mutex<Vec<u32>>,
+    }
+
+    impl Pages {
+        fn new(total: u32) -> Self {
+            Self {
+                total,
+                asked: Mutex::new(Vec::new()),
+            }
+        }
     }
 
     fn nothing<T>() -> Result<T, FarmError> {
@@ -747,11 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_jobs_reload_every_page_each_poll() {
-        let farm = Pages {
-            total: 1_200,
-            asked: Mutex::new(Vec::new()),
-        };
-        let mut loader = TaskLoader::default();
+        let (farm, mut loader) = (Pages::new(1_200), TaskLoader::default());
         // Size unknown: the first page tells, then the rest.
         assert_eq!(
             refresh(&mut loader, &farm, 0, 0).await,
@@ -766,11 +464,7 @@ mod tests {
 
     #[tokio::test]
     async fn large_jobs_load_once_then_refresh_the_selection_and_one_more_page() {
-        let farm = Pages {
-            total: 5_000,
-            asked: Mutex::new(Vec::new()),
-        };
-        let mut loader = TaskLoader::default();
+        let (farm, mut loader) = (Pages::new(5_000), TaskLoader::default());
         let (asked, posted) = refresh(&mut loader, &farm, 5_000, 0).await;
         assert_eq!((asked.len(), posted), (10, 5_000));
         // Selection on task 2,600 (page 5); the sweep moves one page per poll.
