@@ -128,7 +128,7 @@ impl FarmApi for TuiFarm {
             .await
             .map_err(|e| FarmError::unreachable(e.to_string()))?;
         Ok(sub
-            .filter_map(|msg| async move { suanli_tui::decode_event(&msg.payload) })
+            .filter_map(|msg| async move { nats::decode_event(&msg.subject, &msg.payload).ok() })
             .boxed())
     }
 

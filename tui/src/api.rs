@@ -8,7 +8,7 @@ use std::future::Future;
 
 use futures::stream::BoxStream;
 use suanli_shared::protocol::api::TasksPage;
-use suanli_shared::protocol::{JobEvent, JobStatus, OutputFile, TaskEvent, WorkerInfo};
+use suanli_shared::protocol::{JobStatus, OutputFile, WorkerInfo};
 use suanli_shared::regions::RegionProfile;
 use suanli_shared::{ContentHash, JobId, Region, WorkerId};
 
@@ -46,24 +46,9 @@ impl FarmError {
 }
 
 /// A live event from `SUANLI_EVENTS` subjects (read with a core subscription, not a consumer:
-/// the terminal only needs what happens while it looks).
-#[derive(Debug, Clone, PartialEq)]
-pub enum FarmEvent {
-    Task(TaskEvent),
-    Job(JobEvent),
-}
-
-/// Decodes an event payload; `None` for anything that is neither a task nor a job event.
-/// Task events carry a `type` tag, job events a `state`: trying one then the other needs no
-/// subject parsing.
-pub fn decode_event(payload: &[u8]) -> Option<FarmEvent> {
-    if let Ok(ev) = serde_json::from_slice::<TaskEvent>(payload) {
-        return Some(FarmEvent::Task(ev));
-    }
-    serde_json::from_slice::<JobEvent>(payload)
-        .map(FarmEvent::Job)
-        .ok()
-}
+/// the terminal only needs what happens while it looks), decoded by the farm's one decoder
+/// (`suanli_shared::nats::decode_event`).
+pub use suanli_shared::protocol::Event as FarmEvent;
 
 /// The coordinator API and stores as the terminal uses them. Reads and operator actions only:
 /// the terminal never writes farm state itself.

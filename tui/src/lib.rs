@@ -22,7 +22,7 @@ pub mod ui;
 pub mod view;
 
 pub use action::{Action, Effect, Snapshot};
-pub use api::{decode_event, FarmApi, FarmError, FarmErrorKind, FarmEvent};
+pub use api::{FarmApi, FarmError, FarmErrorKind, FarmEvent};
 pub use runtime::{perform, poll_once, run, Options};
 pub use state::{update, State};
 pub use theme::Theme;

@@ -6,13 +6,14 @@ use std::sync::Mutex;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use suanli_shared::nats;
 use suanli_shared::protocol::api::TasksPage;
-use suanli_shared::protocol::{JobEvent, JobState, JobStatus, OutputFile, WorkerInfo};
+use suanli_shared::protocol::{EventKind, JobEvent, JobState, JobStatus, OutputFile, WorkerInfo};
 use suanli_shared::regions::RegionProfile;
 use suanli_shared::{ContentHash, JobId, Region, WorkerId};
 use suanli_tui::fixtures::{self, NOW};
 use suanli_tui::{
-    decode_event, perform, poll_once, Action, Effect, FarmApi, FarmError, FarmErrorKind, FarmEvent,
+    perform, poll_once, Action, Effect, FarmApi, FarmError, FarmErrorKind, FarmEvent,
 };
 
 /// A farm in memory. `hang` makes every poll call wait forever (a dead network);
@@ -264,17 +265,22 @@ async fn previews_are_verified_and_shrunk() {
 
 #[test]
 fn events_decode_from_their_wire_form() {
-    let ev = fixtures::completed(&fixtures::job_id(3), 4, "guian", "guian-1", NOW, 1_000);
+    // The terminal reads events through the farm's one decoder (subject kind, then body).
+    let decode = |subject: &str, bytes: &[u8]| nats::decode_event(subject, bytes).ok();
+    let id = fixtures::job_id(3);
+    let ev = fixtures::completed(&id, 4, "guian", "guian-1", NOW, 1_000);
     let bytes = serde_json::to_vec(&ev).unwrap();
-    assert_eq!(decode_event(&bytes), Some(FarmEvent::Task(ev)));
+    let completed = nats::event_subject(&id, EventKind::Completed.as_str());
+    assert_eq!(decode(&completed, &bytes), Some(FarmEvent::Task(ev)));
     let job = JobEvent {
-        job: fixtures::job_id(3),
+        job: id.clone(),
         state: JobState::Done,
         at_ms: NOW,
         reason: None,
     };
     let bytes = serde_json::to_vec(&job).unwrap();
-    assert_eq!(decode_event(&bytes), Some(FarmEvent::Job(job)));
-    assert_eq!(decode_event(b"{\"heartbeat\": 1}"), None);
-    assert_eq!(decode_event(b"not json"), None);
+    let job_subject = nats::event_subject(&id, EventKind::Job.as_str());
+    assert_eq!(decode(&job_subject, &bytes), Some(FarmEvent::Job(job)));
+    assert_eq!(decode(&completed, b"{\"heartbeat\": 1}"), None);
+    assert_eq!(decode(&completed, b"not json"), None);
 }
