@@ -393,14 +393,22 @@ impl Store {
         Err(StoreError::new(StoreErrorKind::Transient, context()))
     }
 
-    /// Read the whole object at `key`, unchecked (for objects that carry no hash).
-    pub async fn get_bytes(&self, key: &ObjPath) -> Result<Bytes, StoreError> {
-        let context = || format!("cannot read '{key}' from {}", self.url);
-        let result = self
-            .inner
+    /// Starts reading `key`; the error names the object and the store.
+    async fn open_read(&self, key: &ObjPath) -> Result<object_store::GetResult, StoreError> {
+        self.inner
             .get(key)
             .await
-            .map_err(|e| StoreError::store(context(), e))?;
+            .map_err(|e| StoreError::store(self.read_context(key), e))
+    }
+
+    fn read_context(&self, key: &ObjPath) -> String {
+        format!("cannot read '{key}' from {}", self.url)
+    }
+
+    /// Read the whole object at `key`, unchecked (for objects that carry no hash).
+    pub async fn get_bytes(&self, key: &ObjPath) -> Result<Bytes, StoreError> {
+        let context = || self.read_context(key);
+        let result = self.open_read(key).await?;
         result
             .bytes()
             .await
@@ -415,12 +423,8 @@ impl Store {
         key: &ObjPath,
         expected: &ContentHash,
     ) -> Result<Bytes, StoreError> {
-        let context = || format!("cannot read '{key}' from {}", self.url);
-        let result = self
-            .inner
-            .get(key)
-            .await
-            .map_err(|e| StoreError::store(context(), e))?;
+        let context = || self.read_context(key);
+        let result = self.open_read(key).await?;
         let size = result.meta.size;
         // The announced size comes from the server: reserve at most a modest amount up front.
         let mut buf = BytesMut::with_capacity(size.min(64 * 1024 * 1024) as usize);
@@ -497,13 +501,9 @@ impl Store {
         expected_size: u64,
         tmp: &Path,
     ) -> Result<(), StoreError> {
-        let context = || format!("cannot read '{key}' from {}", self.url);
+        let context = || self.read_context(key);
         let write_error = |e| StoreError::io(format!("cannot write '{}'", tmp.display()), e);
-        let result = self
-            .inner
-            .get(key)
-            .await
-            .map_err(|e| StoreError::store(context(), e))?;
+        let result = self.open_read(key).await?;
         if result.meta.size != expected_size {
             return Err(StoreError::corrupt(format!(
                 "'{key}' in {} has {} bytes, expected {expected_size}",
