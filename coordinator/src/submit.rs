@@ -136,14 +136,14 @@ pub async fn prepare(
         )
         .await
         .map_err(|e| ApiError::internal(format!("cannot record the job: {e}")))?;
-    Ok(Job {
-        rec: Versioned { rec, rev },
-        tasks: records
+    Ok(Job::new(
+        Versioned { rec, rev },
+        records
             .into_iter()
             .zip(revs)
             .map(|(rec, rev)| Versioned { rec, rev })
             .collect(),
-    })
+    ))
 }
 
 /// A Blender job that names no version gets the one its live workers run, so its task keys
