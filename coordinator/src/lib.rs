@@ -2,8 +2,8 @@
 //! releases tasks onto each region's queue as that region has free slots, and folds the
 //! workers' events into job and task state.
 //!
-//! One actor owns all state ([`actor`]); API requests, task events, worker heartbeats and a
-//! timer are its inputs, handled one at a time, so there are no locks. Every state change is
+//! One actor owns all state (the `actor` module); API requests, task events, worker
+//! heartbeats and a timer are its inputs, handled one at a time, so there are no locks. Every state change is
 //! written to KV with a revision check before it is acknowledged; KV plus the durable event
 //! consumer are the lasting truth, the actor's maps a mirror. The pure rules (the job index in
 //! [`state`], release planning in [`dispatch`] and [`release`], region loss in

@@ -12,7 +12,7 @@ use suanli_shared::protocol::{
     Blocklisted, FrameCounts, JobRecord, JobState, JobStatus, RegionFigures, TaskCounts, TaskEvent,
     TaskFailure, TaskRecord, TaskState, BLOCKLIST_AFTER, MAX_FAILURES_SHOWN,
 };
-use suanli_shared::Region;
+use suanli_shared::{ContentHash, FrameChunk, JobId, Region};
 
 /// A record with the KV revision it was read or written at (for compare-and-set).
 #[derive(Debug, Clone)]
@@ -53,6 +53,39 @@ pub fn apply_event(
             AfterFailure::Fail
         }
     })
+}
+
+/// A new task's record: task `task` of job `job`, in the backlog, or done already when its
+/// output was found in the cache at `cached_at_ms`.
+pub fn new_task(
+    job: &JobId,
+    task: u32,
+    key: ContentHash,
+    chunk: FrameChunk,
+    cached_at_ms: Option<u64>,
+) -> TaskRecord {
+    TaskRecord {
+        job: job.clone(),
+        task,
+        key,
+        chunk,
+        state: if cached_at_ms.is_some() {
+            TaskState::Cached
+        } else {
+            TaskState::Pending
+        },
+        attempt: 0,
+        region: None,
+        worker: None,
+        started_ms: None,
+        finished_ms: cached_at_ms,
+        core_seconds: 0.0,
+        not_before_ms: 0,
+        failures: vec![],
+        outputs: vec![],
+        bytes_in: 0,
+        releases: 0,
+    }
 }
 
 /// A task released onto `region`'s queue.
@@ -276,24 +309,16 @@ pub(crate) mod tests {
     }
 
     fn task() -> TaskRecord {
-        TaskRecord {
-            job: JobId::generate(),
-            task: 0,
-            key: ContentHash::of(b"k"),
-            chunk: FrameChunk::single(1),
-            state: TaskState::Queued,
-            attempt: 0,
-            region: Some("guian".parse().unwrap()),
-            worker: None,
-            started_ms: None,
-            finished_ms: None,
-            core_seconds: 0.0,
-            not_before_ms: 0,
-            failures: vec![],
-            outputs: vec![],
-            bytes_in: 0,
-            releases: 0,
-        }
+        let mut t = new_task(
+            &JobId::generate(),
+            0,
+            ContentHash::of(b"k"),
+            FrameChunk::single(1),
+            None,
+        );
+        t.state = TaskState::Queued;
+        t.region = Some("guian".parse().unwrap());
+        t
     }
 
     fn event(t: &TaskRecord, attempt: u32, kind: TaskEventKind) -> TaskEvent {
