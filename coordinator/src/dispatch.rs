@@ -29,7 +29,11 @@ pub struct JobView {
     /// Regions allowed; empty means any.
     pub allowed: Vec<Region>,
     /// Task indices ready to release, in order; [`plan`] takes released ones off the front.
+    /// It need list no more than one round can release (the regions' free slots).
     pub ready: VecDeque<u32>,
+    /// Ready tasks beyond those listed in `ready`. They are not released this round, but they
+    /// count for placement like listed ones (how many tasks are left to place, and wait).
+    pub more_ready: u32,
     /// The job's policy, or the farm's when the job names none.
     pub policy: Policy,
     /// Unix ms by which every frame is wanted.
@@ -60,6 +64,7 @@ impl JobView {
             in_flight,
             allowed,
             ready: ready.into(),
+            more_ready: 0,
             policy: Policy::default(),
             deadline_ms: None,
             max_slots: None,
@@ -200,7 +205,8 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
         let cap_left = job.max_slots.map_or(f64::INFINITY, |m| {
             f64::from(m.saturating_sub(job.in_flight))
         });
-        let remaining = (job.ready.len() as f64 - own_total[i]).min(cap_left);
+        let remaining =
+            (job.ready.len() as f64 + f64::from(job.more_ready) - own_total[i]).min(cap_left);
         if remaining < 1.0 {
             continue;
         }
@@ -585,5 +591,37 @@ mod tests {
             behind > alone,
             "with 38 tasks queued for the cheap region, the low job uses the dear one: {behind} vs {alone}"
         );
+    }
+
+    #[test]
+    fn listing_only_what_a_round_can_release_plans_the_same() {
+        let now = 1_000_000_000_000;
+        let farm = || {
+            [
+                priced("dear", 3, 0.4),
+                priced("cheap", 2, 0.1),
+                priced("mid", -1, 0.2),
+            ]
+        };
+        let room = 5;
+        for policy in Policy::ALL {
+            for deadline_mins in [None, Some(25), Some(180)] {
+                let mut full = with_policy(job(0, 1, 300, &[]), policy);
+                full.needs.wall_seconds = 600.0;
+                full.deadline_ms = deadline_mins.map(|m| now + m * 60 * 1000);
+                let low = job(-1, 2, 50, &["mid", "dear"]);
+                let listed = |j: &JobView| {
+                    let mut j = j.clone();
+                    j.more_ready = j.ready.len() as u32 - room;
+                    j.ready.truncate(room as usize);
+                    j
+                };
+                let mut jobs = [full.clone(), low.clone()];
+                let expected = plan(&mut jobs, &mut farm(), now);
+                let mut jobs = [listed(&full), listed(&low)];
+                let got = plan(&mut jobs, &mut farm(), now);
+                assert_eq!(got, expected, "{policy} {deadline_mins:?}");
+            }
+        }
     }
 }

@@ -10,12 +10,12 @@ use suanli_shared::layout;
 use suanli_shared::nats::{task_kv_key, Farm};
 use suanli_shared::protocol::api::ApiError;
 use suanli_shared::protocol::{
-    now_ms, InputManifest, JobRecord, JobSpec, JobState, RendererSpec, TaskRecord, TaskState,
+    now_ms, InputManifest, JobRecord, JobSpec, JobState, RendererSpec, TaskRecord,
 };
 use suanli_shared::store::{Store, StoreErrorKind};
 use suanli_shared::JobId;
 
-use crate::state::{Job, Versioned};
+use crate::state::{new_task, Job, Versioned};
 
 /// Concurrent store look-ups and KV writes while preparing a job.
 const CONCURRENCY: usize = 64;
@@ -73,28 +73,7 @@ pub async fn prepare(
         .iter()
         .zip(&cached)
         .enumerate()
-        .map(|(i, ((chunk, key), hit))| TaskRecord {
-            job: id.clone(),
-            task: i as u32,
-            key: *key,
-            chunk: *chunk,
-            state: if *hit {
-                TaskState::Cached
-            } else {
-                TaskState::Pending
-            },
-            attempt: 0,
-            region: None,
-            worker: None,
-            started_ms: None,
-            finished_ms: hit.then_some(now),
-            core_seconds: 0.0,
-            not_before_ms: 0,
-            failures: vec![],
-            outputs: vec![],
-            bytes_in: 0,
-            releases: 0,
-        })
+        .map(|(i, ((chunk, key), hit))| new_task(&id, i as u32, *key, *chunk, hit.then_some(now)))
         .collect();
     let writes: Vec<(String, Vec<u8>)> = records
         .iter()
@@ -136,14 +115,14 @@ pub async fn prepare(
         )
         .await
         .map_err(|e| ApiError::internal(format!("cannot record the job: {e}")))?;
-    Ok(Job {
-        rec: Versioned { rec, rev },
-        tasks: records
+    Ok(Job::new(
+        Versioned { rec, rev },
+        records
             .into_iter()
             .zip(revs)
             .map(|(rec, rev)| Versioned { rec, rev })
             .collect(),
-    })
+    ))
 }
 
 /// A Blender job that names no version gets the one its live workers run, so its task keys

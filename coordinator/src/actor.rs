@@ -1,0 +1,323 @@
+//! The coordinator actor: one [`Coordinator`] owns all state and handles its inputs (API
+//! requests, task events, worker heartbeats, prepared submissions and a timer) one at a time,
+//! so there are no locks. This module holds the actor itself and its life: the lease loop
+//! that decides when it serves, loading its state from KV, and the select loop that feeds it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::{pull, AckPolicy};
+use futures::{StreamExt, TryStreamExt};
+use suanli_shared::nats::{self, Farm};
+use suanli_shared::protocol::api;
+use suanli_shared::protocol::{now_ms, JobRecord, TaskRecord, TaskState, WorkerInfo};
+use suanli_shared::store::Store;
+use suanli_shared::{JobId, Region};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::learned::Learned;
+use crate::state::{Job, Versioned};
+use crate::{lease, Config};
+
+/// Runs the coordinator until `shutdown` fires. It serves only while it holds the lease (see
+/// [`lease`]); without it, it stands by, and after losing it, it stands by again.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (client, reconnects) =
+        nats::connect_watched(&config.nats_url, "suanli-coordinator").await?;
+    let farm = nats::setup(client).await?;
+    let store = Store::open(&config.store_url)?;
+    let me = lease::Holder::this_process();
+    loop {
+        let Some(lease) =
+            lease::acquire(&farm.lease_kv, me.clone(), config.lease_ttl, &shutdown).await?
+        else {
+            return Ok(());
+        };
+        info!("holding the coordinator lease");
+        let lost = CancellationToken::new();
+        let stop_renewing = CancellationToken::new();
+        let fresh = lease.freshness();
+        let renewer = tokio::spawn(keep_lease(lease, lost.clone(), stop_renewing.clone()));
+        let served = async {
+            let coordinator =
+                Coordinator::load(farm.clone(), store.clone(), config.clone()).await?;
+            coordinator
+                .serve(&shutdown, &lost, &fresh, reconnects.clone())
+                .await
+        }
+        .await;
+        stop_renewing.cancel();
+        let lease = renewer.await.context("the lease task panicked")?;
+        if shutdown.is_cancelled() || served.is_err() {
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
+            return served;
+        }
+        warn!("lost the coordinator lease: stopped serving; standing by");
+    }
+}
+
+/// Renews the lease until told to stop (giving the lease back) or until it is lost (`None`,
+/// after cancelling `lost`).
+async fn keep_lease(
+    mut lease: lease::Lease,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) -> Option<lease::Lease> {
+    let mut tick = tokio::time::interval(lease.renew_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Some(lease),
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = lease.renew().await {
+            warn!(error = %format!("{e:#}"), "coordinator lease lost");
+            lost.cancel();
+            return None;
+        }
+    }
+}
+
+/// The next item of a stream that may not be open; pending while it is not.
+async fn next_of<S: futures::Stream + Unpin>(stream: &mut Option<S>) -> Option<S::Item> {
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A submission prepared off the actor, waiting to be adopted.
+pub(crate) struct Prepared {
+    pub(crate) job: Job,
+    pub(crate) reply: async_nats::Subject,
+}
+
+/// The actor: all of the coordinator's state. Its inputs are handled by the modules named
+/// for them (`api`, `events`, `release`, `region_loss`, `control`), each an `impl` of it.
+pub(crate) struct Coordinator {
+    pub(crate) farm: Farm,
+    pub(crate) store: Store,
+    pub(crate) config: Config,
+    pub(crate) jobs: BTreeMap<JobId, Job>,
+    pub(crate) workers: HashMap<String, WorkerInfo>,
+    pub(crate) tracker: TaskTracker,
+    /// Placement's memory, rebuilt from task records at start-up.
+    pub(crate) learned: Learned,
+    /// When each region last had a live worker (ms), for region loss.
+    pub(crate) last_live: HashMap<Region, u64>,
+    pub(crate) started_ms: u64,
+}
+
+impl Coordinator {
+    /// Rebuilds the mirror from KV.
+    async fn load(farm: Farm, store: Store, config: Config) -> anyhow::Result<Self> {
+        let keys: Vec<String> = farm
+            .jobs_kv
+            .keys()
+            .await
+            .context("cannot list jobs")?
+            .try_collect()
+            .await
+            .context("cannot list jobs")?;
+        let mut jobs = BTreeMap::new();
+        for key in keys {
+            let Some(entry) = farm
+                .jobs_kv
+                .entry(&key)
+                .await
+                .context("cannot read a job")?
+            else {
+                continue;
+            };
+            let rec: JobRecord = match serde_json::from_slice(&entry.value) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    warn!(key, error = %e, "skipping unreadable job record");
+                    continue;
+                }
+            };
+            let tasks: Vec<Versioned<TaskRecord>> = futures::stream::iter(0..rec.n_tasks)
+                .map(|i| {
+                    let kv = farm.tasks_kv.clone();
+                    let key = nats::task_kv_key(&rec.id, i);
+                    async move {
+                        let entry = kv
+                            .entry(&key)
+                            .await?
+                            .ok_or_else(|| anyhow::anyhow!("task record {key} is missing"))?;
+                        let rec: TaskRecord = serde_json::from_slice(&entry.value)?;
+                        anyhow::Ok(Versioned {
+                            rec,
+                            rev: entry.revision,
+                        })
+                    }
+                })
+                .buffered(64)
+                .try_collect()
+                .await
+                .with_context(|| format!("cannot load the tasks of job {}", rec.id))?;
+            let rec = Versioned {
+                rec,
+                rev: entry.revision,
+            };
+            jobs.insert(rec.rec.id.clone(), Job::new(rec, tasks));
+        }
+        info!(jobs = jobs.len(), "coordinator state loaded");
+        let mut learned = Learned::default();
+        for job in jobs.values() {
+            for t in job.tasks() {
+                let t = &t.rec;
+                if let (TaskState::Done, Some(region), Some(start), Some(end)) =
+                    (t.state, &t.region, t.started_ms, t.finished_ms)
+                {
+                    let wall = end.saturating_sub(start) as f64 / 1000.0;
+                    learned.record(&job.rec.rec, region, wall, t.core_seconds);
+                }
+            }
+        }
+        Ok(Self {
+            farm,
+            store,
+            config,
+            jobs,
+            workers: HashMap::new(),
+            tracker: TaskTracker::new(),
+            learned,
+            last_live: HashMap::new(),
+            started_ms: now_ms(),
+        })
+    }
+
+    async fn open_events(&self) -> anyhow::Result<pull::Stream> {
+        let consumer = self
+            .farm
+            .js
+            .get_stream(nats::EVENTS_STREAM)
+            .await
+            .context("cannot open the events stream")?
+            .get_or_create_consumer(
+                nats::COORDINATOR_CONSUMER,
+                pull::Config {
+                    durable_name: Some(nats::COORDINATOR_CONSUMER.to_string()),
+                    ack_policy: AckPolicy::Explicit,
+                    // Events delivered into a connection that then dropped (a NATS restart)
+                    // come back after this; handling one takes milliseconds.
+                    ack_wait: Duration::from_secs(5),
+                    max_ack_pending: 1024,
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("cannot create the coordinator's event consumer")?;
+        consumer.messages().await.context("cannot consume events")
+    }
+
+    /// Serves until `shutdown` or until the lease is `lost`. The event stream and the workers
+    /// watch are reopened whenever they end (a NATS restart can end them); the API
+    /// subscription is core NATS and is restored by the client on reconnect.
+    async fn serve(
+        mut self,
+        shutdown: &CancellationToken,
+        lost: &CancellationToken,
+        fresh: &lease::Freshness,
+        mut reconnects: tokio::sync::watch::Receiver<u64>,
+    ) -> anyhow::Result<()> {
+        let client = self.farm.client.clone();
+        // Not a queue group: only the lease holder subscribes, and a holder that hung keeps its
+        // subscription until the server drops it, so with a queue group it would swallow a share
+        // of the requests. Plainly subscribed, the serving coordinator answers every request.
+        let mut api_sub = client
+            .subscribe(api::ALL)
+            .await
+            .context("cannot subscribe to the API subjects")?;
+        let mut events = Some(self.open_events().await?);
+        let mut workers_watch = Some(
+            self.farm
+                .workers_kv
+                .watch_with_history(">")
+                .await
+                .context("cannot watch workers")?,
+        );
+        let (submit_tx, mut submit_rx) = mpsc::channel::<Prepared>(16);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        info!("coordinator ready");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = lost.cancelled() => break,
+                Some(msg) = api_sub.next() => {
+                    if !fresh.is_fresh() {
+                        break;
+                    }
+                    self.handle_api(msg, &submit_tx).await
+                }
+                msg = next_of(&mut events) => match msg {
+                    Some(Ok(msg)) => {
+                        if !fresh.is_fresh() {
+                            break; // unacknowledged: redelivered to the new holder
+                        }
+                        self.handle_event(msg).await
+                    }
+                    Some(Err(e)) => warn!(error = %e, "event consumer error"),
+                    None => {
+                        warn!("the event stream ended; reopening it");
+                        events = None;
+                    }
+                },
+                entry = next_of(&mut workers_watch) => match entry {
+                    Some(Ok(entry)) => self.handle_worker(entry),
+                    Some(Err(e)) => warn!(error = %e, "worker watch error"),
+                    None => {
+                        warn!("the workers watch ended; reopening it");
+                        workers_watch = None;
+                    }
+                },
+                Ok(()) = reconnects.changed() => {
+                    info!("reconnected to NATS: reopening the event stream and workers watch");
+                    events = None;
+                    workers_watch = None;
+                    tick.reset_immediately();
+                }
+                Some(prepared) = submit_rx.recv() => {
+                    if !fresh.is_fresh() {
+                        break;
+                    }
+                    self.adopt(prepared).await
+                }
+                _ = tick.tick() => {
+                    // Region loss is measured in tens of seconds: checked on the timer, not
+                    // after every message.
+                    self.withdraw_from_lost_regions(now_ms()).await;
+                    if events.is_none() {
+                        match self.open_events().await {
+                            Ok(s) => events = Some(s),
+                            Err(e) => warn!(error = %format!("{e:#}"), "cannot reopen the event stream"),
+                        }
+                    }
+                    if workers_watch.is_none() {
+                        match self.farm.workers_kv.watch_with_history(">").await {
+                            Ok(w) => workers_watch = Some(w),
+                            Err(e) => warn!(error = %e, "cannot reopen the workers watch"),
+                        }
+                    }
+                }
+            }
+            if lost.is_cancelled() || !fresh.is_fresh() {
+                break;
+            }
+            self.dispatch().await;
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+        info!("coordinator stopped");
+        Ok(())
+    }
+}

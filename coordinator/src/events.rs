@@ -1,0 +1,118 @@
+//! Folding what workers report into the actor's state: task events (applied with
+//! [`crate::state::apply_event`], persisted, then acknowledged), the blocklist they may grow,
+//! what placement learns from a rendered task, and the workers' heartbeat records.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{Entry, Operation};
+use async_nats::jetstream::AckKind;
+use suanli_shared::protocol::{now_ms, TaskEvent, TaskEventKind, WorkerInfo};
+use suanli_shared::JobId;
+use tracing::{debug, info, warn};
+
+use crate::actor::Coordinator;
+use crate::state::{apply_event, Applied, Versioned};
+
+impl Coordinator {
+    pub(crate) async fn handle_event(&mut self, msg: async_nats::jetstream::Message) {
+        let subject = msg.subject.to_string();
+        if subject.ends_with(".job") {
+            let _ = msg.ack().await;
+            return;
+        }
+        let ev: TaskEvent = match serde_json::from_slice(&msg.payload) {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(subject, error = %e, "dropping a malformed task event");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let Some(job) = self.jobs.get(&ev.job) else {
+            debug!(job = %ev.job, "event for an unknown job");
+            let _ = msg.ack().await;
+            return;
+        };
+        let Some(task) = job.task(ev.task) else {
+            warn!(job = %ev.job, task = ev.task, "event for an unknown task");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        };
+        if task.rec.key != ev.key {
+            warn!(job = %ev.job, task = ev.task, "event's task key does not match the task; dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+        let applied = apply_event(
+            &task.rec,
+            &ev,
+            job.rec.rec.spec.max_retries,
+            job.rec.rec.state,
+            now_ms(),
+        );
+        if let Applied::Changed(next) = applied {
+            if let Err(e) = self.set_task(&ev.job, *next).await {
+                // Leave the event unacknowledged: it is redelivered and applied again.
+                warn!(error = %format!("{e:#}"), "cannot apply an event; will retry");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+            if matches!(ev.kind, TaskEventKind::Failed { .. }) {
+                self.update_blocklist(&ev.job).await;
+            }
+            if let TaskEventKind::Completed {
+                cached: false,
+                started_ms,
+                core_seconds,
+                ..
+            } = &ev.kind
+            {
+                let wall = ev.at_ms.saturating_sub(*started_ms) as f64 / 1000.0;
+                let rec = &self.jobs[&ev.job].rec.rec;
+                self.learned.record(rec, &ev.region, wall, *core_seconds);
+            }
+            self.settle_job(&ev.job).await;
+        }
+        let _ = msg.ack().await;
+    }
+
+    /// Blocklists workers that have failed this job too often; they take none of its tasks
+    /// (they hand them back) and dispatch skips regions where no other worker is left.
+    async fn update_blocklist(&mut self, id: &JobId) {
+        let Some(job) = self.jobs.get(id) else { return };
+        let added = job.new_blocklisted(now_ms());
+        if added.is_empty() {
+            return;
+        }
+        let mut rec = job.rec.rec.clone();
+        rec.blocklist.extend(added.iter().cloned());
+        match self.write_job(&rec, job.rec.rev).await {
+            Ok(rev) => {
+                for b in &added {
+                    warn!(job = %id, worker = %b.worker, region = %b.region, failures = b.failures, "worker blocklisted for this job");
+                }
+                self.jobs.get_mut(id).expect("job exists").rec = Versioned { rec, rev };
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot record a blocklisted worker"),
+        }
+    }
+
+    pub(crate) fn handle_worker(&mut self, entry: Entry) {
+        match entry.operation {
+            Operation::Put => match serde_json::from_slice::<WorkerInfo>(&entry.value) {
+                Ok(w) => {
+                    if !self.workers.contains_key(&entry.key) {
+                        info!(worker = %w.id, region = %w.region, slots = w.slots, "worker joined");
+                    }
+                    self.workers.insert(entry.key, w);
+                }
+                Err(e) => warn!(key = entry.key, error = %e, "ignoring a malformed worker record"),
+            },
+            Operation::Delete | Operation::Purge => {
+                self.workers.remove(&entry.key);
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! One dispatch round: from the actor's state and the live workers, which backlog tasks go to
+//! which region's queue now, and publishing them. The planning half ([`Capacity`],
+//! [`plan_round`]) is pure, so the scaling benchmark drives the very code the actor runs; the
+//! actor's half publishes each release and records the task as queued.
+//!
+//! A round costs what can change in it, not the size of the jobs: free slots and queue
+//! lengths come from each job's index, each job lists only as many ready tasks as the round
+//! could release, and a round in which nothing could be released is skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context as _;
+use suanli_shared::nats;
+use suanli_shared::protocol::{now_ms, JobRecord, TaskAssignment, WorkerInfo, WorkerState};
+use suanli_shared::regions::RegionCatalog;
+use suanli_shared::{JobId, Region, WorkerId};
+use tracing::{debug, warn};
+
+use crate::actor::Coordinator;
+use crate::dispatch::{self, JobView, RegionView};
+use crate::kv::encode;
+use crate::learned::Learned;
+use crate::state::{self, Job};
+
+/// What the live workers offer a round: per region with live, non-draining workers, their
+/// render slots and who they are. A region with none takes no tasks.
+#[derive(Debug, Clone, Default)]
+pub struct Capacity {
+    regions: BTreeMap<Region, (u32, Vec<WorkerId>)>,
+}
+
+impl Capacity {
+    /// The capacity of these live workers (draining ones offer none).
+    pub fn of<'a>(live: impl IntoIterator<Item = &'a WorkerInfo>) -> Self {
+        let mut regions: BTreeMap<Region, (u32, Vec<WorkerId>)> = BTreeMap::new();
+        for w in live {
+            if w.state != WorkerState::Draining {
+                let (slots, workers) = regions.entry(w.region.clone()).or_default();
+                *slots += w.slots;
+                workers.push(w.id.clone());
+            }
+        }
+        Self { regions }
+    }
+}
+
+/// One task to release: task `task` of job `job` onto `region`'s queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub job: JobId,
+    pub task: u32,
+    pub region: Region,
+}
+
+/// Plans one round at `now`: the regions' free slots (their live slots, plus `prefetch` per
+/// region capped at one per worker, minus the tasks they hold), the jobs' ready tasks, and
+/// [`dispatch::plan`] to choose. Promotes tasks whose backoff is over; remembers the input
+/// fetches the plan starts in `learned`. Changes no task: the caller releases what this returns.
+pub fn plan_round(
+    jobs: &mut BTreeMap<JobId, Job>,
+    capacity: &Capacity,
+    learned: &mut Learned,
+    catalog: &RegionCatalog,
+    prefetch: u32,
+    now: u64,
+) -> Vec<Planned> {
+    if capacity.regions.is_empty() {
+        return Vec::new();
+    }
+    let mut free: BTreeMap<&Region, i64> = capacity
+        .regions
+        .iter()
+        .map(|(region, (slots, workers))| {
+            let prefetch = (workers.len() as i64).min(i64::from(prefetch));
+            (region, i64::from(*slots) + prefetch)
+        })
+        .collect();
+    let mut any_ready = false;
+    for job in jobs.values_mut().filter(|j| !j.rec.rec.state.is_final()) {
+        job.promote(now);
+        any_ready |= job.n_ready() > 0;
+        for (region, tasks) in job.in_flight_by_region() {
+            if let Some(f) = free.get_mut(region) {
+                *f -= tasks.len() as i64;
+            }
+        }
+    }
+    // The most tasks this round can release: no job needs to list more.
+    let room: i64 = free.values().map(|f| (*f).max(0)).sum();
+    if room == 0 || !any_ready {
+        return Vec::new();
+    }
+    let region_workers: BTreeMap<&Region, &[WorkerId]> = capacity
+        .regions
+        .iter()
+        .map(|(region, (_, workers))| (region, workers.as_slice()))
+        .collect();
+    let mut ids = Vec::new();
+    let mut views = Vec::new();
+    let mut renderers: BTreeSet<String> = BTreeSet::new();
+    for job in jobs.values().filter(|j| !j.rec.rec.state.is_final()) {
+        if job.n_ready() == 0 {
+            continue;
+        }
+        let rec = &job.rec.rec;
+        let allowed = allowed_regions(rec, &region_workers);
+        if allowed.as_ref().is_some_and(|a| a.is_empty()) {
+            continue;
+        }
+        let ready: Vec<u32> = job.ready().take(room as usize).collect();
+        ids.push(rec.id.clone());
+        let mut view = JobView::new(
+            rec.spec.priority,
+            rec.created_ms,
+            job.in_flight(),
+            allowed.unwrap_or_else(|| rec.spec.regions.clone()),
+            ready,
+        );
+        view.more_ready = job.n_ready() - view.ready.len() as u32;
+        view.policy = rec.spec.placement.policy.unwrap_or(catalog.policy);
+        view.deadline_ms = rec.spec.placement.deadline_ms;
+        view.max_slots = rec.spec.placement.max_slots;
+        view.renderer = rec.spec.renderer.kind().to_string();
+        view.inputs = (rec.input_bytes > 0).then_some(rec.spec.inputs);
+        view.needs = learned.needs(rec);
+        renderers.insert(view.renderer.clone());
+        views.push(view);
+    }
+    let mut regions: Vec<RegionView> = free
+        .into_iter()
+        .map(|(region, f)| {
+            let slots = capacity.regions[region].0;
+            let mut view = RegionView::new(catalog.profile(region), f, slots);
+            view.queued = jobs
+                .values()
+                .filter(|j| !j.rec.rec.state.is_final())
+                .map(|j| j.queued_in(region))
+                .sum();
+            view.cached = learned.held.get(region).cloned().unwrap_or_default();
+            (view.arriving, view.link_busy_secs) = learned.fetches(region, now);
+            for kind in &renderers {
+                view.speed
+                    .insert(kind.clone(), learned.speeds.factor(region, kind));
+            }
+            view
+        })
+        .collect();
+    let releases = dispatch::plan(&mut views, &mut regions, now);
+    for region in &regions {
+        learned.started_fetches(region.name(), &region.arriving, now);
+    }
+    releases
+        .into_iter()
+        .map(|r| Planned {
+            job: ids[r.job].clone(),
+            task: r.task,
+            region: r.region,
+        })
+        .collect()
+}
+
+/// The regions a job may be released to now, when its blocklist narrows them: the allowed
+/// regions (all live ones when the spec allows any) minus those where every live worker is
+/// blocklisted for the job. `None` when the blocklist changes nothing.
+fn allowed_regions(
+    rec: &JobRecord,
+    region_workers: &BTreeMap<&Region, &[WorkerId]>,
+) -> Option<Vec<Region>> {
+    if rec.blocklist.is_empty() {
+        return None;
+    }
+    let all_blocked = |region: &Region| {
+        region_workers.get(region).is_some_and(|ws| {
+            ws.iter().all(|w| {
+                rec.blocklist
+                    .iter()
+                    .any(|b| &b.region == region && &b.worker == w)
+            })
+        })
+    };
+    let candidates: Vec<Region> = if rec.spec.regions.is_empty() {
+        region_workers.keys().map(|r| (*r).clone()).collect()
+    } else {
+        rec.spec.regions.clone()
+    };
+    Some(candidates.into_iter().filter(|r| !all_blocked(r)).collect())
+}
+
+impl Coordinator {
+    /// Releases backlog tasks onto regions with free slots. Runs after every input; notes
+    /// which regions have live workers, for region loss.
+    pub(crate) async fn dispatch(&mut self) {
+        let now = now_ms();
+        let live: BTreeSet<Region> = self.live_workers().map(|w| w.region.clone()).collect();
+        for region in live {
+            self.last_live.insert(region, now);
+        }
+        let capacity = Capacity::of(self.live_workers());
+        let planned = plan_round(
+            &mut self.jobs,
+            &capacity,
+            &mut self.learned,
+            &self.config.catalog,
+            self.config.prefetch,
+            now,
+        );
+        let mut touched = Vec::new();
+        for p in planned {
+            if let Err(e) = self.release(&p.job, p.task, &p.region).await {
+                warn!(error = %format!("{e:#}"), "cannot release a task; will retry");
+                break;
+            }
+            if !touched.contains(&p.job) {
+                touched.push(p.job);
+            }
+        }
+        for id in touched {
+            self.settle_job(&id).await;
+        }
+    }
+
+    /// Publishes one task to a region's queue, then records it as queued. The publish carries
+    /// an idempotency key, so publishing again after a crash between the two steps is harmless.
+    async fn release(&mut self, id: &JobId, task: u32, region: &Region) -> anyhow::Result<()> {
+        let job = &self.jobs[id];
+        let spec = &job.rec.rec.spec;
+        let rec = &job.tasks()[task as usize].rec;
+        let assignment = TaskAssignment {
+            job: id.clone(),
+            task,
+            key: rec.key,
+            attempt: rec.attempt,
+            chunk: rec.chunk,
+            renderer: spec.renderer.clone(),
+            inputs: spec.inputs,
+            scene: spec.scene.clone(),
+            output: spec.output.clone(),
+            timeout_secs: spec.task_timeout_secs,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            nats::task_msg_id(id, task, rec.attempt, rec.releases).as_str(),
+        );
+        self.farm
+            .js
+            .publish_with_headers(nats::task_subject(region), headers, encode(&assignment))
+            .await
+            .context("cannot publish a task")?
+            .await
+            .context("task publish not acknowledged")?;
+        let next = state::released(rec, region);
+        debug!(job = %id, task, region = %region, attempt = next.attempt, "task released");
+        self.set_task(id, next).await
+    }
+}
