@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use suanli_shared::nats;
 use suanli_shared::{Region, WorkerId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -270,7 +271,7 @@ impl LocalFarm {
         }
         let client = crate::client::Client::connect(&self.nats_url).await?;
         let deadline = tokio::time::Instant::now() + limit;
-        let mut sub = client.nats().subscribe("suanli.worker.>").await?;
+        let mut sub = client.nats().subscribe(nats::ALL_WORKERS).await?;
         loop {
             if let Ok(ws) = client.workers().await {
                 if ws.len() >= self.workers.len() {

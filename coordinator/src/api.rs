@@ -1,67 +1,82 @@
-//! The coordinator's API: answering requests on the `api::*` subjects from the actor's state
-//! (status, jobs, tasks, workers, regions), starting submissions off the actor and adopting
-//! them, and passing drain, cancel and retry on. One `match` on the subject, so the request
-//! vocabulary lives in one place.
+//! The coordinator's API: answering requests on the `suanli.api.*` subjects from the actor's
+//! state (status, jobs, tasks, workers, regions), starting submissions off the actor and
+//! adopting them, and passing drain, cancel and retry on. Requests arrive decoded as one
+//! `api::Request` enum (declared with the endpoints in `shared::protocol::api`); each arm
+//! answers with its endpoint's reply type, so a reply of the wrong type does not compile.
 
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use suanli_shared::nats;
-use suanli_shared::protocol::api::{self, ApiError};
-use suanli_shared::protocol::{now_ms, JobStatus, WorkerInfo, WorkerState};
+use suanli_shared::protocol::api::{self, ApiError, Endpoint, Request};
+use suanli_shared::protocol::{encode, now_ms, JobStatus, WorkerInfo, WorkerState};
 use suanli_shared::regions::RegionProfile;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::actor::{Coordinator, Prepared};
-use crate::kv::encode;
 use crate::state::Job;
 use crate::submit;
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("malformed {what}: {e}")))
+/// The body of a reply to `E`. A reply that cannot be encoded becomes an internal error,
+/// never an empty payload.
+pub(crate) fn reply_body<E: Endpoint>(result: Result<E::Reply, ApiError>) -> Bytes {
+    let reply = match result {
+        Ok(v) => api::Reply::Ok(v),
+        Err(e) => api::Reply::Error(e),
+    };
+    encode(&reply, "API reply").unwrap_or_else(|e| {
+        warn!(endpoint = E::SUBJECT, error = %e, "cannot encode an API reply");
+        error_body(ApiError::internal(e.to_string()))
+    })
+}
+
+/// The body of an error reply, whatever the endpoint.
+fn error_body(e: ApiError) -> Bytes {
+    encode(&api::Reply::<()>::Error(e), "API error reply").unwrap_or_else(|_| {
+        Bytes::from_static(br#"{"error":{"kind":"internal","message":"cannot encode the reply"}}"#)
+    })
 }
 
 impl Coordinator {
-    pub(crate) fn reply<T: Serialize>(
+    /// Answers a request to `E` (a request without a reply subject gets none).
+    pub(crate) fn reply<E: Endpoint>(
         &self,
-        reply: Option<async_nats::Subject>,
-        result: Result<T, ApiError>,
+        to: Option<async_nats::Subject>,
+        result: Result<E::Reply, ApiError>,
     ) {
-        let Some(reply) = reply else { return };
-        let body = match result {
-            Ok(v) => encode(&api::Reply::Ok(v)),
-            Err(e) => encode(&api::Reply::<()>::Error(e)),
-        };
+        self.send_reply(to, reply_body::<E>(result));
+    }
+
+    fn send_reply(&self, to: Option<async_nats::Subject>, body: Bytes) {
+        let Some(to) = to else { return };
         let client = self.farm.client.clone();
         self.tracker.spawn(async move {
-            if let Err(e) = client.publish(reply, body).await {
+            if let Err(e) = client.publish(to, body).await {
                 warn!(error = %e, "cannot send an API reply");
             }
         });
     }
 
-    fn job(&self, bytes: &[u8]) -> Result<&Job, ApiError> {
-        let req: api::JobRequest = decode(bytes, "request")?;
+    fn job(&self, req: &api::JobRequest) -> Result<&Job, ApiError> {
         self.jobs
             .get(&req.job)
             .ok_or_else(|| ApiError::not_found(format!("no job {}", req.job)))
     }
 
+    /// Every API request: decoded once into [`Request`], then one arm per endpoint, each
+    /// answered with that endpoint's reply type.
     pub(crate) async fn handle_api(
         &mut self,
         msg: async_nats::Message,
         submit_tx: &mpsc::Sender<Prepared>,
     ) {
         let reply = msg.reply.clone();
-        match msg.subject.as_str() {
-            api::SUBMIT => {
+        let request = match Request::decode(msg.subject.as_str(), &msg.payload) {
+            Ok(request) => request,
+            Err(e) => return self.send_reply(reply, error_body(e)),
+        };
+        match request {
+            Request::Submit(req) => {
                 let Some(reply) = reply else { return };
-                let req: api::SubmitRequest = match decode(&msg.payload, "submit request") {
-                    Ok(r) => r,
-                    Err(e) => return self.reply(Some(reply), Err::<(), _>(e)),
-                };
                 let (farm, store, tx) = (self.farm.clone(), self.store.clone(), submit_tx.clone());
                 let offered = self.offered_renderers();
                 self.tracker.spawn(async move {
@@ -70,25 +85,24 @@ impl Coordinator {
                             let _ = tx.send(Prepared { job, reply }).await;
                         }
                         Err(e) => {
-                            let body = encode(&api::Reply::<()>::Error(e));
-                            let _ = farm.client.publish(reply, body).await;
+                            let _ = farm.client.publish(reply, error_body(e)).await;
                         }
                     }
                 });
             }
-            api::STATUS => {
-                let r = self.job(&msg.payload).map(|j| self.status_of(j));
-                self.reply(reply, r);
+            Request::Status(req) => {
+                let r = self.job(&req).map(|j| self.status_of(j));
+                self.reply::<api::Status>(reply, r);
             }
-            api::REGIONS => {
+            Request::Regions(_) => {
                 let list: Vec<RegionProfile> = self.config.catalog.regions().cloned().collect();
-                self.reply(reply, Ok(list));
+                self.reply::<api::Regions>(reply, Ok(list));
             }
-            api::JOB => {
-                let r = self.job(&msg.payload).map(|j| j.rec.rec.clone());
-                self.reply(reply, r);
+            Request::Job(req) => {
+                let r = self.job(&req).map(|j| j.rec.rec.clone());
+                self.reply::<api::Job>(reply, r);
             }
-            api::JOBS => {
+            Request::Jobs(_) => {
                 let list: Vec<_> = self
                     .jobs
                     .values()
@@ -100,9 +114,9 @@ impl Coordinator {
                         s
                     })
                     .collect();
-                self.reply(reply, Ok(list));
+                self.reply::<api::Jobs>(reply, Ok(list));
             }
-            api::WORKERS => {
+            Request::Workers(_) => {
                 let now = now_ms();
                 let lost = self.config.worker_lost_after.as_millis() as u64;
                 let mut list: Vec<WorkerInfo> = self
@@ -115,74 +129,67 @@ impl Coordinator {
                     })
                     .collect();
                 list.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
-                self.reply(reply, Ok(list));
+                self.reply::<api::Workers>(reply, Ok(list));
             }
-            api::TASKS => {
-                let r = decode::<api::TasksRequest>(&msg.payload, "request").and_then(|req| {
-                    let job = self
-                        .jobs
-                        .get(&req.job)
-                        .ok_or_else(|| ApiError::not_found(format!("no job {}", req.job)))?;
-                    let limit = req.limit.min(api::MAX_TASKS_PAGE) as usize;
-                    let tasks = job
-                        .tasks()
-                        .iter()
-                        .skip(req.offset as usize)
-                        .take(limit)
-                        .map(|t| t.rec.clone())
-                        .collect();
-                    Ok(api::TasksPage {
-                        total: job.tasks().len() as u32,
-                        offset: req.offset,
-                        tasks,
-                    })
-                });
-                self.reply(reply, r);
+            Request::Tasks(req) => {
+                let r = self.tasks_page(&req);
+                self.reply::<api::Tasks>(reply, r);
             }
-            api::DRAIN => {
-                let r = decode::<api::DrainRequest>(&msg.payload, "request").and_then(|req| {
-                    let key = nats::worker_key(&req.region, &req.worker);
-                    self.workers.get(&key).cloned().ok_or_else(|| {
-                        ApiError::not_found(format!(
-                            "no worker '{}' in region '{}' (see `suanli workers`)",
-                            req.worker, req.region
-                        ))
-                    })
-                });
-                if let Ok(w) = &r {
-                    info!(worker = %w.id, region = %w.region, "drain requested");
-                    if let Err(e) = self
-                        .farm
-                        .client
-                        .publish(nats::drain_subject(&w.region, &w.id), Bytes::new())
-                        .await
-                    {
-                        warn!(error = %e, "cannot send a drain request");
-                    }
-                }
-                self.reply(reply, r);
+            Request::Drain(req) => {
+                let r = self.drain(&req).await;
+                self.reply::<api::Drain>(reply, r);
             }
-            api::CANCEL => {
-                let r = match decode::<api::JobRequest>(&msg.payload, "request") {
-                    Ok(req) => self.cancel(&req.job).await,
-                    Err(e) => Err(e),
-                };
-                self.reply(reply, r);
+            Request::Cancel(req) => {
+                let r = self.cancel(&req.job).await;
+                self.reply::<api::Cancel>(reply, r);
             }
-            api::RETRY => {
-                let r = match decode::<api::JobRequest>(&msg.payload, "request") {
-                    Ok(req) => self.retry(&req.job).await,
-                    Err(e) => Err(e),
-                };
-                self.reply(reply, r);
-            }
-            other => {
-                let r: Result<(), _> = Err(ApiError::bad_request(format!(
-                    "unknown API subject {other}"
-                )));
-                self.reply(reply, r);
+            Request::Retry(req) => {
+                let r = self.retry(&req.job).await;
+                self.reply::<api::Retry>(reply, r);
             }
         }
+    }
+
+    /// Tasks `offset .. offset + limit` of a job (the limit clamped to a page).
+    fn tasks_page(&self, req: &api::TasksRequest) -> Result<api::TasksPage, ApiError> {
+        let job = self
+            .jobs
+            .get(&req.job)
+            .ok_or_else(|| ApiError::not_found(format!("no job {}", req.job)))?;
+        let limit = req.limit.min(api::MAX_TASKS_PAGE) as usize;
+        let tasks = job
+            .tasks()
+            .iter()
+            .skip(req.offset as usize)
+            .take(limit)
+            .map(|t| t.rec.clone())
+            .collect();
+        Ok(api::TasksPage {
+            total: job.tasks().len() as u32,
+            offset: req.offset,
+            tasks,
+        })
+    }
+
+    /// Tells one worker to drain; answers with the worker as last seen.
+    async fn drain(&self, req: &api::DrainRequest) -> Result<WorkerInfo, ApiError> {
+        let key = nats::worker_key(&req.region, &req.worker);
+        let w = self.workers.get(&key).cloned().ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no worker '{}' in region '{}' (see `suanli workers`)",
+                req.worker, req.region
+            ))
+        })?;
+        info!(worker = %w.id, region = %w.region, "drain requested");
+        if let Err(e) = self
+            .farm
+            .client
+            .publish(nats::drain_subject(&w.region, &w.id), Bytes::new())
+            .await
+        {
+            warn!(error = %e, "cannot send a drain request");
+        }
+        Ok(w)
     }
 
     /// A job's status with its ledger priced from the region catalog.
@@ -223,6 +230,6 @@ impl Coordinator {
         };
         self.jobs.insert(id.clone(), job);
         self.publish_job_event(&id, state, None).await;
-        self.reply(Some(prepared.reply), Ok(reply));
+        self.reply::<api::Submit>(Some(prepared.reply), Ok(reply));
     }
 }

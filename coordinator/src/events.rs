@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::{Entry, Operation};
 use async_nats::jetstream::AckKind;
-use suanli_shared::protocol::{now_ms, TaskEvent, TaskEventKind, WorkerInfo};
+use suanli_shared::nats;
+use suanli_shared::protocol::{now_ms, Event, TaskEvent, TaskEventKind, WorkerInfo};
 use suanli_shared::JobId;
 use tracing::{debug, info, warn};
 
@@ -15,15 +16,15 @@ use crate::state::{apply_event, Applied, Versioned};
 
 impl Coordinator {
     pub(crate) async fn handle_event(&mut self, msg: async_nats::jetstream::Message) {
-        let subject = msg.subject.to_string();
-        if subject.ends_with(".job") {
-            let _ = msg.ack().await;
-            return;
-        }
-        let ev: TaskEvent = match serde_json::from_slice(&msg.payload) {
-            Ok(ev) => ev,
+        let ev: TaskEvent = match nats::decode_event(&msg.subject, &msg.payload) {
+            Ok(Event::Task(ev)) => ev,
+            // Job events are the coordinator's own announcements: nothing to fold.
+            Ok(Event::Job(_)) => {
+                let _ = msg.ack().await;
+                return;
+            }
             Err(e) => {
-                warn!(subject, error = %e, "dropping a malformed task event");
+                warn!(subject = %msg.subject, error = %e, "dropping a malformed event");
                 let _ = msg.ack_with(AckKind::Term).await;
                 return;
             }

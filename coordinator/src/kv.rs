@@ -3,19 +3,15 @@
 //! changes are published as job events.
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use serde::Serialize;
 use suanli_shared::nats;
-use suanli_shared::protocol::{now_ms, JobEvent, JobRecord, JobState, TaskRecord};
+use suanli_shared::protocol::{
+    encode, now_ms, EventKind, JobEvent, JobRecord, JobState, TaskRecord,
+};
 use suanli_shared::JobId;
 use tracing::{info, warn};
 
 use crate::actor::Coordinator;
 use crate::state::Versioned;
-
-pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
-    serde_json::to_vec(value).unwrap_or_default().into()
-}
 
 impl Coordinator {
     pub(crate) async fn publish_job_event(
@@ -30,8 +26,12 @@ impl Coordinator {
             at_ms: now_ms(),
             reason,
         };
-        let subject = nats::event_subject(job, "job");
-        match self.farm.js.publish(subject, encode(&ev)).await {
+        let body = match encode(&ev, "job event") {
+            Ok(body) => body,
+            Err(e) => return warn!(error = %e, "cannot encode a job event"),
+        };
+        let subject = nats::event_subject(job, EventKind::Job);
+        match self.farm.js.publish(subject, body).await {
             Ok(ack) => {
                 if let Err(e) = ack.await {
                     warn!(error = %e, "job event not stored");
@@ -45,7 +45,7 @@ impl Coordinator {
         let key = nats::task_kv_key(&rec.job, rec.task);
         self.farm
             .tasks_kv
-            .update(&key, encode(rec), rev)
+            .update(&key, encode(rec, "task record")?, rev)
             .await
             .with_context(|| format!("cannot update task {key}"))
     }
@@ -53,7 +53,7 @@ impl Coordinator {
     pub(crate) async fn write_job(&self, rec: &JobRecord, rev: u64) -> anyhow::Result<u64> {
         self.farm
             .jobs_kv
-            .update(rec.id.as_str(), encode(rec), rev)
+            .update(rec.id.as_str(), encode(rec, "job record")?, rev)
             .await
             .with_context(|| format!("cannot update job {}", rec.id))
     }

@@ -17,42 +17,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use suanli_shared::nats::LEASE_KEY;
 use suanli_shared::protocol::now_ms;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Who holds the lease, as written in the key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Holder {
-    pub host: String,
-    pub pid: u32,
-    /// Distinguishes two coordinators in one process (tests) and restarts that reuse a pid.
-    pub instance: String,
-    pub renewed_ms: u64,
-}
-
-impl Holder {
-    pub fn this_process() -> Self {
-        Self {
-            host: suanli_shared::sys::hostname(),
-            pid: std::process::id(),
-            instance: ulid::Ulid::new().to_string(),
-            renewed_ms: now_ms(),
-        }
-    }
-
-    fn same(&self, other: &Holder) -> bool {
-        self.host == other.host && self.pid == other.pid && self.instance == other.instance
-    }
-
-    /// The holder ran on this host and its process is gone.
-    fn died_here(&self, me: &Holder) -> bool {
-        self.host == me.host && self.pid != me.pid && !suanli_shared::sys::pid_alive(self.pid)
-    }
-}
+/// Who holds the lease, as written in the key (the record is part of the protocol, since
+/// standbys and operators read it).
+pub use suanli_shared::protocol::LeaseHolder as Holder;
 
 /// A held lease. Dropping it does not release it; call [`Lease::release`].
 pub struct Lease {

@@ -11,14 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use suanli_shared::nats;
-use suanli_shared::protocol::{now_ms, JobRecord, TaskAssignment, WorkerInfo, WorkerState};
+use suanli_shared::protocol::{encode, now_ms, JobRecord, TaskAssignment, WorkerInfo, WorkerState};
 use suanli_shared::regions::RegionCatalog;
 use suanli_shared::{JobId, Region, WorkerId};
 use tracing::{debug, warn};
 
 use crate::actor::Coordinator;
 use crate::dispatch::{self, JobView, RegionView};
-use crate::kv::encode;
 use crate::learned::Learned;
 use crate::state::{self, Job};
 
@@ -244,7 +243,11 @@ impl Coordinator {
         );
         self.farm
             .js
-            .publish_with_headers(nats::task_subject(region), headers, encode(&assignment))
+            .publish_with_headers(
+                nats::task_subject(region),
+                headers,
+                encode(&assignment, "task message")?,
+            )
             .await
             .context("cannot publish a task")?
             .await

@@ -64,28 +64,11 @@ pub fn new_task(
     chunk: FrameChunk,
     cached_at_ms: Option<u64>,
 ) -> TaskRecord {
-    TaskRecord {
-        job: job.clone(),
-        task,
-        key,
-        chunk,
-        state: if cached_at_ms.is_some() {
-            TaskState::Cached
-        } else {
-            TaskState::Pending
-        },
-        attempt: 0,
-        region: None,
-        worker: None,
-        started_ms: None,
-        finished_ms: cached_at_ms,
-        core_seconds: 0.0,
-        not_before_ms: 0,
-        failures: vec![],
-        outputs: vec![],
-        bytes_in: 0,
-        releases: 0,
-    }
+    let state = match cached_at_ms {
+        Some(_) => TaskState::Cached,
+        None => TaskState::Pending,
+    };
+    TaskRecord::new(job.clone(), task, key, chunk, state, cached_at_ms)
 }
 
 /// A task released onto `region`'s queue.
@@ -321,35 +304,30 @@ pub(crate) mod tests {
         t
     }
 
-    fn event(t: &TaskRecord, attempt: u32, kind: TaskEventKind) -> TaskEvent {
+    /// Attempt `attempt` of `t` failed on worker w1 (the shared fold's tests cover the other
+    /// events; here only the coordinator's retry decision is under test).
+    fn failed(t: &TaskRecord, attempt: u32) -> TaskEvent {
+        let (worker, region): (WorkerId, Region) =
+            ("w1".parse().unwrap(), "guian".parse().unwrap());
+        let failure = Failure {
+            exit_code: Some(3),
+            reason: "renderer exited with code 3".into(),
+            stderr_tail: "boom".into(),
+            worker: worker.clone(),
+            region: region.clone(),
+            attempt,
+            at_ms: 5_000,
+        };
         TaskEvent {
             job: t.job.clone(),
             task: t.task,
             key: t.key,
             attempt,
-            worker: "w1".parse().unwrap(),
-            region: "guian".parse().unwrap(),
+            worker,
+            region,
             at_ms: 5_000,
-            kind,
+            kind: TaskEventKind::Failed { failure },
         }
-    }
-
-    fn failed(t: &TaskRecord, attempt: u32) -> TaskEvent {
-        event(
-            t,
-            attempt,
-            TaskEventKind::Failed {
-                failure: Failure {
-                    exit_code: Some(3),
-                    reason: "renderer exited with code 3".into(),
-                    stderr_tail: "boom".into(),
-                    worker: "w1".parse().unwrap(),
-                    region: "guian".parse().unwrap(),
-                    attempt,
-                    at_ms: 5_000,
-                },
-            },
-        )
     }
 
     fn changed(a: Applied) -> TaskRecord {
@@ -394,34 +372,6 @@ pub(crate) mod tests {
         assert_eq!(t3.state, TaskState::Failed);
         assert_eq!(t3.failures.len(), 3);
         assert_eq!(t3.failures.last().unwrap().stderr_tail, "boom");
-    }
-
-    #[test]
-    fn completion_from_any_attempt_wins_once() {
-        let mut t = task();
-        t.attempt = 2;
-        let done = event(
-            &t,
-            1,
-            TaskEventKind::Completed {
-                cached: false,
-                started_ms: 1_000,
-                core_seconds: 4.0,
-                outputs: vec![],
-                bytes_in: 10,
-            },
-        );
-        let t2 = changed(apply_event(&t, &done, 3, JobState::Running, 6_000));
-        assert_eq!(t2.state, TaskState::Done);
-        assert_eq!(t2.core_seconds, 4.0);
-        assert_eq!(
-            apply_event(&t2, &done, 3, JobState::Running, 7_000),
-            Applied::Ignored
-        );
-        assert_eq!(
-            apply_event(&t, &done, 3, JobState::Canceled, 7_000),
-            Applied::Ignored
-        );
     }
 
     #[test]

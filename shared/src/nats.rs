@@ -36,10 +36,9 @@ pub fn region_consumer(region: &Region) -> String {
     format!("region-{region}")
 }
 
-/// Subject of a task or job event; `kind` is one of `started`, `progress`, `completed`,
-/// `failed`, `job`.
-pub fn event_subject(job: &JobId, kind: &str) -> String {
-    format!("suanli.evt.{job}.{kind}")
+/// Subject of a task or job event.
+pub fn event_subject(job: &JobId, kind: EventKind) -> String {
+    format!("suanli.evt.{job}.{}", kind.as_str())
 }
 
 /// The kind of event a subject carries (`suanli.evt.<job>.<kind>`); `None` for a subject
@@ -73,6 +72,9 @@ pub const ALL_EVENTS: &str = "suanli.evt.>";
 pub fn worker_subject(region: &Region, worker: &WorkerId) -> String {
     format!("suanli.worker.{region}.{worker}")
 }
+
+/// Every worker's live heartbeat.
+pub const ALL_WORKERS: &str = "suanli.worker.>";
 
 pub fn worker_key(region: &Region, worker: &WorkerId) -> String {
     format!("{region}.{worker}")
@@ -293,7 +295,7 @@ mod tests {
     fn event_subjects_name_their_kind() {
         let job = JobId::generate();
         for kind in EventKind::ALL {
-            assert_eq!(event_kind(&event_subject(&job, kind.as_str())), Some(kind));
+            assert_eq!(event_kind(&event_subject(&job, kind)), Some(kind));
         }
         assert_eq!(event_kind("suanli.evt.j.jobs"), None);
         assert_eq!(event_kind("suanli.task.guian"), None);

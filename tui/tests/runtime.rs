@@ -270,7 +270,7 @@ fn events_decode_from_their_wire_form() {
     let id = fixtures::job_id(3);
     let ev = fixtures::completed(&id, 4, "guian", "guian-1", NOW, 1_000);
     let bytes = serde_json::to_vec(&ev).unwrap();
-    let completed = nats::event_subject(&id, EventKind::Completed.as_str());
+    let completed = nats::event_subject(&id, EventKind::Completed);
     assert_eq!(decode(&completed, &bytes), Some(FarmEvent::Task(ev)));
     let job = JobEvent {
         job: id.clone(),
@@ -279,7 +279,7 @@ fn events_decode_from_their_wire_form() {
         reason: None,
     };
     let bytes = serde_json::to_vec(&job).unwrap();
-    let job_subject = nats::event_subject(&id, EventKind::Job.as_str());
+    let job_subject = nats::event_subject(&id, EventKind::Job);
     assert_eq!(decode(&job_subject, &bytes), Some(FarmEvent::Job(job)));
     assert_eq!(decode(&completed, b"{\"heartbeat\": 1}"), None);
     assert_eq!(decode(&completed, b"not json"), None);

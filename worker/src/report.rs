@@ -32,7 +32,7 @@ fn encode_event(
     task: &TaskAssignment,
     kind: TaskEventKind,
 ) -> Option<(String, Bytes)> {
-    let subject = nats::event_subject(&task.job, kind.subject_token());
+    let subject = nats::event_subject(&task.job, kind.event_kind());
     match encode(&event(sh, task, kind), "task event") {
         Ok(body) => Some((subject, body)),
         Err(e) => {

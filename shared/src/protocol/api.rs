@@ -91,18 +91,6 @@ endpoints! {
 /// Every API subject, for the coordinator's subscription.
 pub const ALL: &str = "suanli.api.>";
 
-// Subject names for callers not yet on the typed endpoints; removed once none are left.
-pub const SUBMIT: &str = Submit::SUBJECT;
-pub const STATUS: &str = Status::SUBJECT;
-pub const JOBS: &str = Jobs::SUBJECT;
-pub const JOB: &str = Job::SUBJECT;
-pub const CANCEL: &str = Cancel::SUBJECT;
-pub const RETRY: &str = Retry::SUBJECT;
-pub const WORKERS: &str = Workers::SUBJECT;
-pub const TASKS: &str = Tasks::SUBJECT;
-pub const DRAIN: &str = Drain::SUBJECT;
-pub const REGIONS: &str = Regions::SUBJECT;
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitRequest {
     pub spec: JobSpec,

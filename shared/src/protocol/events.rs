@@ -44,11 +44,6 @@ pub enum TaskEventKind {
 }
 
 impl TaskEventKind {
-    /// The subject token of this kind (until every publisher uses [`EventKind`]).
-    pub fn subject_token(&self) -> &'static str {
-        self.event_kind().as_str()
-    }
-
     /// The kind its subject carries.
     pub fn event_kind(&self) -> EventKind {
         match self {
