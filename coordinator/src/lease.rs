@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
 use suanli_shared::nats::LEASE_KEY;
-use suanli_shared::protocol::now_ms;
+use suanli_shared::protocol::{encode, now_ms};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -70,7 +70,9 @@ impl Freshness {
 }
 
 fn body(holder: &Holder) -> Bytes {
-    serde_json::to_vec(holder).unwrap_or_default().into()
+    // Strings and numbers only: serde_json cannot fail on it, and an empty key would read as
+    // no holder at all.
+    encode(holder, "lease holder").expect("a lease holder always encodes")
 }
 
 /// Waits until this process holds the lease. `None` when `shutdown` fired first.

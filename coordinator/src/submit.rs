@@ -5,12 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use suanli_shared::layout;
 use suanli_shared::nats::{task_kv_key, Farm};
 use suanli_shared::protocol::api::ApiError;
 use suanli_shared::protocol::{
-    now_ms, InputManifest, JobRecord, JobSpec, JobState, RendererSpec, TaskRecord,
+    encode, now_ms, InputManifest, JobRecord, JobSpec, JobState, RendererSpec, TaskRecord,
 };
 use suanli_shared::store::{Store, StoreErrorKind};
 use suanli_shared::JobId;
@@ -75,16 +76,16 @@ pub async fn prepare(
         .enumerate()
         .map(|(i, ((chunk, key), hit))| new_task(&id, i as u32, *key, *chunk, hit.then_some(now)))
         .collect();
-    let writes: Vec<(String, Vec<u8>)> = records
+    let writes: Vec<(String, Bytes)> = records
         .iter()
         .map(|rec| {
-            let key = task_kv_key(&rec.job, rec.task);
-            (key, serde_json::to_vec(rec).unwrap_or_default())
+            let body = encode(rec, "task record").map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok((task_kv_key(&rec.job, rec.task), body))
         })
-        .collect();
-    let revs: Vec<u64> = futures::stream::iter(writes.into_iter().map(|(key, bytes)| {
+        .collect::<Result<_, ApiError>>()?;
+    let revs: Vec<u64> = futures::stream::iter(writes.into_iter().map(|(key, body)| {
         let kv = farm.tasks_kv.clone();
-        async move { kv.create(key, bytes.into()).await }
+        async move { kv.create(key, body).await }
     }))
     .buffered(CONCURRENCY)
     .try_collect()
@@ -111,7 +112,7 @@ pub async fn prepare(
         .jobs_kv
         .create(
             id.as_str(),
-            serde_json::to_vec(&rec).unwrap_or_default().into(),
+            encode(&rec, "job record").map_err(|e| ApiError::internal(e.to_string()))?,
         )
         .await
         .map_err(|e| ApiError::internal(format!("cannot record the job: {e}")))?;
