@@ -40,6 +40,10 @@ pub struct JobFile {
     pub deadline: Option<toml::Value>,
     /// Most tasks of this job queued or running at once.
     pub max_slots: Option<u32>,
+    /// cheapest/greenest: at most this many times longer than fastest (default: the farm's).
+    pub patience: Option<f64>,
+    /// balanced: what an hour of this job's delay is worth, in the farm's currency.
+    pub value_of_hour: Option<f64>,
 }
 
 /// The `[renderer]` table.
@@ -114,6 +118,14 @@ pub struct Overrides {
     /// Most tasks of this job queued or running at once.
     #[arg(long)]
     pub max_slots: Option<u32>,
+    /// cheapest/greenest: finish at most this many times later than fastest (at least 1;
+    /// default: the farm's, usually 1.5).
+    #[arg(long)]
+    pub patience: Option<f64>,
+    /// balanced: what an hour of this job's delay is worth, in the farm's currency (default:
+    /// the farm's, doubled every 5 points of priority).
+    #[arg(long)]
+    pub value_of_hour: Option<f64>,
     /// Command renderer argv, after `--`: placeholders {frame} {start} {end} {step} {output} {scene}.
     #[arg(last = true)]
     pub argv: Vec<String>,
@@ -280,6 +292,8 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
             policy,
             deadline_ms,
             max_slots: flags.max_slots.or(file.max_slots),
+            patience: flags.patience.or(file.patience),
+            value_of_hour: flags.value_of_hour.or(file.value_of_hour),
         },
     };
     spec.validate()?;
@@ -483,12 +497,14 @@ mod tests {
     fn placement_from_file_and_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file: JobFile = toml::from_str(
-            "frames = '1-4'\npolicy = 'cheapest'\nmax_slots = 3\ndeadline = 2025-06-01T18:00:00+08:00\n",
+            "frames = '1-4'\npolicy = 'cheapest'\nmax_slots = 3\npatience = 2.0\nvalue_of_hour = 800\ndeadline = 2025-06-01T18:00:00+08:00\n",
         )
         .unwrap();
         let r = resolve(file, Overrides::default(), dir.path()).unwrap();
         assert_eq!(r.spec.placement.policy, Some(Policy::Cheapest));
         assert_eq!(r.spec.placement.max_slots, Some(3));
+        assert_eq!(r.spec.placement.patience, Some(2.0));
+        assert_eq!(r.spec.placement.value_of_hour, Some(800.0));
         // 2025-06-01T10:00:00Z
         assert_eq!(r.spec.placement.deadline_ms, Some(1_748_772_000_000));
         let file: JobFile =
@@ -546,6 +562,16 @@ mod tests {
                 "1",
                 |f| f.max_slots = Some(0),
                 "max_slots must be at least 1",
+            ),
+            (
+                "1",
+                |f| f.patience = Some(0.5),
+                "patience 0.5 must be at least 1",
+            ),
+            (
+                "1",
+                |f| f.value_of_hour = Some(-3.0),
+                "value_of_hour -3 must be a number, 0 or more",
             ),
         ]);
     }

@@ -17,7 +17,9 @@ use suanli_shared::protocol::Policy;
 use suanli_shared::regions::RegionProfile;
 use suanli_shared::{ContentHash, Region};
 
-use crate::placement::{Estimate, Inputs, Scorer, TaskNeeds, WaitModel};
+use crate::placement::{
+    fastest_completion_secs, Backlog, Due, Estimate, Inputs, Scorer, TaskNeeds, Terms, WaitModel,
+};
 
 /// One job's view for planning.
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct JobView {
     pub inputs: Option<ContentHash>,
     /// Expected cost of one task at speed 1 and the size of the inputs.
     pub needs: TaskNeeds,
+    /// Patience, value of time and carbon price, resolved from the job and the farm.
+    pub terms: Terms,
 }
 
 impl JobView {
@@ -71,7 +75,13 @@ impl JobView {
             renderer: String::new(),
             inputs: None,
             needs: TaskNeeds::default(),
+            terms: Terms::default(),
         }
+    }
+
+    /// Tasks not finished: listed, beyond the list, and in flight.
+    fn unfinished(&self) -> f64 {
+        self.ready.len() as f64 + f64::from(self.more_ready) + f64::from(self.in_flight)
     }
 
     pub fn allows(&self, region: &Region) -> bool {
@@ -168,6 +178,75 @@ fn cmp_score(a: f64, b: f64) -> Ordering {
     }
 }
 
+/// How many of a job's next tasks would rather wait for full region `ri` than take an option
+/// scored `threshold` now. Tasks of higher priority are ahead of them in the region's queue, and
+/// the job's own waiting tasks `held`. A job bound by a due time also shares the region's slots
+/// with its `peers` (jobs of its priority with work left, itself included): fair share gives it
+/// one slot in `peers`, so its tasks are `peers` queue places apart, or they would wait past
+/// the bound.
+fn own_waiting(
+    scorer: &Scorer,
+    e: &Estimate,
+    queue: &WaitModel,
+    higher: f64,
+    held: f64,
+    peers: f64,
+    threshold: f64,
+) -> f64 {
+    let spacing = if scorer.due_in().is_some() {
+        peers.max(1.0)
+    } else {
+        1.0
+    };
+    (scorer.waiting_below(e, queue, higher + spacing * held, threshold) / spacing).floor()
+}
+
+/// The job's time figures: its deadline, its completion under `fastest` (all its candidate
+/// regions' slots at their measured speeds, shared with the other jobs) and its width.
+fn due(
+    job: &JobView,
+    backlog: &Backlog,
+    backlogs: &[Backlog],
+    candidates: &[(usize, Estimate, Inputs)],
+    regions: &[RegionView],
+    now_ms: u64,
+) -> Due {
+    let slots: f64 = candidates
+        .iter()
+        .map(|(ri, ..)| f64::from(regions[*ri].live_slots))
+        .sum();
+    let rate: f64 = candidates
+        .iter()
+        .map(|(ri, ..)| {
+            let r = &regions[*ri];
+            f64::from(r.live_slots) * crate::placement::clamp_speed(r.speed_for(&job.renderer))
+        })
+        .sum();
+    // The first inputs to arrive and the quickest render: the fluid estimate's work is done
+    // in whole tasks, so the last one started still takes one render.
+    let first_input = candidates
+        .iter()
+        .map(|(_, e, _)| e.transfer_secs)
+        .fold(f64::INFINITY, f64::min);
+    let one_render = candidates
+        .iter()
+        .map(|(_, e, _)| e.render_secs)
+        .fold(f64::INFINITY, f64::min);
+    let cap = job.max_slots.map_or(f64::INFINITY, f64::from);
+    let width = backlog.tasks.min(slots).min(cap).max(1.0);
+    let fastest = if backlog.wall_seconds > 0.0 {
+        let rate = rate.min(cap);
+        Some(fastest_completion_secs(backlog, backlogs, rate) + first_input + one_render)
+    } else {
+        None
+    };
+    Due {
+        deadline_in: job.deadline_ms.map(|d| (d as f64 - now_ms as f64) / 1000.0),
+        fastest_in: fastest,
+        width,
+    }
+}
+
 /// Plans releases at `now_ms`. Consumes what it plans: released tasks leave `ready` and count
 /// in `in_flight`, regions lose free slots and count the job's inputs as cached.
 pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Vec<Release> {
@@ -193,6 +272,15 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
     let mut own_total = vec![0.0; jobs.len()];
     // (region index, estimate, where the region stands with the job's inputs)
     let mut candidates: Vec<(usize, Estimate, Inputs)> = Vec::with_capacity(n_regions);
+    // Every job's work, for the patience bound (taken before this round releases anything).
+    let backlogs: Vec<Backlog> = jobs
+        .iter()
+        .map(|j| Backlog {
+            priority: j.priority,
+            tasks: j.unfinished(),
+            wall_seconds: j.needs.wall_seconds.max(0.0),
+        })
+        .collect();
 
     while let Some(Reverse((_, _, _, i))) = heap.pop() {
         let job = &jobs[i];
@@ -226,8 +314,17 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
         if candidates.is_empty() {
             continue;
         }
-        let deadline_in = job.deadline_ms.map(|d| (d as f64 - now_ms as f64) / 1000.0);
-        let scorer = Scorer::new(job.policy, candidates.iter().map(|c| &c.1), deadline_in);
+        let due = due(job, &backlogs[i], &backlogs, &candidates, regions, now_ms);
+        let peers = backlogs
+            .iter()
+            .filter(|b| b.priority == job.priority && b.tasks > 0.0)
+            .count() as f64;
+        let scorer = Scorer::new(
+            job.policy,
+            candidates.iter().map(|c| &c.1),
+            &job.terms,
+            &due,
+        );
         let held = &mut own[i];
         if held.is_empty() {
             held.resize(n_regions, 0.0);
@@ -251,10 +348,18 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
         let mut best_wait: Option<(usize, f64)> = None;
         for (ri, e, _) in candidates.iter().filter(|(ri, ..)| regions[*ri].free <= 0) {
             let r = &regions[*ri];
-            let k = higher[*ri] + held[*ri];
-            let n = scorer.waiting_below(e, &queue(r), k, threshold);
+            let n = own_waiting(
+                &scorer,
+                e,
+                &queue(r),
+                higher[*ri],
+                held[*ri],
+                peers,
+                threshold,
+            );
             if n > 0.0 {
                 waiting += n;
+                let k = higher[*ri] + held[*ri];
                 let s = scorer.score(e, queue(r).wait_secs(e.render_secs, k));
                 if best_wait.is_none_or(|(_, bs)| s < bs) {
                     best_wait = Some((*ri, s));
@@ -273,8 +378,8 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
         }
         if waiting > 0.0 {
             for (ri, e, _) in candidates.iter().filter(|(ri, ..)| regions[*ri].free <= 0) {
-                let k = higher[*ri] + held[*ri];
-                let n = scorer.waiting_below(e, &queue(&regions[*ri]), k, threshold);
+                let q = queue(&regions[*ri]);
+                let n = own_waiting(&scorer, e, &q, higher[*ri], held[*ri], peers, threshold);
                 held[*ri] += n;
                 level[*ri] += n;
             }
@@ -311,317 +416,4 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(s: &str) -> Region {
-        s.parse().unwrap()
-    }
-
-    fn job(priority: i32, created_ms: u64, ready: u32, allowed: &[&str]) -> JobView {
-        JobView::new(
-            priority,
-            created_ms,
-            0,
-            allowed.iter().map(|a| r(a)).collect(),
-            (0..ready).collect::<Vec<_>>(),
-        )
-    }
-
-    fn region(name: &str, free: i64) -> RegionView {
-        RegionView::new(RegionProfile::neutral(r(name)), free, free.max(0) as u32)
-    }
-
-    fn priced(name: &str, free: i64, price: f64) -> RegionView {
-        let mut v = region(name, free);
-        v.profile.price_per_core_hour = price;
-        v
-    }
-
-    fn count(out: &[Release], name: &str) -> usize {
-        out.iter().filter(|x| x.region == r(name)).count()
-    }
-
-    fn with_policy(mut j: JobView, policy: Policy) -> JobView {
-        j.policy = policy;
-        j
-    }
-
-    #[test]
-    fn never_exceeds_free_slots_and_spreads() {
-        let mut regions = [region("a", 2), region("b", 3)];
-        let mut jobs = [job(0, 1, 10, &[])];
-        let out = plan(&mut jobs, &mut regions, 0);
-        assert_eq!(out.len(), 5);
-        assert_eq!(count(&out, "a"), 2);
-        assert!(regions.iter().all(|r| r.free == 0));
-        assert_eq!(
-            out.iter().map(|x| x.task).collect::<Vec<_>>(),
-            [0, 1, 2, 3, 4]
-        );
-        assert_eq!(jobs[0].in_flight, 5);
-        assert_eq!(
-            jobs[0].ready.front(),
-            Some(&5),
-            "released tasks leave the backlog"
-        );
-    }
-
-    #[test]
-    fn priority_first_then_fair_share() {
-        let mut regions = [region("a", 4)];
-        let mut jobs = [job(0, 1, 10, &[]), job(5, 2, 1, &[]), job(0, 3, 10, &[])];
-        let out = plan(&mut jobs, &mut regions, 0);
-        let order: Vec<usize> = out.iter().map(|x| x.job).collect();
-        assert_eq!(
-            order,
-            [1, 0, 2, 0],
-            "high priority, then alternate equal jobs"
-        );
-    }
-
-    #[test]
-    fn allowed_regions_are_respected() {
-        let mut regions = [region("a", 5), region("b", 1)];
-        let out = plan(&mut [job(0, 1, 3, &["b"])], &mut regions, 0);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].region, r("b"));
-        assert!(plan(&mut [job(0, 1, 3, &[])], &mut [], 0).is_empty());
-    }
-
-    #[test]
-    fn regions_without_live_slots_get_nothing() {
-        let mut dead = region("a", 3);
-        dead.live_slots = 0;
-        let mut regions = [dead, region("b", 1)];
-        let out = plan(&mut [job(0, 1, 5, &[])], &mut regions, 0);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].region, r("b"));
-    }
-
-    #[test]
-    fn a_job_never_exceeds_its_slot_cap() {
-        let mut regions = [region("a", 10)];
-        let mut capped = job(0, 1, 10, &[]);
-        capped.max_slots = Some(3);
-        capped.in_flight = 1;
-        let mut jobs = [capped, job(0, 2, 10, &[])];
-        let out = plan(&mut jobs, &mut regions, 0);
-        assert_eq!(
-            out.iter().filter(|x| x.job == 0).count(),
-            2,
-            "3 minus 1 in flight"
-        );
-        assert_eq!(
-            out.iter().filter(|x| x.job == 1).count(),
-            8,
-            "the rest to the other job"
-        );
-        assert_eq!(jobs[0].in_flight, 3);
-    }
-
-    #[test]
-    fn cheapest_fills_the_cheaper_region_first_and_waits_for_it() {
-        let farm = || [priced("dear", 4, 0.4), priced("cheap", 4, 0.1)];
-        let mut regions = farm();
-        let out = plan(
-            &mut [with_policy(job(0, 1, 3, &[]), Policy::Cheapest)],
-            &mut regions,
-            0,
-        );
-        assert_eq!(count(&out, "cheap"), 3, "{out:?}");
-        let mut regions = farm();
-        let out = plan(
-            &mut [with_policy(job(0, 1, 20, &[]), Policy::Cheapest)],
-            &mut regions,
-            0,
-        );
-        assert_eq!(out.len(), 4, "the dear region is left idle: {out:?}");
-        assert_eq!(count(&out, "cheap"), 4);
-        // The order of releases: the cheap region's slots come first.
-        assert!(out.iter().all(|x| x.region == r("cheap")));
-    }
-
-    #[test]
-    fn fastest_spreads_over_every_free_slot() {
-        let mut regions = [priced("dear", 4, 0.4), priced("cheap", 4, 0.1)];
-        let out = plan(
-            &mut [with_policy(job(0, 1, 20, &[]), Policy::Fastest)],
-            &mut regions,
-            0,
-        );
-        assert_eq!((count(&out, "cheap"), count(&out, "dear")), (4, 4));
-        assert_eq!(
-            out[..4].iter().filter(|x| x.region == r("cheap")).count(),
-            4,
-            "equal speed: the cheaper breaks the tie"
-        );
-    }
-
-    #[test]
-    fn fastest_picks_the_faster_region() {
-        let mut fast = region("fast", 2);
-        fast.speed.insert("blender".into(), 2.0);
-        let mut regions = [region("slow", 2), fast];
-        let mut j = with_policy(job(0, 1, 6, &[]), Policy::Fastest);
-        j.renderer = "blender".into();
-        let out = plan(&mut [j.clone()], &mut regions, 0);
-        assert_eq!(out[0].region, r("fast"));
-        assert_eq!(out[1].region, r("fast"));
-        // Tasks of 30 s (fast) or 60 s (slow): with 2 busy fast slots, the next two waiting
-        // tasks start after about 10 and 20 s and still finish first there; the rest go slow.
-        assert_eq!(
-            (count(&out, "fast"), count(&out, "slow")),
-            (2, 2),
-            "{out:?}"
-        );
-        // Another renderer has no measured speed there: equal regions share.
-        j.renderer = "builtin".into();
-        j.ready.truncate(3);
-        let mut regions = [region("slow", 2), region("fast", 2)];
-        let out = plan(&mut [j], &mut regions, 0);
-        assert_eq!((count(&out, "slow"), count(&out, "fast")), (2, 1));
-    }
-
-    #[test]
-    fn balanced_waits_a_little_then_spills() {
-        // Money terms 0.4 (cheap) and 1.6 (dear), time 1.0 each: a task may wait for the cheap
-        // region while its wait, (k + 1) / 5 of a task, is under 1.2: five tasks wait.
-        let farm = || [priced("dear", 4, 0.4), priced("cheap", 4, 0.1)];
-        let split = |policy| {
-            let out = plan(
-                &mut [with_policy(job(0, 1, 12, &[]), policy)],
-                &mut farm(),
-                0,
-            );
-            (count(&out, "cheap"), count(&out, "dear"))
-        };
-        assert_eq!(split(Policy::Balanced), (4, 3));
-        assert_eq!(split(Policy::Cheapest), (4, 0));
-        assert_eq!(split(Policy::Fastest), (4, 4));
-    }
-
-    #[test]
-    fn cached_inputs_attract_tasks_when_other_costs_are_equal() {
-        let inputs = ContentHash::of(b"shot010 manifest");
-        let mut j = job(0, 1, 3, &[]);
-        j.inputs = Some(inputs);
-        j.needs.input_bytes = 5_000_000_000;
-        for policy in Policy::ALL {
-            let mut warm = region("b", 4);
-            warm.cached.insert(inputs);
-            let mut regions = [region("a", 4), warm];
-            let out = plan(&mut [with_policy(j.clone(), policy)], &mut regions, 0);
-            assert_eq!(count(&out, "b"), 3, "{policy}: {out:?}");
-        }
-        // Nowhere cached: once a region fetches the inputs, the job's next tasks follow them.
-        let mut regions = [region("a", 4), region("b", 4)];
-        let out = plan(&mut [j.clone()], &mut regions, 0);
-        assert_eq!(count(&out, "a"), 3);
-        assert!(regions[0].arriving.contains_key(&inputs) && regions[1].arriving.is_empty());
-        assert_eq!(regions[0].link_busy_secs, 40.0, "5 GB over 1 Gbit/s");
-        // Without input bytes there is nothing to save: equal regions share again.
-        j.needs.input_bytes = 0;
-        let mut regions = [region("a", 4), region("b", 4)];
-        let out = plan(&mut [j], &mut regions, 0);
-        assert!(count(&out, "a") >= 1 && count(&out, "b") >= 1);
-    }
-
-    #[test]
-    fn greenest_prefers_low_carbon() {
-        let green = |name: &str, g: f64, pue: f64| {
-            let mut v = priced(name, 4, 0.1);
-            v.profile.carbon_g_per_kwh = g;
-            v.profile.pue = pue;
-            v
-        };
-        let mut regions = [green("coal", 800.0, 1.5), green("hydro", 100.0, 1.1)];
-        let out = plan(
-            &mut [with_policy(job(0, 1, 6, &[]), Policy::Greenest)],
-            &mut regions,
-            0,
-        );
-        assert_eq!(count(&out, "hydro"), 4);
-        assert_eq!(
-            count(&out, "coal"),
-            0,
-            "greenest waits rather than burn coal"
-        );
-        // PUE counts: the same grid, a better data center.
-        let mut regions = [green("old", 500.0, 1.6), green("new", 500.0, 1.12)];
-        let out = plan(
-            &mut [with_policy(job(0, 1, 2, &[]), Policy::Greenest)],
-            &mut regions,
-            0,
-        );
-        assert_eq!(count(&out, "new"), 2);
-    }
-
-    #[test]
-    fn a_deadline_at_risk_spills_to_dearer_regions() {
-        let now = 1_000_000_000_000;
-        let mut j = with_policy(job(0, 1, 20, &[]), Policy::Cheapest);
-        j.needs.wall_seconds = 600.0;
-        j.needs.core_seconds = 600.0;
-        let farm = || [priced("dear", 4, 0.4), priced("cheap", 4, 0.1)];
-        // 20 tasks of 10 minutes on 4 cheap slots take about 50 minutes: 3 hours is plenty.
-        j.deadline_ms = Some(now + 3 * 3600 * 1000);
-        let out = plan(&mut [j.clone()], &mut farm(), now);
-        assert_eq!((count(&out, "cheap"), count(&out, "dear")), (4, 0));
-        // With 25 minutes, tasks that would wait too long go to the dear region now.
-        j.deadline_ms = Some(now + 25 * 60 * 1000);
-        let out = plan(&mut [j.clone()], &mut farm(), now);
-        assert_eq!((count(&out, "cheap"), count(&out, "dear")), (4, 4));
-    }
-
-    #[test]
-    fn waiting_tasks_of_higher_priority_push_lower_ones_elsewhere() {
-        let farm = || [priced("dear", 2, 0.2), priced("cheap", 2, 0.1)];
-        let low = job(0, 2, 4, &[]);
-        let out = plan(&mut [low.clone()], &mut farm(), 0);
-        let alone = count(&out, "dear");
-        let high = with_policy(job(9, 1, 40, &["cheap"]), Policy::Cheapest);
-        let out = plan(&mut [high, low], &mut farm(), 0);
-        assert_eq!(out.iter().filter(|x| x.job == 0).count(), 2);
-        let behind = out
-            .iter()
-            .filter(|x| x.job == 1 && x.region == r("dear"))
-            .count();
-        assert!(
-            behind > alone,
-            "with 38 tasks queued for the cheap region, the low job uses the dear one: {behind} vs {alone}"
-        );
-    }
-
-    #[test]
-    fn listing_only_what_a_round_can_release_plans_the_same() {
-        let now = 1_000_000_000_000;
-        let farm = || {
-            [
-                priced("dear", 3, 0.4),
-                priced("cheap", 2, 0.1),
-                priced("mid", -1, 0.2),
-            ]
-        };
-        let room = 5;
-        for policy in Policy::ALL {
-            for deadline_mins in [None, Some(25), Some(180)] {
-                let mut full = with_policy(job(0, 1, 300, &[]), policy);
-                full.needs.wall_seconds = 600.0;
-                full.deadline_ms = deadline_mins.map(|m| now + m * 60 * 1000);
-                let low = job(-1, 2, 50, &["mid", "dear"]);
-                let listed = |j: &JobView| {
-                    let mut j = j.clone();
-                    j.more_ready = j.ready.len() as u32 - room;
-                    j.ready.truncate(room as usize);
-                    j
-                };
-                let mut jobs = [full.clone(), low.clone()];
-                let expected = plan(&mut jobs, &mut farm(), now);
-                let mut jobs = [listed(&full), listed(&low)];
-                let got = plan(&mut jobs, &mut farm(), now);
-                assert_eq!(got, expected, "{policy} {deadline_mins:?}");
-            }
-        }
-    }
-}
+mod tests;

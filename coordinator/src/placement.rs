@@ -12,15 +12,31 @@
 //! transfer_r = 0 when r holds the inputs; the rest of the fetch when they are on their way;
 //!              else the link's backlog + bytes_j × 8 / bandwidth_r
 //! score   = a × money / M  +  b × finish / T  +  c × carbon / C  +  late
-//! late    = 0 when 1.2 × finish fits before the deadline, else 100 × (1 + overrun / T)
+//! late    = 0 when finish fits before the job's due time, else 100 × (1 + overrun / T)
+//! due     = min(deadline / 1.2, patience × fastest)        (cheapest, greenest)
+//!           deadline / 1.2                                  (balanced, fastest)
 //! ```
 //!
 //! `n_j` is the number of the job's tasks still to place: moving the inputs is paid once and
-//! serves every later task of the job there. `M`, `T`, `C` are the means over the job's candidate regions (so the terms have no unit and
-//! the currency does not matter) and `(a, b, c)` are the policy's [`Weights`]. A region with a
-//! free slot has `w = 0`; a full one is an option too, with `w` from its queue ([`WaitModel`]),
-//! so a cheap region that frees a slot soon can beat an expensive one that is free now. That is
-//! how `cheapest` waits for cheap slots and `balanced` waits only while waiting is worth it.
+//! serves every later task of the job there. `M`, `T`, `C` are the means over the job's
+//! candidate regions (so the terms have no unit and the currency does not matter) and
+//! `(a, b, c)` are the policy's [`Weights`]. A region with a free slot has `w = 0`; a full one
+//! is an option too, with `w` from its queue ([`WaitModel`]), so a cheap region that frees a
+//! slot soon can beat an expensive one that is free now.
+//!
+//! `cheapest` and `greenest` wait for their region only within a bound ([`Terms::patience`]):
+//! a task may not finish later than `patience` times the job's completion under `fastest`
+//! ([`fastest_completion_secs`]), re-estimated every round, so a job that falls behind spreads.
+//! `balanced` prices time instead of normalising it ([`Terms::value_of_hour`]): its score is
+//! money plus carbon at the catalog's price plus the value of the delay, all in currency:
+//!
+//! ```text
+//! balanced = money  +  carbon_price × carbon / 1000  +  value_of_hour × finish_h / width
+//! ```
+//!
+//! where `width` is how many slots the job spreads over at most (its tasks left, capped by the
+//! live slots and `max_slots`): one task an hour later delays the job by about `1 / width`
+//! hours. (Divided by `M` like the others, so the deadline penalty keeps its meaning.)
 
 use std::collections::HashMap;
 
@@ -35,6 +51,9 @@ pub const DEFAULT_TASK_SECONDS: f64 = 60.0;
 pub const DEADLINE_WEIGHT: f64 = 100.0;
 /// Safety factor on estimated finish times when checking a deadline (estimates are rough).
 pub const RISK_FACTOR: f64 = 1.2;
+pub use suanli_shared::regions::{DEFAULT_PATIENCE, DEFAULT_VALUE_OF_HOUR};
+/// Points of priority that double a job's default value of an hour.
+pub const PRIORITY_DOUBLING: f64 = 5.0;
 /// Weight of a policy's secondary terms: they only break near-ties of the main term.
 const TIE: f64 = 1e-3;
 /// Added to the score of a task that would start a new transfer, so that when all else is
@@ -66,6 +85,81 @@ impl Weights {
             carbon,
         }
     }
+}
+
+/// The prices a job's placement weighs beyond the catalog's figures, resolved from the job's
+/// spec and the farm's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Terms {
+    /// `cheapest` and `greenest`: the job may finish at most this many times later than it
+    /// would under `fastest` (at least 1).
+    pub patience: f64,
+    /// `balanced`: what an hour of the job's delay is worth, in the catalog's currency.
+    pub value_of_hour: f64,
+    /// `balanced`: the price of a tonne of CO2, in the catalog's currency (0: carbon is free).
+    pub carbon_per_tonne: f64,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Self {
+            patience: DEFAULT_PATIENCE,
+            value_of_hour: DEFAULT_VALUE_OF_HOUR,
+            carbon_per_tonne: 0.0,
+        }
+    }
+}
+
+impl Terms {
+    /// The default value of an hour for a job of `priority`, given the farm's value at
+    /// priority 0: doubled every [`PRIORITY_DOUBLING`] points (halved below 0).
+    pub fn value_of_hour_at(base: f64, priority: i32) -> f64 {
+        let p = f64::from(priority.clamp(-50, 50));
+        base * (p / PRIORITY_DOUBLING).exp2()
+    }
+
+    /// The patience actually applied: at least 1, and 1 for anything not a number.
+    fn patience(&self) -> f64 {
+        if self.patience.is_finite() && self.patience >= 1.0 {
+            self.patience
+        } else {
+            1.0
+        }
+    }
+}
+
+/// One job's figures for [`fastest_completion_secs`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    pub priority: i32,
+    /// Tasks not finished (ready or in flight).
+    pub tasks: f64,
+    /// Wall seconds of one task at speed 1.
+    pub wall_seconds: f64,
+}
+
+/// Seconds until job `of` would finish if every job were placed for speed: the farm serves
+/// higher priorities first and shares its slots fairly among jobs of equal priority, so `of`
+/// finishes once the higher jobs are done and each equal job has had as much slot time as `of`
+/// needs, or all it needs if less (processor sharing). `rate`: the slot-seconds at speed 1 the
+/// farm renders per second (its live slots times their speeds).
+pub fn fastest_completion_secs(of: &Backlog, all: &[Backlog], rate: f64) -> f64 {
+    if rate <= 0.0 {
+        return f64::INFINITY;
+    }
+    let own = of.tasks * of.wall_seconds;
+    let work: f64 = all
+        .iter()
+        .map(|b| {
+            let theirs = b.tasks * b.wall_seconds;
+            match b.priority.cmp(&of.priority) {
+                std::cmp::Ordering::Greater => theirs,
+                std::cmp::Ordering::Equal => theirs.min(own),
+                std::cmp::Ordering::Less => 0.0,
+            }
+        })
+        .sum();
+    work / rate
 }
 
 /// What one task of a job takes on a region of speed 1 (the farm's reference).
@@ -177,15 +271,31 @@ impl WaitModel {
     }
 }
 
+/// What the job's policy is given beyond its candidates: when it is due and what time is
+/// worth to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Due {
+    /// Seconds from now to the job's deadline (negative when already past).
+    pub deadline_in: Option<f64>,
+    /// Seconds from now until the job would finish under `fastest`
+    /// ([`fastest_completion_secs`]); `None` when unknown.
+    pub fastest_in: Option<f64>,
+    /// Slots the job can spread over at most (see the module docs).
+    pub width: f64,
+}
+
 /// Scores options for one job among its candidate regions (lower is better).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scorer {
-    weights: Weights,
-    money_ref: f64,
+    /// Score per unit of money, per second of finish and per kg of CO2.
+    per_money: f64,
+    per_sec: f64,
+    per_kg: f64,
+    /// Mean zero-wait seconds over the candidates (the unit of lateness).
     secs_ref: f64,
-    carbon_ref: f64,
-    /// Seconds from now to the deadline (negative when already past).
-    deadline_in: Option<f64>,
+    /// Seconds from now by which every task should finish: the deadline with its safety
+    /// factor, or the patience bound, whichever is earlier.
+    due_in: Option<f64>,
 }
 
 fn mean_or_one(sum: f64, n: usize) -> f64 {
@@ -199,11 +309,12 @@ fn mean_or_one(sum: f64, n: usize) -> f64 {
 
 impl Scorer {
     /// `candidates`: the zero-wait estimates of every region the job may use now; their means
-    /// make the terms unitless. `deadline_in`: seconds from now to the job's deadline.
+    /// make the terms unitless. `terms` and `due`: the job's prices and time figures.
     pub fn new<'a>(
         policy: Policy,
         candidates: impl IntoIterator<Item = &'a Estimate>,
-        deadline_in: Option<f64>,
+        terms: &Terms,
+        due: &Due,
     ) -> Self {
         let (mut money, mut secs, mut carbon, mut n) = (0.0, 0.0, 0.0, 0);
         for e in candidates {
@@ -212,28 +323,63 @@ impl Scorer {
             carbon += e.carbon_kg;
             n += 1;
         }
+        let (money_ref, secs_ref, carbon_ref) = (
+            mean_or_one(money, n),
+            mean_or_one(secs, n),
+            mean_or_one(carbon, n),
+        );
+        let (per_money, per_sec, per_kg) = match policy {
+            Policy::Balanced => (
+                1.0 / money_ref,
+                terms.value_of_hour.max(0.0) / 3600.0 / due.width.max(1.0) / money_ref,
+                terms.carbon_per_tonne.max(0.0) / 1000.0 / money_ref,
+            ),
+            _ => {
+                let w = Weights::of(policy);
+                (
+                    w.money / money_ref,
+                    w.time / secs_ref,
+                    w.carbon / carbon_ref,
+                )
+            }
+        };
+        let by_deadline = due.deadline_in.map(|d| d / RISK_FACTOR);
+        let by_patience = match policy {
+            Policy::Cheapest | Policy::Greenest => due
+                .fastest_in
+                .filter(|f| f.is_finite())
+                .map(|f| f * terms.patience()),
+            Policy::Balanced | Policy::Fastest => None,
+        };
+        let due_in = match (by_deadline, by_patience) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Self {
-            weights: Weights::of(policy),
-            money_ref: mean_or_one(money, n),
-            secs_ref: mean_or_one(secs, n),
-            carbon_ref: mean_or_one(carbon, n),
-            deadline_in,
+            per_money,
+            per_sec,
+            per_kg,
+            secs_ref,
+            due_in,
         }
+    }
+
+    /// Seconds from now by which the job's tasks should finish, if anything bounds them.
+    pub fn due_in(&self) -> Option<f64> {
+        self.due_in
     }
 
     /// The part of the score that does not depend on when the task finishes.
     fn fixed(&self, e: &Estimate) -> f64 {
-        self.weights.money * e.money / self.money_ref
-            + self.weights.carbon * e.carbon_kg / self.carbon_ref
+        self.per_money * e.money
+            + self.per_kg * e.carbon_kg
             + if e.fetches { FETCH_TIE } else { 0.0 }
     }
 
     /// The penalty for finishing `finish` seconds from now.
     fn late(&self, finish: f64) -> f64 {
-        match self.deadline_in {
-            Some(d) if RISK_FACTOR * finish > d => {
-                DEADLINE_WEIGHT * (1.0 + (RISK_FACTOR * finish - d) / self.secs_ref)
-            }
+        match self.due_in {
+            Some(d) if finish > d => DEADLINE_WEIGHT * (1.0 + (finish - d) / self.secs_ref),
             _ => 0.0,
         }
     }
@@ -241,11 +387,11 @@ impl Scorer {
     /// Score of running the task of `e` after waiting `wait_secs` for a slot.
     pub fn score(&self, e: &Estimate, wait_secs: f64) -> f64 {
         let finish = wait_secs + e.secs();
-        self.fixed(e) + self.weights.time * finish / self.secs_ref + self.late(finish)
+        self.fixed(e) + self.per_sec * finish + self.late(finish)
     }
 
-    /// Whether finishing the task of `e` after waiting `wait_secs` would put the deadline at
-    /// risk.
+    /// Whether finishing the task of `e` after waiting `wait_secs` would break the job's
+    /// deadline (with its safety factor) or its patience bound.
     pub fn at_risk(&self, e: &Estimate, wait_secs: f64) -> bool {
         self.late(wait_secs + e.secs()) > 0.0
     }
@@ -264,15 +410,21 @@ impl Scorer {
     ) -> f64 {
         // Latest finish (seconds from now) that still scores below the threshold.
         let a = self.fixed(e);
-        let c = self.weights.time / self.secs_ref;
-        let on_time = (threshold - a) / c;
-        let latest = match self.deadline_in {
-            Some(d) if on_time > d / RISK_FACTOR => {
-                // Past d / R the score jumps by the penalty and rises faster.
-                let slope = c + DEADLINE_WEIGHT * RISK_FACTOR / self.secs_ref;
+        let c = self.per_sec;
+        let on_time = if c > 0.0 {
+            (threshold - a) / c
+        } else if a < threshold {
+            f64::INFINITY
+        } else {
+            f64::NEG_INFINITY
+        };
+        let latest = match self.due_in {
+            Some(d) if on_time > d => {
+                // Past d the score jumps by the penalty and rises faster.
+                let slope = c + DEADLINE_WEIGHT / self.secs_ref;
                 let late =
                     (threshold - a - DEADLINE_WEIGHT + DEADLINE_WEIGHT * d / self.secs_ref) / slope;
-                late.max(d / RISK_FACTOR)
+                late.max(d)
             }
             _ => on_time,
         };
@@ -283,6 +435,9 @@ impl Scorer {
             } else {
                 0.0
             };
+        }
+        if latest.is_infinite() {
+            return if latest > 0.0 { f64::INFINITY } else { 0.0 };
         }
         // wait(k) = render (q + k + 1) / (L + 1) < latest - secs  <=>  k < k_end
         let k_end =
@@ -341,228 +496,4 @@ impl SpeedBook {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn region(name: &str, price: f64) -> RegionProfile {
-        let mut p = RegionProfile::neutral(name.parse().unwrap());
-        p.price_per_core_hour = price;
-        p
-    }
-
-    fn needs(secs: f64, bytes: u64) -> TaskNeeds {
-        TaskNeeds {
-            core_seconds: secs,
-            wall_seconds: secs,
-            input_bytes: bytes,
-        }
-    }
-
-    #[test]
-    fn estimates_follow_price_speed_and_transfer() {
-        let mut p = region("guian", 0.36);
-        p.egress_per_gb = 0.5;
-        p.bandwidth_mbps = 800.0;
-        p.watts_per_core = 10.0;
-        p.pue = 1.2;
-        p.carbon_g_per_kwh = 500.0;
-        let n = needs(3600.0, 2_000_000_000);
-        let cached = Estimate::new(&p, 1.0, &n, Inputs::Held, 1.0);
-        assert!((cached.money - 0.36).abs() < 1e-12);
-        assert_eq!(cached.transfer_secs, 0.0);
-        assert!(
-            (cached.carbon_kg - 0.006).abs() < 1e-12,
-            "1 core-h x 10 W x 1.2 x 500 g"
-        );
-        let fast = Estimate::new(&p, 2.0, &n, Inputs::Held, 1.0);
-        assert!(
-            (fast.money - 0.18).abs() < 1e-12,
-            "twice as fast bills half"
-        );
-        assert_eq!(fast.render_secs, 1800.0);
-        let missing = Inputs::Missing {
-            link_busy_secs: 0.0,
-        };
-        let cold = Estimate::new(&p, 1.0, &n, missing, 1.0);
-        assert!(
-            (cold.money - (0.36 + 1.0)).abs() < 1e-12,
-            "2 GB x 0.5 egress"
-        );
-        let shared = Estimate::new(&p, 1.0, &n, missing, 4.0);
-        assert!(
-            (shared.money - (0.36 + 0.25)).abs() < 1e-12,
-            "paid once for 4 tasks"
-        );
-        assert_eq!(
-            shared.transfer_secs, cold.transfer_secs,
-            "but the first waits for all"
-        );
-        let queued = Inputs::Missing {
-            link_busy_secs: 100.0,
-        };
-        let behind = Estimate::new(&p, 1.0, &n, queued, 1.0);
-        assert!(
-            (behind.transfer_secs - 120.0).abs() < 1e-9,
-            "after the link's backlog"
-        );
-        let coming = Estimate::new(&p, 1.0, &n, Inputs::Arriving { secs: 7.0 }, 1.0);
-        assert_eq!(
-            (coming.money, coming.transfer_secs),
-            (0.36, 7.0),
-            "already paid for"
-        );
-        assert!(
-            (cold.transfer_secs - 20.0).abs() < 1e-9,
-            "16 Gbit over 800 Mbit/s"
-        );
-        assert_eq!(cold.secs(), 3620.0);
-        let odd = Estimate::new(&p, f64::NAN, &n, Inputs::Held, 1.0);
-        assert_eq!(odd.render_secs, 3600.0, "an unknown speed counts as 1");
-    }
-
-    #[test]
-    fn each_policy_prefers_its_own_term() {
-        let cheap_slow = Estimate {
-            money: 1.0,
-            carbon_kg: 3.0,
-            transfer_secs: 0.0,
-            render_secs: 300.0,
-            fetches: false,
-        };
-        let dear_fast = Estimate {
-            money: 3.0,
-            carbon_kg: 2.0,
-            transfer_secs: 0.0,
-            render_secs: 100.0,
-            fetches: false,
-        };
-        let green = Estimate {
-            money: 2.0,
-            carbon_kg: 0.5,
-            transfer_secs: 0.0,
-            render_secs: 150.0,
-            fetches: false,
-        };
-        let all = [cheap_slow, dear_fast, green];
-        let best = |policy| {
-            let s = Scorer::new(policy, &all, None);
-            let scores: Vec<f64> = all.iter().map(|e| s.score(e, 0.0)).collect();
-            (0..3)
-                .min_by(|a, b| scores[*a].total_cmp(&scores[*b]))
-                .unwrap()
-        };
-        assert_eq!(best(Policy::Cheapest), 0);
-        assert_eq!(best(Policy::Fastest), 1);
-        assert_eq!(best(Policy::Greenest), 2);
-        // Balanced: money/2 + secs/183.3 -> 0.5+1.64, 1.5+0.55, 1.0+0.82: the green one.
-        assert_eq!(best(Policy::Balanced), 2);
-    }
-
-    #[test]
-    fn deadline_risk_outweighs_everything_else() {
-        let cheap_slow = Estimate {
-            money: 1.0,
-            carbon_kg: 0.0,
-            transfer_secs: 0.0,
-            render_secs: 1000.0,
-            fetches: false,
-        };
-        let dear_fast = Estimate {
-            money: 10.0,
-            carbon_kg: 0.0,
-            transfer_secs: 0.0,
-            render_secs: 100.0,
-            fetches: false,
-        };
-        let all = [cheap_slow, dear_fast];
-        let relaxed = Scorer::new(Policy::Cheapest, &all, Some(10_000.0));
-        assert!(relaxed.score(&cheap_slow, 0.0) < relaxed.score(&dear_fast, 0.0));
-        assert!(!relaxed.at_risk(&cheap_slow, 0.0));
-        let tight = Scorer::new(Policy::Cheapest, &all, Some(1000.0));
-        assert!(tight.at_risk(&cheap_slow, 0.0), "1.2 x 1000 s > 1000 s");
-        assert!(tight.score(&dear_fast, 0.0) < tight.score(&cheap_slow, 0.0));
-        // Both late: the less late one wins.
-        let past = Scorer::new(Policy::Cheapest, &all, Some(-5.0));
-        assert!(past.score(&dear_fast, 0.0) < past.score(&cheap_slow, 0.0));
-    }
-
-    #[test]
-    fn waiting_counts_match_scoring_one_by_one() {
-        let cheap = Estimate {
-            money: 1.0,
-            carbon_kg: 0.0,
-            transfer_secs: 5.0,
-            render_secs: 100.0,
-            fetches: false,
-        };
-        let dear = Estimate {
-            money: 2.0,
-            carbon_kg: 0.0,
-            transfer_secs: 0.0,
-            render_secs: 100.0,
-            fetches: false,
-        };
-        let queue = WaitModel {
-            queued: 2.0,
-            live_slots: 7.0,
-        };
-        for policy in Policy::ALL {
-            for deadline in [None, Some(400.0), Some(150.0), Some(90.0)] {
-                let s = Scorer::new(policy, &[cheap, dear], deadline);
-                let t = s.score(&dear, 0.0);
-                for from in [0.0, 3.0] {
-                    let closed = s.waiting_below(&cheap, &queue, from, t);
-                    let mut k = from;
-                    while k < from + 100_000.0
-                        && s.score(&cheap, queue.wait_secs(cheap.render_secs, k)) < t
-                    {
-                        k += 1.0;
-                    }
-                    assert_eq!(
-                        closed,
-                        k - from,
-                        "{policy} deadline {deadline:?} from {from}"
-                    );
-                }
-            }
-        }
-        // Balanced waits for a few tasks, cheapest for many, fastest for none.
-        let count = |policy| {
-            let s = Scorer::new(policy, &[cheap, dear], None);
-            s.waiting_below(&cheap, &queue, 0.0, s.score(&dear, 0.0))
-        };
-        assert_eq!(count(Policy::Fastest), 0.0);
-        let (b, c) = (count(Policy::Balanced), count(Policy::Cheapest));
-        assert!(b > 0.0 && c > 100.0 * b, "balanced {b}, cheapest {c}");
-        let free = Estimate {
-            render_secs: 0.0,
-            ..cheap
-        };
-        let s = Scorer::new(Policy::Cheapest, &[free, dear], None);
-        assert!(s
-            .waiting_below(&free, &queue, 0.0, s.score(&dear, 0.0))
-            .is_infinite());
-    }
-
-    #[test]
-    fn speeds_are_learned_per_region_and_renderer() {
-        let mut book = SpeedBook::default();
-        let g: Region = "guian".parse().unwrap();
-        let u: Region = "ulanqab".parse().unwrap();
-        assert_eq!(book.factor(&g, "blender"), 1.0);
-        for _ in 0..10 {
-            book.record(&g, "blender", 100.0, 50.0);
-            book.record(&u, "blender", 100.0, 125.0);
-        }
-        book.record(&g, "blender", 0.0, 10.0);
-        assert!((book.factor(&g, "blender") - 2.0).abs() < 1e-9);
-        assert!((book.factor(&u, "blender") - 0.8).abs() < 1e-9);
-        assert_eq!(book.factor(&g, "builtin"), 1.0);
-        // A change of hardware shows through within the window.
-        for _ in 0..200 {
-            book.record(&g, "blender", 100.0, 100.0);
-        }
-        assert!((book.factor(&g, "blender") - 1.0).abs() < 0.01);
-        assert_eq!(clamp_speed(1e9), 20.0);
-    }
-}
+mod tests;

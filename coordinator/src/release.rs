@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use crate::actor::Coordinator;
 use crate::dispatch::{self, JobView, RegionView};
 use crate::learned::Learned;
+use crate::placement::Terms;
 use crate::state::{self, Job};
 
 /// What the live workers offer a round: per region with live, non-draining workers, their
@@ -119,6 +120,7 @@ pub fn plan_round(
         view.policy = rec.spec.placement.policy.unwrap_or(catalog.policy);
         view.deadline_ms = rec.spec.placement.deadline_ms;
         view.max_slots = rec.spec.placement.max_slots;
+        view.terms = terms_of(rec, catalog);
         view.renderer = rec.spec.renderer.kind().to_string();
         view.inputs = (rec.input_bytes > 0).then_some(rec.spec.inputs);
         view.needs = learned.needs(rec);
@@ -156,6 +158,19 @@ pub fn plan_round(
             region: r.region,
         })
         .collect()
+}
+
+/// A job's placement terms: its own patience and value of an hour, or the farm's (the value
+/// scaled by the job's priority), and the farm's carbon price.
+pub fn terms_of(rec: &JobRecord, catalog: &RegionCatalog) -> Terms {
+    let placement = &rec.spec.placement;
+    Terms {
+        patience: placement.patience.unwrap_or(catalog.patience),
+        value_of_hour: placement
+            .value_of_hour
+            .unwrap_or_else(|| Terms::value_of_hour_at(catalog.value_of_hour, rec.spec.priority)),
+        carbon_per_tonne: catalog.carbon_price_per_tonne,
+    }
 }
 
 /// The regions a job may be released to now, when its blocklist narrows them: the allowed

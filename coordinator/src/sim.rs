@@ -27,7 +27,7 @@ use std::time::Instant;
 use suanli_shared::protocol::Policy;
 
 pub use engine::run_scenario;
-pub use report::{JobReport, PolicyRun, RegionReport, SimReport};
+pub use report::{dominated, JobReport, PolicyRun, RegionReport, SimReport};
 pub use scenario::{Scenario, ScenarioError, SimJob, SimRegion};
 
 fn secs_to_ms(s: f64) -> u64 {
@@ -121,8 +121,10 @@ input_gb = 20.0
     fn policies_trade_money_time_and_carbon() {
         let s = small();
         let run = |p| run_scenario(&s, p);
+        let mut patient = small();
+        patient.terms.patience = 100.0;
         let (cheap, fast, green, bal) = (
-            run(Policy::Cheapest),
+            run_scenario(&patient, Policy::Cheapest),
             run(Policy::Fastest),
             run(Policy::Greenest),
             run(Policy::Balanced),
@@ -131,8 +133,13 @@ input_gb = 20.0
         assert!(fast.makespan_s <= cheap.makespan_s);
         assert!(green.carbon_kg < fast.carbon_kg);
         assert!(bal.cost <= fast.cost && bal.makespan_s <= cheap.makespan_s);
-        // Cheapest keeps to the cheap region: the dear one renders nothing.
+        // Cheapest with all the patience in the world keeps to the cheap region: the dear one
+        // renders nothing. With the default patience it uses both, within 1.5 x fastest.
         assert_eq!(cheap.regions[1].tasks, 0, "{cheap:?}");
+        let bounded = run(Policy::Cheapest);
+        assert!(bounded.regions[1].tasks > 0, "{bounded:?}");
+        assert!(bounded.makespan_s <= 1.5 * fast.makespan_s, "{bounded:?}");
+        assert!(bounded.cost < fast.cost && bounded.cost > cheap.cost);
         // Guian lacked the inputs: whoever used it moved them exactly once.
         for r in [&cheap, &fast, &green, &bal] {
             let moved = r.regions[0].gb_in;
@@ -143,9 +150,10 @@ input_gb = 20.0
 
     #[test]
     fn deadlines_make_cheapest_spend() {
-        let relaxed = run_scenario(&small(), Policy::Cheapest);
-        let fastest = run_scenario(&small(), Policy::Fastest);
         let mut s = small();
+        s.terms.patience = 100.0;
+        let relaxed = run_scenario(&s, Policy::Cheapest);
+        let fastest = run_scenario(&s, Policy::Fastest);
         // Between what the cheap region alone and the whole farm take.
         let deadline = (relaxed.makespan_s + fastest.makespan_s) / 2.0;
         s.jobs[0].deadline_s = Some(deadline);
@@ -202,6 +210,33 @@ input_gb = 20.0
                 .contains("'mars' is not in the scenario")
         );
         assert!(bad(&SMALL.replace("seed = 7", "seed = 7\nsed = 1")).contains("line 6"));
+        assert!(bad(&SMALL.replace("seed = 7", "seed = 7\npatience = 0.9")).contains("patience"));
+        assert!(
+            bad(&SMALL.replace("seed = 7", "seed = 7\ncarbon_price_per_tonne = -1"))
+                .contains("carbon_price_per_tonne")
+        );
+        assert!(
+            bad(&SMALL.replace("input_gb = 20.0", "input_gb = 20.0\nvalue_of_hour = -5"))
+                .contains("job 'shot': value_of_hour")
+        );
+    }
+
+    #[test]
+    fn a_policy_is_dominated_only_when_worse_on_all_three() {
+        let s = small();
+        let fast = run_scenario(&s, Policy::Fastest);
+        let mut worse = fast.clone();
+        worse.policy = Policy::Greenest;
+        worse.cost += 1.0;
+        worse.carbon_kg += 1.0;
+        assert!(dominated(&[&fast, &worse]).is_empty(), "equal makespan");
+        worse.makespan_s += 1.0;
+        assert_eq!(
+            dominated(&[&fast, &worse]),
+            [(Policy::Greenest, Policy::Fastest)]
+        );
+        worse.carbon_kg -= 2.0;
+        assert!(dominated(&[&fast, &worse]).is_empty(), "greener");
     }
 
     #[test]

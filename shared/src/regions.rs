@@ -162,6 +162,8 @@ pub enum CatalogError {
     Duplicate(Region),
     #[error("region catalog: currency '{0}' must be 1 to 8 letters, like CNY or USD")]
     Currency(String),
+    #[error("region catalog: {0}")]
+    Terms(String),
 }
 
 /// The catalog file: a currency, the farm's default placement policy and `[[region]]` tables.
@@ -172,8 +174,28 @@ struct CatalogFile {
     currency: String,
     #[serde(default)]
     policy: Policy,
+    #[serde(default = "default_patience")]
+    patience: f64,
+    #[serde(default = "default_value_of_hour")]
+    value_of_hour: f64,
+    #[serde(default)]
+    carbon_price_per_tonne: f64,
     #[serde(default)]
     region: Vec<RegionProfile>,
+}
+
+/// How much longer than `fastest` a job under `cheapest` or `greenest` may take, when neither
+/// the job nor the catalog says.
+pub const DEFAULT_PATIENCE: f64 = 1.5;
+/// Value of an hour of a job's delay at priority 0, in the catalog's currency, when neither
+/// the job nor the catalog says.
+pub const DEFAULT_VALUE_OF_HOUR: f64 = 1000.0;
+
+fn default_patience() -> f64 {
+    DEFAULT_PATIENCE
+}
+fn default_value_of_hour() -> f64 {
+    DEFAULT_VALUE_OF_HOUR
 }
 
 fn default_currency() -> String {
@@ -194,6 +216,13 @@ pub struct RegionCatalog {
     pub currency: String,
     /// Placement policy of jobs that name none.
     pub policy: Policy,
+    /// `cheapest` and `greenest` jobs that set no patience may take this many times longer
+    /// than `fastest` (at least 1).
+    pub patience: f64,
+    /// `balanced`: what an hour of delay of a priority-0 job is worth (jobs that set none).
+    pub value_of_hour: f64,
+    /// `balanced`: the price of a tonne of CO2 (0: carbon weighs nothing).
+    pub carbon_price_per_tonne: f64,
     regions: BTreeMap<Region, RegionProfile>,
 }
 
@@ -202,6 +231,9 @@ impl Default for RegionCatalog {
         Self {
             currency: default_currency(),
             policy: Policy::default(),
+            patience: DEFAULT_PATIENCE,
+            value_of_hour: DEFAULT_VALUE_OF_HOUR,
+            carbon_price_per_tonne: 0.0,
             regions: BTreeMap::new(),
         }
     }
@@ -232,6 +264,9 @@ impl RegionCatalog {
         Ok(Self {
             currency,
             policy,
+            patience: DEFAULT_PATIENCE,
+            value_of_hour: DEFAULT_VALUE_OF_HOUR,
+            carbon_price_per_tonne: 0.0,
             regions,
         })
     }
@@ -243,7 +278,40 @@ impl RegionCatalog {
             line: toml_error_line(text, &e),
             message: e.message().trim().to_string(),
         })?;
-        Self::new(file.currency, file.policy, file.region)
+        let mut catalog = Self::new(file.currency, file.policy, file.region)?;
+        catalog.set_terms(
+            file.patience,
+            file.value_of_hour,
+            file.carbon_price_per_tonne,
+        )?;
+        Ok(catalog)
+    }
+
+    /// Sets the farm's placement terms, checked: patience at least 1, no negative price.
+    pub fn set_terms(
+        &mut self,
+        patience: f64,
+        value_of_hour: f64,
+        carbon_price_per_tonne: f64,
+    ) -> Result<(), CatalogError> {
+        let bad = |m: String| Err(CatalogError::Terms(m));
+        if !(patience >= 1.0 && patience.is_finite()) {
+            return bad(format!(
+                "patience {patience} must be at least 1 (1.5: up to half as long again as fastest)"
+            ));
+        }
+        if !(value_of_hour >= 0.0 && value_of_hour.is_finite()) {
+            return bad(format!("value_of_hour {value_of_hour} cannot be negative"));
+        }
+        if !(carbon_price_per_tonne >= 0.0 && carbon_price_per_tonne.is_finite()) {
+            return bad(format!(
+                "carbon_price_per_tonne {carbon_price_per_tonne} cannot be negative"
+            ));
+        }
+        self.patience = patience;
+        self.value_of_hour = value_of_hour;
+        self.carbon_price_per_tonne = carbon_price_per_tonne;
+        Ok(())
     }
 
     /// Reads and checks a catalog file.
@@ -372,6 +440,19 @@ pue = 1.47
         assert!(e.contains("line 5") && e.contains("prise"), "{e}");
         let e = err("currency = \"\"\n");
         assert!(e.contains("currency"), "{e}");
+        let e = err("patience = 0.8\n");
+        assert!(e.contains("patience 0.8 must be at least 1"), "{e}");
+        let e = err("carbon_price_per_tonne = -50.0\n");
+        assert!(
+            e.contains("carbon_price_per_tonne -50 cannot be negative"),
+            "{e}"
+        );
+        let e = err("value_of_hour = -1.0\n");
+        assert!(e.contains("value_of_hour -1 cannot be negative"), "{e}");
+        let c = RegionCatalog::from_toml("patience = 2.0\ncarbon_price_per_tonne = 80.0\n", "t")
+            .unwrap();
+        assert_eq!((c.patience, c.carbon_price_per_tonne), (2.0, 80.0));
+        assert_eq!(c.value_of_hour, DEFAULT_VALUE_OF_HOUR);
         let e = err("policy = \"cheap\"\n");
         assert!(e.contains("cheap"), "{e}");
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
-use suanli_coordinator::sim::{PolicyRun, Scenario, SimReport};
+use suanli_coordinator::sim::{dominated, PolicyRun, Scenario, SimReport};
 
 /// The text `suanli sim` prints: the scenario's description, each policy's report with the
 /// simulation's own effort, then the comparison table.
@@ -26,7 +26,24 @@ pub fn text(scenario: &Scenario, runs: &[PolicyRun]) -> String {
         ));
     }
     text.push_str(&comparison_table(runs));
+    text.push('\n');
+    text.push_str(&dominance_line(runs));
     text
+}
+
+/// Which policies another beats on cost, carbon and makespan at once ("none" when each is
+/// best at something).
+pub fn dominance_line(runs: &[PolicyRun]) -> String {
+    let reports: Vec<&SimReport> = runs.iter().map(|run| &run.report).collect();
+    let found = dominated(&reports);
+    if found.is_empty() {
+        return "dominated policies: none\n".to_string();
+    }
+    let list: Vec<String> = found
+        .iter()
+        .map(|(p, by)| format!("{p} (by {by}: dearer, dirtier and slower)"))
+        .collect();
+    format!("dominated policies: {}\n", list.join(", "))
 }
 
 /// `suanli sim --json`: the reports as a JSON array, one per policy.
@@ -227,7 +244,8 @@ deadline_s = 36000.0
             text.starts_with("pair: two regions, one shot\n\n"),
             "{text}"
         );
-        assert!(text.contains("plans, simulated in") && text.ends_with(&table));
+        assert!(text.contains("plans, simulated in") && text.contains(&table));
+        assert!(text.ends_with(&dominance_line(&runs)), "{text}");
         assert!(comparison_table(&[]).is_empty());
     }
 

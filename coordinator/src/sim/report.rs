@@ -68,3 +68,26 @@ pub struct PolicyRun {
     /// Wall-clock time of [`super::run_scenario`] for this policy.
     pub wall: Duration,
 }
+
+impl SimReport {
+    /// Whether `other` is better than this run on cost, carbon and makespan all at once: no one
+    /// choosing between the two policies would take this one.
+    pub fn dominated_by(&self, other: &SimReport) -> bool {
+        other.cost < self.cost
+            && other.carbon_kg < self.carbon_kg
+            && other.makespan_s < self.makespan_s
+    }
+}
+
+/// The runs some other run dominates, each with the first that does: `(dominated, by)`.
+pub fn dominated(reports: &[&SimReport]) -> Vec<(Policy, Policy)> {
+    reports
+        .iter()
+        .filter_map(|r| {
+            reports
+                .iter()
+                .find(|o| r.dominated_by(o))
+                .map(|o| (r.policy, o.policy))
+        })
+        .collect()
+}

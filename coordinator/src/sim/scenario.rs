@@ -10,6 +10,7 @@ use suanli_shared::regions::{RegionCatalog, RegionProfile};
 use suanli_shared::Region;
 
 use super::secs_to_ms;
+use crate::placement::{Terms, DEFAULT_PATIENCE, DEFAULT_VALUE_OF_HOUR};
 
 /// Why a scenario was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -87,6 +88,13 @@ pub struct SimJob {
     /// The job's own policy; otherwise the policy being simulated.
     #[serde(default)]
     pub policy: Option<Policy>,
+    /// The job's patience (`cheapest`, `greenest`); otherwise the scenario's.
+    #[serde(default)]
+    pub patience: Option<f64>,
+    /// What an hour of the job's delay is worth (`balanced`); otherwise the scenario's, scaled
+    /// by priority.
+    #[serde(default)]
+    pub value_of_hour: Option<f64>,
     #[serde(default = "default_renderer")]
     pub renderer: String,
     /// Submit this job `repeat` times, `every_s` apart (named `NAME-1`, `NAME-2`, …), like a
@@ -113,6 +121,12 @@ struct ScenarioFile {
     seed: u64,
     #[serde(default = "default_tick")]
     tick_s: f64,
+    #[serde(default = "default_patience")]
+    patience: f64,
+    #[serde(default = "default_value_of_hour")]
+    value_of_hour: f64,
+    #[serde(default)]
+    carbon_price_per_tonne: f64,
     region: Vec<RegionFile>,
     job: Vec<SimJob>,
 }
@@ -128,6 +142,12 @@ fn default_seed() -> u64 {
 }
 fn default_tick() -> f64 {
     0.5
+}
+fn default_patience() -> f64 {
+    DEFAULT_PATIENCE
+}
+fn default_value_of_hour() -> f64 {
+    DEFAULT_VALUE_OF_HOUR
 }
 
 /// A region of a checked scenario.
@@ -150,6 +170,9 @@ pub struct Scenario {
     pub seed: u64,
     /// Planning interval, milliseconds.
     pub tick_ms: u64,
+    /// The farm's placement terms, as a region catalog gives them: patience, value of an hour
+    /// at priority 0 and carbon price.
+    pub terms: Terms,
     pub regions: Vec<SimRegion>,
     pub jobs: Vec<SimJob>,
 }
@@ -180,6 +203,11 @@ impl Scenario {
                 file.jitter
             ));
         }
+        let terms = Terms {
+            patience: file.patience,
+            value_of_hour: file.value_of_hour,
+            carbon_per_tonne: file.carbon_price_per_tonne,
+        };
         let mut regions = Vec::new();
         for r in file.region {
             let mut p = RegionProfile::neutral(r.name.clone());
@@ -206,12 +234,13 @@ impl Scenario {
                 cached: r.cached,
             });
         }
-        // The catalog's checks: figures in range, unique names.
-        RegionCatalog::new(
+        // The catalog's checks: figures in range, unique names, placement terms.
+        let mut catalog = RegionCatalog::new(
             file.currency.clone(),
             Policy::default(),
             regions.iter().map(|r| r.profile.clone()),
         )?;
+        catalog.set_terms(terms.patience, terms.value_of_hour, terms.carbon_per_tonne)?;
         let mut jobs = Vec::new();
         for j in file.job {
             if j.repeat == 0 || j.repeat > 100_000 || !(j.every_s >= 0.0 && j.every_s.is_finite()) {
@@ -256,6 +285,14 @@ impl Scenario {
             if j.max_slots == Some(0) {
                 return bad("max_slots must be at least 1");
             }
+            if let Err(e) = catalog.clone().set_terms(
+                j.patience.unwrap_or(terms.patience),
+                j.value_of_hour.unwrap_or(terms.value_of_hour),
+                terms.carbon_per_tonne,
+            ) {
+                let e = e.to_string();
+                return bad(e.trim_start_matches("region catalog: "));
+            }
             if let Some(r) = j
                 .regions
                 .iter()
@@ -276,6 +313,7 @@ impl Scenario {
             jitter: file.jitter,
             seed: file.seed,
             tick_ms: secs_to_ms(file.tick_s).max(1),
+            terms,
             regions,
             jobs,
         })

@@ -81,6 +81,14 @@ pub struct Placement {
     /// job cannot take the whole farm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_slots: Option<u32>,
+    /// `cheapest` and `greenest`: how many times longer than `fastest` the job may take for
+    /// its saving (at least 1). `None`: the farm's (the region catalog's `patience`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<f64>,
+    /// `balanced`: what an hour of this job's delay is worth, in the catalog's currency.
+    /// `None`: the farm's value, doubled every 5 points of priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_of_hour: Option<f64>,
 }
 
 /// Deadlines are accepted between 2000-01-01 and 3000-01-01 (Unix ms): outside that, the
@@ -138,6 +146,10 @@ pub enum SpecError {
     Timeout,
     #[error("max_slots must be at least 1 (leave it out for no cap)")]
     MaxSlots,
+    #[error("patience {0} must be at least 1 (1.5: up to half as long again as fastest)")]
+    Patience(f64),
+    #[error("value_of_hour {0} must be a number, 0 or more")]
+    ValueOfHour(f64),
     #[error("deadline {0} is not a Unix time in milliseconds between the years 2000 and 3000 (seconds given by mistake?)")]
     Deadline(u64),
 }
@@ -166,6 +178,20 @@ impl JobSpec {
         }
         if self.placement.max_slots == Some(0) {
             return Err(SpecError::MaxSlots);
+        }
+        if let Some(p) = self
+            .placement
+            .patience
+            .filter(|p| !(*p >= 1.0 && p.is_finite()))
+        {
+            return Err(SpecError::Patience(p));
+        }
+        if let Some(v) = self
+            .placement
+            .value_of_hour
+            .filter(|v| !(*v >= 0.0 && v.is_finite()))
+        {
+            return Err(SpecError::ValueOfHour(v));
         }
         if let Some(d) = self.placement.deadline_ms {
             if !DEADLINE_RANGE_MS.contains(&d) {
@@ -266,6 +292,8 @@ pub(crate) mod tests {
             policy: Some(Policy::Greenest),
             deadline_ms: Some(1_900_000_000_000),
             max_slots: Some(3),
+            patience: Some(2.0),
+            value_of_hour: Some(5000.0),
         };
         assert_eq!(keys(&b), base, "placement does not change pixels");
         let mut c = a.clone();
@@ -334,6 +362,7 @@ pub(crate) mod tests {
             policy: Some(Policy::Cheapest),
             deadline_ms: Some(1_900_000_000_000),
             max_slots: Some(8),
+            ..Placement::default()
         };
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["policy"], "cheapest");
@@ -343,6 +372,14 @@ pub(crate) mod tests {
         assert!(p.validate().is_ok());
         p.placement.max_slots = Some(0);
         assert_eq!(p.validate(), Err(SpecError::MaxSlots));
+        p.placement.max_slots = None;
+        p.placement.patience = Some(0.9);
+        assert_eq!(p.validate(), Err(SpecError::Patience(0.9)));
+        p.placement.patience = Some(2.0);
+        p.placement.value_of_hour = Some(-1.0);
+        assert_eq!(p.validate(), Err(SpecError::ValueOfHour(-1.0)));
+        p.placement.value_of_hour = Some(500.0);
+        assert_eq!(p.validate(), Ok(()));
         p.placement.max_slots = None;
         p.placement.deadline_ms = Some(1_900_000_000);
         assert!(p

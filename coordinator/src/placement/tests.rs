@@ -1,0 +1,253 @@
+//! The placement model's arithmetic: estimates, scores per policy, waiting and speeds.
+
+use super::*;
+
+/// A scorer with the default terms (or a value of an hour of `value_of_hour`), width 1 and no
+/// patience bound.
+fn scorer_at(
+    policy: Policy,
+    all: &[Estimate],
+    deadline_in: Option<f64>,
+    value_of_hour: f64,
+) -> Scorer {
+    let terms = Terms {
+        value_of_hour,
+        ..Terms::default()
+    };
+    let due = Due {
+        deadline_in,
+        fastest_in: None,
+        width: 1.0,
+    };
+    Scorer::new(policy, all, &terms, &due)
+}
+
+fn scorer(policy: Policy, all: &[Estimate], deadline_in: Option<f64>) -> Scorer {
+    scorer_at(policy, all, deadline_in, DEFAULT_VALUE_OF_HOUR)
+}
+
+fn region(name: &str, price: f64) -> RegionProfile {
+    let mut p = RegionProfile::neutral(name.parse().unwrap());
+    p.price_per_core_hour = price;
+    p
+}
+
+fn needs(secs: f64, bytes: u64) -> TaskNeeds {
+    TaskNeeds {
+        core_seconds: secs,
+        wall_seconds: secs,
+        input_bytes: bytes,
+    }
+}
+
+#[test]
+fn estimates_follow_price_speed_and_transfer() {
+    let mut p = region("guian", 0.36);
+    p.egress_per_gb = 0.5;
+    p.bandwidth_mbps = 800.0;
+    p.watts_per_core = 10.0;
+    p.pue = 1.2;
+    p.carbon_g_per_kwh = 500.0;
+    let n = needs(3600.0, 2_000_000_000);
+    let cached = Estimate::new(&p, 1.0, &n, Inputs::Held, 1.0);
+    assert!((cached.money - 0.36).abs() < 1e-12);
+    assert_eq!(cached.transfer_secs, 0.0);
+    assert!(
+        (cached.carbon_kg - 0.006).abs() < 1e-12,
+        "1 core-h x 10 W x 1.2 x 500 g"
+    );
+    let fast = Estimate::new(&p, 2.0, &n, Inputs::Held, 1.0);
+    assert!(
+        (fast.money - 0.18).abs() < 1e-12,
+        "twice as fast bills half"
+    );
+    assert_eq!(fast.render_secs, 1800.0);
+    let missing = Inputs::Missing {
+        link_busy_secs: 0.0,
+    };
+    let cold = Estimate::new(&p, 1.0, &n, missing, 1.0);
+    assert!(
+        (cold.money - (0.36 + 1.0)).abs() < 1e-12,
+        "2 GB x 0.5 egress"
+    );
+    let shared = Estimate::new(&p, 1.0, &n, missing, 4.0);
+    assert!(
+        (shared.money - (0.36 + 0.25)).abs() < 1e-12,
+        "paid once for 4 tasks"
+    );
+    assert_eq!(
+        shared.transfer_secs, cold.transfer_secs,
+        "but the first waits for all"
+    );
+    let queued = Inputs::Missing {
+        link_busy_secs: 100.0,
+    };
+    let behind = Estimate::new(&p, 1.0, &n, queued, 1.0);
+    assert!(
+        (behind.transfer_secs - 120.0).abs() < 1e-9,
+        "after the link's backlog"
+    );
+    let coming = Estimate::new(&p, 1.0, &n, Inputs::Arriving { secs: 7.0 }, 1.0);
+    assert_eq!(
+        (coming.money, coming.transfer_secs),
+        (0.36, 7.0),
+        "already paid for"
+    );
+    assert!(
+        (cold.transfer_secs - 20.0).abs() < 1e-9,
+        "16 Gbit over 800 Mbit/s"
+    );
+    assert_eq!(cold.secs(), 3620.0);
+    let odd = Estimate::new(&p, f64::NAN, &n, Inputs::Held, 1.0);
+    assert_eq!(odd.render_secs, 3600.0, "an unknown speed counts as 1");
+}
+
+#[test]
+fn each_policy_prefers_its_own_term() {
+    let cheap_slow = Estimate {
+        money: 1.0,
+        carbon_kg: 3.0,
+        transfer_secs: 0.0,
+        render_secs: 300.0,
+        fetches: false,
+    };
+    let dear_fast = Estimate {
+        money: 3.0,
+        carbon_kg: 2.0,
+        transfer_secs: 0.0,
+        render_secs: 100.0,
+        fetches: false,
+    };
+    let green = Estimate {
+        money: 2.0,
+        carbon_kg: 0.5,
+        transfer_secs: 0.0,
+        render_secs: 150.0,
+        fetches: false,
+    };
+    let all = [cheap_slow, dear_fast, green];
+    let best = |policy, value_of_hour| {
+        let s = scorer_at(policy, &all, None, value_of_hour);
+        let scores: Vec<f64> = all.iter().map(|e| s.score(e, 0.0)).collect();
+        (0..3)
+            .min_by(|a, b| scores[*a].total_cmp(&scores[*b]))
+            .unwrap()
+    };
+    let v = DEFAULT_VALUE_OF_HOUR;
+    assert_eq!(best(Policy::Cheapest, v), 0);
+    assert_eq!(best(Policy::Fastest, v), 1);
+    assert_eq!(best(Policy::Greenest, v), 2);
+    // Balanced: money + value_of_hour x hours. At 36 an hour (a cent a second): 1 + 3,
+    // 3 + 1, 2 + 1.5: the middle one; at 3.6 an hour the cheap one; at 3600 the fast one.
+    assert_eq!(best(Policy::Balanced, 36.0), 2);
+    assert_eq!(best(Policy::Balanced, 3.6), 0);
+    assert_eq!(best(Policy::Balanced, 3600.0), 1);
+}
+
+#[test]
+fn deadline_risk_outweighs_everything_else() {
+    let cheap_slow = Estimate {
+        money: 1.0,
+        carbon_kg: 0.0,
+        transfer_secs: 0.0,
+        render_secs: 1000.0,
+        fetches: false,
+    };
+    let dear_fast = Estimate {
+        money: 10.0,
+        carbon_kg: 0.0,
+        transfer_secs: 0.0,
+        render_secs: 100.0,
+        fetches: false,
+    };
+    let all = [cheap_slow, dear_fast];
+    let relaxed = scorer(Policy::Cheapest, &all, Some(10_000.0));
+    assert!(relaxed.score(&cheap_slow, 0.0) < relaxed.score(&dear_fast, 0.0));
+    assert!(!relaxed.at_risk(&cheap_slow, 0.0));
+    let tight = scorer(Policy::Cheapest, &all, Some(1000.0));
+    assert!(tight.at_risk(&cheap_slow, 0.0), "1.2 x 1000 s > 1000 s");
+    assert!(tight.score(&dear_fast, 0.0) < tight.score(&cheap_slow, 0.0));
+    // Both late: the less late one wins.
+    let past = scorer(Policy::Cheapest, &all, Some(-5.0));
+    assert!(past.score(&dear_fast, 0.0) < past.score(&cheap_slow, 0.0));
+}
+
+#[test]
+fn waiting_counts_match_scoring_one_by_one() {
+    let cheap = Estimate {
+        money: 1.0,
+        carbon_kg: 0.0,
+        transfer_secs: 5.0,
+        render_secs: 100.0,
+        fetches: false,
+    };
+    let dear = Estimate {
+        money: 2.0,
+        carbon_kg: 0.0,
+        transfer_secs: 0.0,
+        render_secs: 100.0,
+        fetches: false,
+    };
+    let queue = WaitModel {
+        queued: 2.0,
+        live_slots: 7.0,
+    };
+    for policy in Policy::ALL {
+        for deadline in [None, Some(400.0), Some(150.0), Some(90.0)] {
+            let s = scorer_at(policy, &[cheap, dear], deadline, 36.0);
+            let t = s.score(&dear, 0.0);
+            for from in [0.0, 3.0] {
+                let closed = s.waiting_below(&cheap, &queue, from, t);
+                let mut k = from;
+                while k < from + 100_000.0
+                    && s.score(&cheap, queue.wait_secs(cheap.render_secs, k)) < t
+                {
+                    k += 1.0;
+                }
+                assert_eq!(
+                    closed,
+                    k - from,
+                    "{policy} deadline {deadline:?} from {from}"
+                );
+            }
+        }
+    }
+    // Balanced waits for a few tasks, cheapest for many, fastest for none.
+    let count = |policy| {
+        let s = scorer_at(policy, &[cheap, dear], None, 36.0);
+        s.waiting_below(&cheap, &queue, 0.0, s.score(&dear, 0.0))
+    };
+    assert_eq!(count(Policy::Fastest), 0.0);
+    let (b, c) = (count(Policy::Balanced), count(Policy::Cheapest));
+    assert!(b > 0.0 && c > 100.0 * b, "balanced {b}, cheapest {c}");
+    let free = Estimate {
+        render_secs: 0.0,
+        ..cheap
+    };
+    let s = scorer(Policy::Cheapest, &[free, dear], None);
+    assert!(s
+        .waiting_below(&free, &queue, 0.0, s.score(&dear, 0.0))
+        .is_infinite());
+}
+
+#[test]
+fn speeds_are_learned_per_region_and_renderer() {
+    let mut book = SpeedBook::default();
+    let g: Region = "guian".parse().unwrap();
+    let u: Region = "ulanqab".parse().unwrap();
+    assert_eq!(book.factor(&g, "blender"), 1.0);
+    for _ in 0..10 {
+        book.record(&g, "blender", 100.0, 50.0);
+        book.record(&u, "blender", 100.0, 125.0);
+    }
+    book.record(&g, "blender", 0.0, 10.0);
+    assert!((book.factor(&g, "blender") - 2.0).abs() < 1e-9);
+    assert!((book.factor(&u, "blender") - 0.8).abs() < 1e-9);
+    assert_eq!(book.factor(&g, "builtin"), 1.0);
+    // A change of hardware shows through within the window.
+    for _ in 0..200 {
+        book.record(&g, "blender", 100.0, 100.0);
+    }
+    assert!((book.factor(&g, "blender") - 1.0).abs() < 0.01);
+    assert_eq!(clamp_speed(1e9), 20.0);
+}
