@@ -126,6 +126,96 @@ async fn cheapest_fills_the_cheaper_region_and_fastest_spreads() {
     farm.stop().await;
 }
 
+/// A farm of one 4-slot worker per region: enough slots that waiting for one has a price.
+async fn wide_farm(dir: &Path) -> LocalFarm {
+    let mut options = FarmOptions::new(dir, &["guian", "ulanqab"]).unwrap();
+    options.catalog = catalog();
+    options.slots = 4;
+    LocalFarm::start(options).await.expect("farm starts")
+}
+
+/// The region of each task of `job`, in task order (the order tasks leave the backlog).
+async fn placements(client: &Client, job: &JobId) -> Vec<String> {
+    let mut records = tasks(client, job).await;
+    records.sort_by_key(|t| t.task);
+    records
+        .iter()
+        .map(|t| t.region.as_ref().map(|r| r.to_string()).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greenest_keeps_to_the_green_region_within_its_patience_then_spreads() {
+    let dir = tempfile::tempdir().unwrap();
+    let farm = wide_farm(dir.path()).await;
+    let client = Client::connect(&farm.nats_url).await.unwrap();
+    let inputs = empty_inputs(&Store::open(&farm.store_url).unwrap()).await;
+    let greenest = |name: &str, frames: &str, patience: f64| {
+        let mut spec = builtin(name, frames, &inputs, Some(Policy::Greenest));
+        spec.placement.patience = Some(patience);
+        spec
+    };
+    // 24 tasks on 8 slots: under fastest about 4 task times. Patience 20 allows 80: every task
+    // waits for Guian's four slots.
+    let patient = run(&client, greenest("patient", "1-24", 20.0)).await;
+    let id = patient.id.clone();
+    println!("patience 20: {:?}", patient.regions);
+    assert_eq!(frames_in(&patient, "guian"), 24, "{:?}", patient.regions);
+    assert!(placements(&client, &id).await.iter().all(|r| r == "guian"));
+    // 40 tasks, patience 1 (no slower than fastest, about 6 task times): Guian's slots alone
+    // would take about 9, so the job spreads. Its first tasks still go to the green region,
+    // and it keeps more there than in the coal-powered one.
+    let bound = run(&client, greenest("bound", "25-64", 1.0)).await;
+    println!("patience 1: {:?}", bound.regions);
+    let order = placements(&client, &bound.id).await;
+    println!("placements in task order: {order:?}");
+    assert_eq!(order[0], "guian", "{order:?}");
+    assert!(frames_in(&bound, "ulanqab") > 0, "{:?}", bound.regions);
+    assert!(
+        frames_in(&bound, "guian") >= frames_in(&bound, "ulanqab"),
+        "{:?}",
+        bound.regions
+    );
+    farm.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_spreads_when_time_is_dear_and_waits_when_it_is_cheap() {
+    let dir = tempfile::tempdir().unwrap();
+    let farm = wide_farm(dir.path()).await;
+    let client = Client::connect(&farm.nats_url).await.unwrap();
+    let inputs = empty_inputs(&Store::open(&farm.store_url).unwrap()).await;
+    let balanced = |name: &str, frames: &str, value_of_hour: f64| {
+        let mut spec = builtin(name, frames, &inputs, Some(Policy::Balanced));
+        spec.placement.value_of_hour = Some(value_of_hour);
+        spec
+    };
+    // An hour of delay worth a millionth of a yuan: every task waits for the cheap region.
+    let cheap_time = run(&client, balanced("cheap-time", "1-24", 1e-6)).await;
+    println!("time worth little: {:?}", cheap_time.regions);
+    assert_eq!(
+        frames_in(&cheap_time, "guian"),
+        24,
+        "{:?}",
+        cheap_time.regions
+    );
+    // Worth a million yuan: no saving pays for a task's wait, so the dear region's free
+    // slots take tasks at once.
+    let dear_time = run(&client, balanced("dear-time", "25-48", 1e6)).await;
+    println!("time worth a lot: {:?}", dear_time.regions);
+    assert!(
+        frames_in(&dear_time, "ulanqab") > 0,
+        "{:?}",
+        dear_time.regions
+    );
+    assert!(
+        frames_in(&dear_time, "guian") > 0,
+        "{:?}",
+        dear_time.regions
+    );
+    farm.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regions_holding_a_job_s_inputs_attract_its_tasks() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,8 @@ use suanli_shared::regions::RegionProfile;
 use suanli_shared::{ContentHash, Region};
 
 use crate::placement::{
-    fastest_completion_secs, Backlog, Due, Estimate, Inputs, Scorer, TaskNeeds, Terms, WaitModel,
+    fastest_completion_secs, sharing, Backlog, Due, Estimate, Inputs, Scorer, TaskNeeds, Terms,
+    WaitModel,
 };
 
 /// One job's view for planning.
@@ -181,24 +182,31 @@ fn cmp_score(a: f64, b: f64) -> Ordering {
 /// How many of a job's next tasks would rather wait for full region `ri` than take an option
 /// scored `threshold` now. Tasks of higher priority are ahead of them in the region's queue, and
 /// the job's own waiting tasks `held`. A job bound by a due time also shares the region's slots
-/// with its `peers` (jobs of its priority with work left, itself included): fair share gives it
-/// one slot in `peers`, so its tasks are `peers` queue places apart, or they would wait past
-/// the bound.
+/// with its equal-priority peers: fair share gives it about one slot in so many, so its tasks
+/// are that many queue places apart, or they would wait past the bound. For a patience bound,
+/// the processor-sharing figure the bound itself comes from ([`crate::placement::sharing`]);
+/// for a deadline, the safer count of peers with work left (a deadline is a promise).
 fn own_waiting(
     scorer: &Scorer,
     e: &Estimate,
     queue: &WaitModel,
     higher: f64,
     held: f64,
-    peers: f64,
+    peers: &Peers,
     threshold: f64,
 ) -> f64 {
-    let spacing = if scorer.due_in().is_some() {
-        peers.max(1.0)
-    } else {
-        1.0
+    let spacing = match scorer.due_in() {
+        None => 1.0,
+        Some(_) if scorer.patience_binds() => peers.sharing,
+        Some(_) => peers.jobs,
     };
     (scorer.waiting_below(e, queue, higher + spacing * held, threshold) / spacing).floor()
+}
+
+/// How many jobs a job shares slots with (see [`own_waiting`]).
+struct Peers {
+    sharing: f64,
+    jobs: f64,
 }
 
 /// The job's time figures: its deadline, its completion under `fastest` (all its candidate
@@ -315,10 +323,14 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
             continue;
         }
         let due = due(job, &backlogs[i], &backlogs, &candidates, regions, now_ms);
-        let peers = backlogs
-            .iter()
-            .filter(|b| b.priority == job.priority && b.tasks > 0.0)
-            .count() as f64;
+        let peers = Peers {
+            sharing: sharing(&backlogs[i], &backlogs),
+            jobs: backlogs
+                .iter()
+                .filter(|b| b.priority == job.priority && b.tasks > 0.0)
+                .count()
+                .max(1) as f64,
+        };
         let scorer = Scorer::new(
             job.policy,
             candidates.iter().map(|c| &c.1),
@@ -354,7 +366,7 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
                 &queue(r),
                 higher[*ri],
                 held[*ri],
-                peers,
+                &peers,
                 threshold,
             );
             if n > 0.0 {
@@ -379,7 +391,7 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
         if waiting > 0.0 {
             for (ri, e, _) in candidates.iter().filter(|(ri, ..)| regions[*ri].free <= 0) {
                 let q = queue(&regions[*ri]);
-                let n = own_waiting(&scorer, e, &q, higher[*ri], held[*ri], peers, threshold);
+                let n = own_waiting(&scorer, e, &q, higher[*ri], held[*ri], &peers, threshold);
                 held[*ri] += n;
                 level[*ri] += n;
             }

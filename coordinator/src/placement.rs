@@ -162,6 +162,23 @@ pub fn fastest_completion_secs(of: &Backlog, all: &[Backlog], rate: f64) -> f64 
     work / rate
 }
 
+/// How many jobs job `of` shares the farm's slots with over its life, itself included, in the
+/// same processor-sharing model as [`fastest_completion_secs`]: its equal-priority peers' slot
+/// time up to its own, over its own. 1 when alone; the number of peers when it needs the least;
+/// less for a job that outlives its peers.
+pub fn sharing(of: &Backlog, all: &[Backlog]) -> f64 {
+    let own = of.tasks * of.wall_seconds;
+    if own <= 0.0 {
+        return 1.0;
+    }
+    let equal: f64 = all
+        .iter()
+        .filter(|b| b.priority == of.priority)
+        .map(|b| (b.tasks * b.wall_seconds).min(own))
+        .sum();
+    (equal / own).max(1.0)
+}
+
 /// What one task of a job takes on a region of speed 1 (the farm's reference).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TaskNeeds {
@@ -296,6 +313,8 @@ pub struct Scorer {
     /// Seconds from now by which every task should finish: the deadline with its safety
     /// factor, or the patience bound, whichever is earlier.
     due_in: Option<f64>,
+    /// Whether `due_in` is the patience bound (else the deadline, if any).
+    patience_binds: bool,
 }
 
 fn mean_or_one(sum: f64, n: usize) -> f64 {
@@ -351,9 +370,9 @@ impl Scorer {
                 .map(|f| f * terms.patience()),
             Policy::Balanced | Policy::Fastest => None,
         };
-        let due_in = match (by_deadline, by_patience) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let (due_in, patience_binds) = match (by_deadline, by_patience) {
+            (Some(a), Some(b)) => (Some(a.min(b)), b < a),
+            (a, b) => (a.or(b), b.is_some()),
         };
         Self {
             per_money,
@@ -361,7 +380,13 @@ impl Scorer {
             per_kg,
             secs_ref,
             due_in,
+            patience_binds,
         }
+    }
+
+    /// Whether the due time is the patience bound rather than the deadline.
+    pub fn patience_binds(&self) -> bool {
+        self.patience_binds
     }
 
     /// Seconds from now by which the job's tasks should finish, if anything bounds them.
