@@ -251,3 +251,126 @@ fn speeds_are_learned_per_region_and_renderer() {
     assert!((book.factor(&g, "blender") - 1.0).abs() < 0.01);
     assert_eq!(clamp_speed(1e9), 20.0);
 }
+
+#[test]
+fn fastest_completion_shares_the_farm_like_fair_share_does() {
+    let job = |priority, tasks, wall_seconds| Backlog {
+        priority,
+        tasks,
+        wall_seconds,
+    };
+    let me = job(0, 100.0, 60.0);
+    // Alone on 10 slots: 100 x 60 / 10.
+    assert_eq!(fastest_completion_secs(&me, &[me], 10.0), 600.0);
+    // A bigger peer shares every slot until I am done; a smaller one only until it is done;
+    // a higher priority job goes first in full; a lower one does not count.
+    let all = [
+        me,
+        job(0, 1000.0, 60.0),
+        job(0, 10.0, 60.0),
+        job(5, 50.0, 120.0),
+        job(-1, 1e6, 60.0),
+    ];
+    let work = 6000.0 + 6000.0 + 600.0 + 6000.0;
+    assert_eq!(fastest_completion_secs(&me, &all, 10.0), work / 10.0);
+    assert_eq!(sharing(&me, &all), (6000.0 + 6000.0 + 600.0) / 6000.0);
+    assert_eq!(sharing(&me, &[me]), 1.0);
+    assert!(fastest_completion_secs(&me, &all, 0.0).is_infinite());
+}
+
+#[test]
+fn patience_bounds_cheapest_and_greenest_only() {
+    let cheap_slow = Estimate {
+        money: 1.0,
+        carbon_kg: 1.0,
+        transfer_secs: 0.0,
+        render_secs: 300.0,
+        fetches: false,
+    };
+    let dear_fast = Estimate {
+        money: 3.0,
+        carbon_kg: 3.0,
+        transfer_secs: 0.0,
+        render_secs: 100.0,
+        fetches: false,
+    };
+    let all = [cheap_slow, dear_fast];
+    let due = |deadline_in| Due {
+        deadline_in,
+        fastest_in: Some(200.0),
+        width: 1.0,
+    };
+    let terms = Terms::default();
+    for policy in [Policy::Cheapest, Policy::Greenest] {
+        // 1.5 x 200 s: the slow region's 300 s fits, a wait of more than 0 does not.
+        let s = Scorer::new(policy, &all, &terms, &due(None));
+        assert_eq!(s.due_in(), Some(300.0));
+        assert!(s.patience_binds());
+        assert!(!s.at_risk(&cheap_slow, 0.0) && s.at_risk(&cheap_slow, 1.0));
+        assert!(s.score(&cheap_slow, 0.0) < s.score(&dear_fast, 0.0));
+        assert!(s.score(&cheap_slow, 60.0) > s.score(&dear_fast, 0.0));
+        // An earlier deadline wins over the bound.
+        let s = Scorer::new(policy, &all, &terms, &due(Some(240.0)));
+        assert_eq!((s.due_in(), s.patience_binds()), (Some(200.0), false));
+        // Patience below 1 counts as 1.
+        let hasty = Terms {
+            patience: 0.2,
+            ..terms
+        };
+        let s = Scorer::new(policy, &all, &hasty, &due(None));
+        assert_eq!(s.due_in(), Some(200.0));
+    }
+    for policy in [Policy::Balanced, Policy::Fastest] {
+        let s = Scorer::new(policy, &all, &terms, &due(None));
+        assert_eq!(s.due_in(), None, "{policy}");
+    }
+}
+
+#[test]
+fn balanced_puts_a_price_on_time_and_carbon() {
+    let dirty_cheap = Estimate {
+        money: 1.0,
+        carbon_kg: 100.0,
+        transfer_secs: 0.0,
+        render_secs: 3600.0,
+        fetches: false,
+    };
+    let clean_dear = Estimate {
+        money: 2.0,
+        carbon_kg: 0.0,
+        transfer_secs: 0.0,
+        render_secs: 3600.0,
+        fetches: false,
+    };
+    let all = [dirty_cheap, clean_dear];
+    let due = Due {
+        deadline_in: None,
+        fastest_in: None,
+        width: 10.0,
+    };
+    let pick = |terms: &Terms| {
+        let s = Scorer::new(Policy::Balanced, &all, terms, &due);
+        s.score(&dirty_cheap, 0.0) < s.score(&clean_dear, 0.0)
+    };
+    // Free carbon: the cheap one. At 20 a tonne, its 0.1 t cost 2 more: the clean one.
+    let free = Terms::default();
+    assert!(pick(&free));
+    assert!(!pick(&Terms {
+        carbon_per_tonne: 20.0,
+        ..free
+    }));
+    // Waiting an hour for the cheap one costs value_of_hour / width: worth it below 10 an hour.
+    let waits = |value_of_hour| {
+        let terms = Terms {
+            value_of_hour,
+            ..free
+        };
+        let s = Scorer::new(Policy::Balanced, &all, &terms, &due);
+        s.score(&dirty_cheap, 3600.0) < s.score(&clean_dear, 0.0)
+    };
+    assert!(waits(9.0) && !waits(11.0));
+    // The default value of an hour follows priority.
+    assert_eq!(Terms::value_of_hour_at(1000.0, 0), 1000.0);
+    assert_eq!(Terms::value_of_hour_at(1000.0, 10), 4000.0);
+    assert_eq!(Terms::value_of_hour_at(1000.0, -5), 500.0);
+}

@@ -240,7 +240,12 @@ impl Scenario {
             Policy::default(),
             regions.iter().map(|r| r.profile.clone()),
         )?;
-        catalog.set_terms(terms.patience, terms.value_of_hour, terms.carbon_per_tonne)?;
+        catalog
+            .set_terms(terms.patience, terms.value_of_hour, terms.carbon_per_tonne)
+            .map_err(|e| {
+                let e = e.to_string();
+                ScenarioError::Invalid(e.trim_start_matches("region catalog: ").to_string())
+            })?;
         let mut jobs = Vec::new();
         for j in file.job {
             if j.repeat == 0 || j.repeat > 100_000 || !(j.every_s >= 0.0 && j.every_s.is_finite()) {
