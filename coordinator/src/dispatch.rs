@@ -18,8 +18,7 @@ use suanli_shared::regions::RegionProfile;
 use suanli_shared::{ContentHash, Region};
 
 use crate::placement::{
-    fastest_completion_secs, sharing, Backlog, Due, Estimate, Inputs, Scorer, TaskNeeds, Terms,
-    WaitModel,
+    share_farm, Backlog, Due, Estimate, FairShare, Inputs, Scorer, TaskNeeds, Terms, WaitModel,
 };
 
 /// One job's view for planning.
@@ -184,7 +183,7 @@ fn cmp_score(a: f64, b: f64) -> Ordering {
 /// the job's own waiting tasks `held`. A job bound by a due time also shares the region's slots
 /// with its equal-priority peers: fair share gives it about one slot in so many, so its tasks
 /// are that many queue places apart, or they would wait past the bound. For a patience bound,
-/// the processor-sharing figure the bound itself comes from ([`crate::placement::sharing`]);
+/// the processor-sharing figure the bound itself comes from ([`crate::placement::FairShare::sharing`]);
 /// for a deadline, the safer count of peers with work left (a deadline is a promise).
 fn own_waiting(
     scorer: &Scorer,
@@ -214,7 +213,7 @@ struct Peers {
 fn due(
     job: &JobView,
     backlog: &Backlog,
-    backlogs: &[Backlog],
+    share: &FairShare,
     candidates: &[(usize, Estimate, Inputs)],
     regions: &[RegionView],
     now_ms: u64,
@@ -244,7 +243,7 @@ fn due(
     let width = backlog.tasks.min(slots).min(cap).max(1.0);
     let fastest = if backlog.wall_seconds > 0.0 {
         let rate = rate.min(cap);
-        Some(fastest_completion_secs(backlog, backlogs, rate) + first_input + one_render)
+        Some(share.completion_secs(rate) + first_input + one_render)
     } else {
         None
     };
@@ -289,6 +288,12 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
             wall_seconds: j.needs.wall_seconds.max(0.0),
         })
         .collect();
+    let shares = share_farm(&backlogs);
+    // Jobs with work left at each priority.
+    let mut busy_at: BTreeMap<i32, f64> = BTreeMap::new();
+    for b in backlogs.iter().filter(|b| b.tasks > 0.0) {
+        *busy_at.entry(b.priority).or_default() += 1.0;
+    }
 
     while let Some(Reverse((_, _, _, i))) = heap.pop() {
         let job = &jobs[i];
@@ -322,14 +327,10 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
         if candidates.is_empty() {
             continue;
         }
-        let due = due(job, &backlogs[i], &backlogs, &candidates, regions, now_ms);
+        let due = due(job, &backlogs[i], &shares[i], &candidates, regions, now_ms);
         let peers = Peers {
-            sharing: sharing(&backlogs[i], &backlogs),
-            jobs: backlogs
-                .iter()
-                .filter(|b| b.priority == job.priority && b.tasks > 0.0)
-                .count()
-                .max(1) as f64,
+            sharing: shares[i].sharing,
+            jobs: busy_at.get(&job.priority).copied().unwrap_or(1.0).max(1.0),
         };
         let scorer = Scorer::new(
             job.policy,

@@ -26,7 +26,7 @@
 //!
 //! `cheapest` and `greenest` wait for their region only within a bound ([`Terms::patience`]):
 //! a task may not finish later than `patience` times the job's completion under `fastest`
-//! ([`fastest_completion_secs`]), re-estimated every round, so a job that falls behind spreads.
+//! ([`share_farm`]), re-estimated every round, so a job that falls behind spreads.
 //! `balanced` prices time instead of normalising it ([`Terms::value_of_hour`]): its score is
 //! money plus carbon at the catalog's price plus the value of the delay, all in currency:
 //!
@@ -63,7 +63,9 @@ const FETCH_TIE: f64 = 1e-6;
 /// region look free or useless).
 const SPEED_RANGE: (f64, f64) = (0.05, 20.0);
 
-/// How much each term of the score counts under a policy.
+/// How much each unitless term of the score counts under a policy. `balanced` does not use
+/// these: it prices its terms in currency ([`Terms`]); its entry is that price's shape when
+/// an hour is worth one average task's price over one average task time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Weights {
     pub money: f64,
@@ -138,45 +140,83 @@ pub struct Backlog {
     pub wall_seconds: f64,
 }
 
-/// Seconds until job `of` would finish if every job were placed for speed: the farm serves
-/// higher priorities first and shares its slots fairly among jobs of equal priority, so `of`
-/// finishes once the higher jobs are done and each equal job has had as much slot time as `of`
-/// needs, or all it needs if less (processor sharing). `rate`: the slot-seconds at speed 1 the
-/// farm renders per second (its live slots times their speeds).
-pub fn fastest_completion_secs(of: &Backlog, all: &[Backlog], rate: f64) -> f64 {
-    if rate <= 0.0 {
-        return f64::INFINITY;
-    }
-    let own = of.tasks * of.wall_seconds;
-    let work: f64 = all
-        .iter()
-        .map(|b| {
-            let theirs = b.tasks * b.wall_seconds;
-            match b.priority.cmp(&of.priority) {
-                std::cmp::Ordering::Greater => theirs,
-                std::cmp::Ordering::Equal => theirs.min(own),
-                std::cmp::Ordering::Less => 0.0,
-            }
-        })
-        .sum();
-    work / rate
+/// Each job's share of the farm if every job were placed for speed, from [`share_farm`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FairShare {
+    /// Slot-seconds at speed 1 the farm renders before the job's last task: all of the higher
+    /// priorities' work, and of each equal-priority job's as much as the job's own or all of it
+    /// if less. Divided by the farm's rate, the job's completion under `fastest`.
+    pub work: f64,
+    /// How many jobs it shares slots with over its life, itself included: its equal-priority
+    /// peers' slot time up to its own, over its own (1 when alone; less than the number of
+    /// peers for a job that outlives them).
+    pub sharing: f64,
 }
 
-/// How many jobs job `of` shares the farm's slots with over its life, itself included, in the
-/// same processor-sharing model as [`fastest_completion_secs`]: its equal-priority peers' slot
-/// time up to its own, over its own. 1 when alone; the number of peers when it needs the least;
-/// less for a job that outlives its peers.
-pub fn sharing(of: &Backlog, all: &[Backlog]) -> f64 {
-    let own = of.tasks * of.wall_seconds;
-    if own <= 0.0 {
-        return 1.0;
+impl FairShare {
+    /// Seconds until the job would finish on a farm rendering `rate` slot-seconds at speed 1
+    /// per second (its live slots times their speeds).
+    pub fn completion_secs(&self, rate: f64) -> f64 {
+        if rate > 0.0 {
+            self.work / rate
+        } else {
+            f64::INFINITY
+        }
     }
-    let equal: f64 = all
-        .iter()
-        .filter(|b| b.priority == of.priority)
-        .map(|b| (b.tasks * b.wall_seconds).min(own))
-        .sum();
-    (equal / own).max(1.0)
+}
+
+/// Every job's [`FairShare`]: the farm serves higher priorities first and shares its slots
+/// fairly among jobs of equal priority, so a job finishes once the higher jobs are done and
+/// each equal job has had as much slot time as it needs (processor sharing). O(n log n).
+pub fn share_farm(backlogs: &[Backlog]) -> Vec<FairShare> {
+    let slot_time = |b: &Backlog| (b.tasks * b.wall_seconds).max(0.0);
+    // Jobs by priority, highest first, then by slot time.
+    let mut order: Vec<usize> = (0..backlogs.len()).collect();
+    order.sort_by(|&a, &b| {
+        backlogs[b]
+            .priority
+            .cmp(&backlogs[a].priority)
+            .then(slot_time(&backlogs[a]).total_cmp(&slot_time(&backlogs[b])))
+    });
+    let mut out = vec![
+        FairShare {
+            work: 0.0,
+            sharing: 1.0,
+        };
+        backlogs.len()
+    ];
+    let mut higher = 0.0;
+    let mut start = 0;
+    while start < order.len() {
+        let priority = backlogs[order[start]].priority;
+        let end = order[start..]
+            .iter()
+            .position(|&i| backlogs[i].priority != priority)
+            .map_or(order.len(), |n| start + n);
+        // Within a level, sorted by slot time: the work of job n is the sum of the smaller
+        // ones plus its own for each of itself and the larger ones.
+        let mut below = 0.0;
+        let level: f64 = order[start..end]
+            .iter()
+            .map(|&i| slot_time(&backlogs[i]))
+            .sum();
+        for (n, &i) in order[start..end].iter().enumerate() {
+            let own = slot_time(&backlogs[i]);
+            let equal = below + own * (end - start - n) as f64;
+            out[i] = FairShare {
+                work: higher + equal,
+                sharing: if own > 0.0 {
+                    (equal / own).max(1.0)
+                } else {
+                    1.0
+                },
+            };
+            below += own;
+        }
+        higher += level;
+        start = end;
+    }
+    out
 }
 
 /// What one task of a job takes on a region of speed 1 (the farm's reference).
@@ -295,7 +335,7 @@ pub struct Due {
     /// Seconds from now to the job's deadline (negative when already past).
     pub deadline_in: Option<f64>,
     /// Seconds from now until the job would finish under `fastest`
-    /// ([`fastest_completion_secs`]); `None` when unknown.
+    /// ([`FairShare::completion_secs`]); `None` when unknown.
     pub fastest_in: Option<f64>,
     /// Slots the job can spread over at most (see the module docs).
     pub width: f64,
@@ -467,7 +507,9 @@ impl Scorer {
         // wait(k) = render (q + k + 1) / (L + 1) < latest - secs  <=>  k < k_end
         let k_end =
             (latest - e.secs()) * (queue.live_slots.max(0.0) + 1.0) / render - queue.queued - 1.0;
-        (k_end.ceil() - from_k).max(0.0)
+        // Within rounding of a whole number, k_end is an exact tie (score == threshold), which
+        // does not wait: the way the terms are multiplied must not decide.
+        ((k_end - 1e-9).ceil() - from_k).max(0.0)
     }
 }
 

@@ -261,21 +261,39 @@ fn fastest_completion_shares_the_farm_like_fair_share_does() {
     };
     let me = job(0, 100.0, 60.0);
     // Alone on 10 slots: 100 x 60 / 10.
-    assert_eq!(fastest_completion_secs(&me, &[me], 10.0), 600.0);
+    let alone = share_farm(&[me])[0];
+    assert_eq!((alone.completion_secs(10.0), alone.sharing), (600.0, 1.0));
+    assert!(alone.completion_secs(0.0).is_infinite());
     // A bigger peer shares every slot until I am done; a smaller one only until it is done;
     // a higher priority job goes first in full; a lower one does not count.
     let all = [
-        me,
         job(0, 1000.0, 60.0),
+        me,
+        job(-1, 1e6, 60.0),
         job(0, 10.0, 60.0),
         job(5, 50.0, 120.0),
-        job(-1, 1e6, 60.0),
     ];
-    let work = 6000.0 + 6000.0 + 600.0 + 6000.0;
-    assert_eq!(fastest_completion_secs(&me, &all, 10.0), work / 10.0);
-    assert_eq!(sharing(&me, &all), (6000.0 + 6000.0 + 600.0) / 6000.0);
-    assert_eq!(sharing(&me, &[me]), 1.0);
-    assert!(fastest_completion_secs(&me, &all, 0.0).is_infinite());
+    let shares = share_farm(&all);
+    let mine = shares[1];
+    assert_eq!(mine.work, 6000.0 + 6000.0 + 600.0 + 6000.0);
+    assert_eq!(mine.sharing, (6000.0 + 6000.0 + 600.0) / 6000.0);
+    // Against the definition, for every job: O(n log n) must agree with O(n²).
+    for (i, of) in all.iter().enumerate() {
+        let own = of.tasks * of.wall_seconds;
+        let work: f64 = all
+            .iter()
+            .map(|b| {
+                let theirs = b.tasks * b.wall_seconds;
+                match b.priority.cmp(&of.priority) {
+                    std::cmp::Ordering::Greater => theirs,
+                    std::cmp::Ordering::Equal => theirs.min(own),
+                    std::cmp::Ordering::Less => 0.0,
+                }
+            })
+            .sum();
+        assert!((shares[i].work - work).abs() < 1e-6, "job {i}");
+    }
+    assert_eq!(shares[4].work, 6000.0, "the top job waits for no one");
 }
 
 #[test]
