@@ -342,3 +342,25 @@ fn listing_only_what_a_round_can_release_plans_the_same() {
         }
     }
 }
+
+#[test]
+fn a_job_that_falls_behind_its_bound_spreads_again() {
+    // 60 tasks of 60 s, patience 1.5, two regions of 4 slots. Fastest: 60 x 60 / 8 + 60 = 510 s,
+    // so the bound is 765 s, and the k-th task waiting for the cheap region ends at
+    // 60 (k + 1) / 5 + 60: 58 of the 56 left fit, and the dear region stays idle.
+    let mut j = with_policy(job(0, 1, 60, &[]), Policy::Cheapest);
+    j.renderer = "blender".into();
+    let farm = |cheap_speed: f64| {
+        let mut cheap = priced("cheap", 4, 0.1);
+        cheap.speed.insert("blender".into(), cheap_speed);
+        [priced("dear", 4, 0.4), cheap]
+    };
+    let split = |regions: &mut [RegionView; 2]| {
+        let out = plan(&mut [j.clone()], regions, 0);
+        (count(&out, "cheap"), count(&out, "dear"))
+    };
+    assert_eq!(split(&mut farm(1.0)), (4, 0));
+    // The cheap region turns out half as fast: tasks take 120 s there. Fastest is now
+    // 3600 / 6 + 60 = 660 s, the bound 990 s, and only 36 tasks can wait: the job spreads.
+    assert_eq!(split(&mut farm(0.5)), (4, 4));
+}
