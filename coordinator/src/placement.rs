@@ -51,9 +51,7 @@ pub const DEFAULT_TASK_SECONDS: f64 = 60.0;
 pub const DEADLINE_WEIGHT: f64 = 100.0;
 /// Safety factor on estimated finish times when checking a deadline (estimates are rough).
 pub const RISK_FACTOR: f64 = 1.2;
-pub use suanli_shared::regions::{DEFAULT_PATIENCE, DEFAULT_VALUE_OF_HOUR};
-/// Points of priority that double a job's default value of an hour.
-pub const PRIORITY_DOUBLING: f64 = 5.0;
+pub use suanli_shared::regions::{DEFAULT_PATIENCE, DEFAULT_VALUE_OF_HOUR, PRIORITY_DOUBLING};
 /// Weight of a policy's secondary terms: they only break near-ties of the main term.
 const TIE: f64 = 1e-3;
 /// Added to the score of a task that would start a new transfer, so that when all else is
@@ -90,45 +88,8 @@ impl Weights {
 }
 
 /// The prices a job's placement weighs beyond the catalog's figures, resolved from the job's
-/// spec and the farm's defaults.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Terms {
-    /// `cheapest` and `greenest`: the job may finish at most this many times later than it
-    /// would under `fastest` (at least 1).
-    pub patience: f64,
-    /// `balanced`: what an hour of the job's delay is worth, in the catalog's currency.
-    pub value_of_hour: f64,
-    /// `balanced`: the price of a tonne of CO2, in the catalog's currency (0: carbon is free).
-    pub carbon_per_tonne: f64,
-}
-
-impl Default for Terms {
-    fn default() -> Self {
-        Self {
-            patience: DEFAULT_PATIENCE,
-            value_of_hour: DEFAULT_VALUE_OF_HOUR,
-            carbon_per_tonne: 0.0,
-        }
-    }
-}
-
-impl Terms {
-    /// The default value of an hour for a job of `priority`, given the farm's value at
-    /// priority 0: doubled every [`PRIORITY_DOUBLING`] points (halved below 0).
-    pub fn value_of_hour_at(base: f64, priority: i32) -> f64 {
-        let p = f64::from(priority.clamp(-50, 50));
-        base * (p / PRIORITY_DOUBLING).exp2()
-    }
-
-    /// The patience actually applied: at least 1, and 1 for anything not a number.
-    fn patience(&self) -> f64 {
-        if self.patience.is_finite() && self.patience >= 1.0 {
-            self.patience
-        } else {
-            1.0
-        }
-    }
-}
+/// spec and the farm's defaults ([`PlacementTerms::for_job`]).
+pub use suanli_shared::regions::PlacementTerms as Terms;
 
 /// One job's figures for [`fastest_completion_secs`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -407,7 +368,7 @@ impl Scorer {
             Policy::Cheapest | Policy::Greenest => due
                 .fastest_in
                 .filter(|f| f.is_finite())
-                .map(|f| f * terms.patience()),
+                .map(|f| f * terms.applied_patience()),
             Policy::Balanced | Policy::Fastest => None,
         };
         let (due_in, patience_binds) = match (by_deadline, by_patience) {

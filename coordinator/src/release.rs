@@ -164,13 +164,11 @@ pub fn plan_round(
 /// scaled by the job's priority), and the farm's carbon price.
 pub fn terms_of(rec: &JobRecord, catalog: &RegionCatalog) -> Terms {
     let placement = &rec.spec.placement;
-    Terms {
-        patience: placement.patience.unwrap_or(catalog.patience),
-        value_of_hour: placement
-            .value_of_hour
-            .unwrap_or_else(|| Terms::value_of_hour_at(catalog.value_of_hour, rec.spec.priority)),
-        carbon_per_tonne: catalog.carbon_price_per_tonne,
-    }
+    catalog.terms.for_job(
+        placement.patience,
+        placement.value_of_hour,
+        rec.spec.priority,
+    )
 }
 
 /// The regions a job may be released to now, when its blocklist narrows them: the allowed

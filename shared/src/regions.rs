@@ -191,6 +191,90 @@ pub const DEFAULT_PATIENCE: f64 = 1.5;
 /// the job nor the catalog says.
 pub const DEFAULT_VALUE_OF_HOUR: f64 = 1000.0;
 
+/// Points of priority that double a job's default value of an hour.
+pub const PRIORITY_DOUBLING: f64 = 5.0;
+
+/// The prices placement weighs beyond the regions' figures: the farm's (in the catalog, or a
+/// simulated scenario) and, resolved with [`PlacementTerms::for_job`], each job's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlacementTerms {
+    /// `cheapest` and `greenest`: a job may finish at most this many times later than it
+    /// would under `fastest` (at least 1).
+    pub patience: f64,
+    /// `balanced`: what an hour of delay is worth, in the catalog's currency (the farm's is
+    /// for a priority-0 job).
+    pub value_of_hour: f64,
+    /// `balanced`: the price of a tonne of CO2, in the catalog's currency (0: carbon is free).
+    pub carbon_per_tonne: f64,
+}
+
+impl Default for PlacementTerms {
+    fn default() -> Self {
+        Self {
+            patience: DEFAULT_PATIENCE,
+            value_of_hour: DEFAULT_VALUE_OF_HOUR,
+            carbon_per_tonne: 0.0,
+        }
+    }
+}
+
+impl PlacementTerms {
+    /// The default value of an hour for a job of `priority`, given the farm's value at
+    /// priority 0: doubled every [`PRIORITY_DOUBLING`] points (halved below 0).
+    pub fn value_of_hour_at(base: f64, priority: i32) -> f64 {
+        let p = f64::from(priority.clamp(-50, 50));
+        base * (p / PRIORITY_DOUBLING).exp2()
+    }
+
+    /// A job's terms under these farm terms: its own patience and value of an hour where it
+    /// sets them, otherwise the farm's (the value of an hour scaled by its priority).
+    pub fn for_job(
+        &self,
+        patience: Option<f64>,
+        value_of_hour: Option<f64>,
+        priority: i32,
+    ) -> Self {
+        Self {
+            patience: patience.unwrap_or(self.patience),
+            value_of_hour: value_of_hour
+                .unwrap_or_else(|| Self::value_of_hour_at(self.value_of_hour, priority)),
+            carbon_per_tonne: self.carbon_per_tonne,
+        }
+    }
+
+    /// The patience actually applied: at least 1, and 1 for anything not a number.
+    pub fn applied_patience(&self) -> f64 {
+        if self.patience.is_finite() && self.patience >= 1.0 {
+            self.patience
+        } else {
+            1.0
+        }
+    }
+
+    /// Checks the terms: patience at least 1, no negative price.
+    pub fn check(&self) -> Result<(), String> {
+        let Self {
+            patience,
+            value_of_hour,
+            carbon_per_tonne,
+        } = *self;
+        if !(patience >= 1.0 && patience.is_finite()) {
+            return Err(format!(
+                "patience {patience} must be at least 1 (1.5: up to half as long again as fastest)"
+            ));
+        }
+        if !(value_of_hour >= 0.0 && value_of_hour.is_finite()) {
+            return Err(format!("value_of_hour {value_of_hour} cannot be negative"));
+        }
+        if !(carbon_per_tonne >= 0.0 && carbon_per_tonne.is_finite()) {
+            return Err(format!(
+                "carbon_price_per_tonne {carbon_per_tonne} cannot be negative"
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_patience() -> f64 {
     DEFAULT_PATIENCE
 }
@@ -216,13 +300,9 @@ pub struct RegionCatalog {
     pub currency: String,
     /// Placement policy of jobs that name none.
     pub policy: Policy,
-    /// `cheapest` and `greenest` jobs that set no patience may take this many times longer
-    /// than `fastest` (at least 1).
-    pub patience: f64,
-    /// `balanced`: what an hour of delay of a priority-0 job is worth (jobs that set none).
-    pub value_of_hour: f64,
-    /// `balanced`: the price of a tonne of CO2 (0: carbon weighs nothing).
-    pub carbon_price_per_tonne: f64,
+    /// The farm's placement terms, for jobs that set none: patience, value of an hour of a
+    /// priority-0 job, carbon price.
+    pub terms: PlacementTerms,
     regions: BTreeMap<Region, RegionProfile>,
 }
 
@@ -231,9 +311,7 @@ impl Default for RegionCatalog {
         Self {
             currency: default_currency(),
             policy: Policy::default(),
-            patience: DEFAULT_PATIENCE,
-            value_of_hour: DEFAULT_VALUE_OF_HOUR,
-            carbon_price_per_tonne: 0.0,
+            terms: PlacementTerms::default(),
             regions: BTreeMap::new(),
         }
     }
@@ -264,9 +342,7 @@ impl RegionCatalog {
         Ok(Self {
             currency,
             policy,
-            patience: DEFAULT_PATIENCE,
-            value_of_hour: DEFAULT_VALUE_OF_HOUR,
-            carbon_price_per_tonne: 0.0,
+            terms: PlacementTerms::default(),
             regions,
         })
     }
@@ -279,38 +355,18 @@ impl RegionCatalog {
             message: e.message().trim().to_string(),
         })?;
         let mut catalog = Self::new(file.currency, file.policy, file.region)?;
-        catalog.set_terms(
-            file.patience,
-            file.value_of_hour,
-            file.carbon_price_per_tonne,
-        )?;
+        catalog.set_terms(PlacementTerms {
+            patience: file.patience,
+            value_of_hour: file.value_of_hour,
+            carbon_per_tonne: file.carbon_price_per_tonne,
+        })?;
         Ok(catalog)
     }
 
     /// Sets the farm's placement terms, checked: patience at least 1, no negative price.
-    pub fn set_terms(
-        &mut self,
-        patience: f64,
-        value_of_hour: f64,
-        carbon_price_per_tonne: f64,
-    ) -> Result<(), CatalogError> {
-        let bad = |m: String| Err(CatalogError::Terms(m));
-        if !(patience >= 1.0 && patience.is_finite()) {
-            return bad(format!(
-                "patience {patience} must be at least 1 (1.5: up to half as long again as fastest)"
-            ));
-        }
-        if !(value_of_hour >= 0.0 && value_of_hour.is_finite()) {
-            return bad(format!("value_of_hour {value_of_hour} cannot be negative"));
-        }
-        if !(carbon_price_per_tonne >= 0.0 && carbon_price_per_tonne.is_finite()) {
-            return bad(format!(
-                "carbon_price_per_tonne {carbon_price_per_tonne} cannot be negative"
-            ));
-        }
-        self.patience = patience;
-        self.value_of_hour = value_of_hour;
-        self.carbon_price_per_tonne = carbon_price_per_tonne;
+    pub fn set_terms(&mut self, terms: PlacementTerms) -> Result<(), CatalogError> {
+        terms.check().map_err(CatalogError::Terms)?;
+        self.terms = terms;
         Ok(())
     }
 
@@ -451,8 +507,8 @@ pue = 1.47
         assert!(e.contains("value_of_hour -1 cannot be negative"), "{e}");
         let c = RegionCatalog::from_toml("patience = 2.0\ncarbon_price_per_tonne = 80.0\n", "t")
             .unwrap();
-        assert_eq!((c.patience, c.carbon_price_per_tonne), (2.0, 80.0));
-        assert_eq!(c.value_of_hour, DEFAULT_VALUE_OF_HOUR);
+        assert_eq!((c.terms.patience, c.terms.carbon_per_tonne), (2.0, 80.0));
+        assert_eq!(c.terms.value_of_hour, DEFAULT_VALUE_OF_HOUR);
         let e = err("policy = \"cheap\"\n");
         assert!(e.contains("cheap"), "{e}");
     }

@@ -9,7 +9,7 @@ use suanli_shared::ContentHash;
 
 use super::{secs_to_ms, JobReport, RegionReport, Scenario, SimJob, SimReport};
 use crate::dispatch::{self, JobView, RegionView};
-use crate::placement::{SpeedBook, TaskNeeds, Terms};
+use crate::placement::{SpeedBook, TaskNeeds};
 
 /// The stand-in content hash of a named input set: jobs that name the same set share it.
 fn input_set(name: &str) -> ContentHash {
@@ -85,13 +85,9 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
         view.policy = j.policy.unwrap_or(policy);
         view.deadline_ms = j.deadline_s.map(|d| submit_ms + secs_to_ms(d));
         view.max_slots = j.max_slots;
-        view.terms = Terms {
-            patience: j.patience.unwrap_or(scenario.terms.patience),
-            value_of_hour: j.value_of_hour.unwrap_or_else(|| {
-                Terms::value_of_hour_at(scenario.terms.value_of_hour, j.priority)
-            }),
-            carbon_per_tonne: scenario.terms.carbon_per_tonne,
-        };
+        view.terms = scenario
+            .terms
+            .for_job(j.patience, j.value_of_hour, j.priority);
         view.renderer = j.renderer.clone();
         view.inputs = Some(inputs_of(j));
         view.needs = TaskNeeds {

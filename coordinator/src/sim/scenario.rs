@@ -234,18 +234,13 @@ impl Scenario {
                 cached: r.cached,
             });
         }
-        // The catalog's checks: figures in range, unique names, placement terms.
-        let mut catalog = RegionCatalog::new(
+        // The catalog's checks (figures in range, unique names), then the placement terms.
+        RegionCatalog::new(
             file.currency.clone(),
             Policy::default(),
             regions.iter().map(|r| r.profile.clone()),
         )?;
-        catalog
-            .set_terms(terms.patience, terms.value_of_hour, terms.carbon_per_tonne)
-            .map_err(|e| {
-                let e = e.to_string();
-                ScenarioError::Invalid(e.trim_start_matches("region catalog: ").to_string())
-            })?;
+        terms.check().map_err(ScenarioError::Invalid)?;
         let mut jobs = Vec::new();
         for j in file.job {
             if j.repeat == 0 || j.repeat > 100_000 || !(j.every_s >= 0.0 && j.every_s.is_finite()) {
@@ -290,13 +285,13 @@ impl Scenario {
             if j.max_slots == Some(0) {
                 return bad("max_slots must be at least 1");
             }
-            if let Err(e) = catalog.clone().set_terms(
-                j.patience.unwrap_or(terms.patience),
-                j.value_of_hour.unwrap_or(terms.value_of_hour),
-                terms.carbon_per_tonne,
-            ) {
-                let e = e.to_string();
-                return bad(e.trim_start_matches("region catalog: "));
+            let job_terms = Terms {
+                patience: j.patience.unwrap_or(terms.patience),
+                value_of_hour: j.value_of_hour.unwrap_or(terms.value_of_hour),
+                ..terms
+            };
+            if let Err(e) = job_terms.check() {
+                return bad(&e);
             }
             if let Some(r) = j
                 .regions
