@@ -31,6 +31,17 @@ impl RegionFigures {
     }
 }
 
+impl JobStatus {
+    /// The job's figures summed over every region it rendered in.
+    pub fn total_figures(&self) -> RegionFigures {
+        let mut total = RegionFigures::default();
+        for figures in self.regions.values() {
+            total.add(figures);
+        }
+        total
+    }
+}
+
 /// Prices every region of a job's status from the catalog (regions the catalog does not name
 /// get its neutral profile).
 pub fn price_status(status: &mut JobStatus, catalog: &RegionCatalog) {
@@ -126,6 +137,8 @@ mod tests {
         assert_eq!(ledger.regions["guian"].frames_done, 2);
         assert_eq!(ledger.regions["guian"].core_seconds, 7200.0);
         assert_eq!(ledger.total.core_seconds, 14_400.0);
+        assert_eq!(a.total_figures().core_seconds, 10_800.0);
+        assert_eq!(a.total_figures().frames_done, 2);
         assert_eq!(
             ledger.total.cost,
             ledger.regions["guian"].cost + ledger.regions["ulanqab"].cost

@@ -138,15 +138,6 @@ pub fn throughput_history(state: &State, n: usize) -> Vec<Option<f64>> {
         .collect()
 }
 
-/// A job's figures summed over every region it rendered in, as the coordinator priced them.
-pub fn job_figures(job: &JobStatus) -> RegionFigures {
-    let mut total = RegionFigures::default();
-    for f in job.regions.values() {
-        total.add(f);
-    }
-    total
-}
-
 /// Money as shown: `None` (a dash) until the coordinator offers its catalog, as for prices and
 /// PUE. A coordinator that cannot give one may send its figures unpriced (zero), and zero must
 /// not read as free.

@@ -50,7 +50,7 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
     let mut lines = Vec::new();
     match state.job(&jv.job) {
         Some(job) => {
-            let spent = figures::job_figures(job);
+            let spent = job.total_figures();
             let eta = figures::eta_secs(state, job)
                 .map_or(UNKNOWN.to_string(), |s| format!("~{}", fmt::duration(s)));
             lines.push(Line::from(vec![

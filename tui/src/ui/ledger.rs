@@ -131,7 +131,7 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
     let sel = state.selected_job_index();
     let start = page_start(sel.unwrap_or(0), visible);
     for (i, job) in state.jobs.iter().enumerate().skip(start).take(visible) {
-        let [frames, core, cost, kwh, bytes] = figure_cells(state, &figures::job_figures(job));
+        let [frames, core, cost, kwh, bytes] = figure_cells(state, &job.total_figures());
         let mut line = cols.line(vec![
             (job.name.clone(), t.normal()),
             (job.state.as_str().to_string(), t.job_state(job.state)),

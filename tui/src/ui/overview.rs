@@ -160,7 +160,7 @@ fn draw_jobs(frame: &mut Frame, state: &State, area: Rect) {
     for (i, job) in state.jobs.iter().enumerate().skip(start).take(visible) {
         let f = &job.frames;
         let rendered = f.done.saturating_sub(f.cached);
-        let spent = figures::job_figures(job);
+        let spent = job.total_figures();
         let eta = figures::eta_secs(state, job)
             .map_or(UNKNOWN.to_string(), |s| format!("~{}", fmt::duration(s)));
         let mut line = cols.line(vec![
