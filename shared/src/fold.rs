@@ -136,14 +136,6 @@ impl Tally {
         self.step(state, frames, false);
     }
 
-    /// Moves one task from `from` to `to`.
-    pub fn change(&mut self, from: TaskState, to: TaskState, frames: u32) {
-        if from != to {
-            self.remove(from, frames);
-            self.add(to, frames);
-        }
-    }
-
     fn step(&mut self, state: TaskState, frames: u32, add: bool) {
         fn bump(n: &mut u32, by: u32, add: bool) {
             *n = if add {
@@ -358,10 +350,13 @@ mod tests {
             (2, 2, 4)
         );
         assert_eq!(tally.job_state(JobState::Queued), JobState::Queued);
-        tally.change(TaskState::Queued, TaskState::Running, 3);
+        tally.remove(TaskState::Queued, 3);
+        tally.add(TaskState::Running, 3);
         assert_eq!(tally.job_state(JobState::Queued), JobState::Running);
-        tally.change(TaskState::Running, TaskState::Done, 3);
-        tally.change(TaskState::Queued, TaskState::Cached, 1);
+        tally.remove(TaskState::Running, 3);
+        tally.add(TaskState::Done, 3);
+        tally.remove(TaskState::Queued, 1);
+        tally.add(TaskState::Cached, 1);
         assert_eq!(
             (
                 tally.tasks.done,
@@ -373,7 +368,8 @@ mod tests {
         );
         assert_eq!(tally.job_state(JobState::Running), JobState::Done);
         assert_eq!(tally.job_state(JobState::Canceled), JobState::Canceled);
-        tally.change(TaskState::Done, TaskState::Failed, 3);
+        tally.remove(TaskState::Done, 3);
+        tally.add(TaskState::Failed, 3);
         assert_eq!(tally.job_state(JobState::Running), JobState::Failed);
         chunk_of_3.state = TaskState::Failed;
         let mut single = single;

@@ -118,14 +118,6 @@ impl Event {
         }
         Ok(Event::Task(ev))
     }
-
-    /// The job it is about.
-    pub fn job(&self) -> &JobId {
-        match self {
-            Event::Task(ev) => &ev.job,
-            Event::Job(ev) => &ev.job,
-        }
-    }
 }
 
 /// An event about one task run, published by workers on `suanli.evt.<job>.<kind>`.
@@ -194,7 +186,7 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&job).unwrap();
         let decoded = Event::decode(EventKind::Job, &bytes).unwrap();
-        assert_eq!(decoded.job(), &ev.job);
+        assert_eq!(decoded, Event::Job(job));
         assert!(Event::decode(EventKind::Started, &bytes).is_err());
     }
 }
