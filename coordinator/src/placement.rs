@@ -88,10 +88,10 @@ impl Weights {
 }
 
 /// The prices a job's placement weighs beyond the catalog's figures, resolved from the job's
-/// spec and the farm's defaults ([`PlacementTerms::for_job`]).
+/// spec and the farm's defaults ([`Terms::for_job`]).
 pub use suanli_shared::regions::PlacementTerms as Terms;
 
-/// One job's figures for [`fastest_completion_secs`].
+/// One job's figures for [`share_farm`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backlog {
     pub priority: i32,

@@ -1,5 +1,5 @@
 //! The coordinator's API (`suanli.api.<endpoint>`, NATS request/reply). Each endpoint is
-//! declared once, in [`endpoints!`] below: its subject, its request type and its reply type. The
+//! declared once, in the `endpoints!` table below: its subject, its request type and its reply type. The
 //! client sends any of them with one generic call ([`Endpoint`]); the coordinator decodes every
 //! request into one [`Request`] enum and matches on it. A new endpoint is one line here, one arm
 //! in the coordinator and (if a command needs it) one call in the CLI.

@@ -3,7 +3,7 @@
 //! so every behaviour is a unit test and the benchmark can drive it without a farm.
 //!
 //! This module holds the state and what the farm's polls and events do to it; the open job's
-//! records live in [`job_view`], history in [`series`], key handling in [`nav`].
+//! records live in `job_view`, history in `series`, key handling in `nav`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
