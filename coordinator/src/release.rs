@@ -76,6 +76,8 @@ pub fn plan_round(
         })
         .collect();
     let mut any_ready = false;
+    // Tasks released to each live region and not started, over every job.
+    let mut queued: BTreeMap<&Region, u32> = BTreeMap::new();
     for job in jobs.values_mut().filter(|j| !j.rec.rec.state.is_final()) {
         job.promote(now);
         any_ready |= job.n_ready() > 0;
@@ -83,6 +85,9 @@ pub fn plan_round(
             if let Some(f) = free.get_mut(region) {
                 *f -= tasks.len() as i64;
             }
+        }
+        for region in capacity.regions.keys() {
+            *queued.entry(region).or_default() += job.queued_in(region);
         }
     }
     // The most tasks this round can release: no job needs to list more.
@@ -132,11 +137,7 @@ pub fn plan_round(
         .map(|(region, f)| {
             let slots = capacity.regions[region].0;
             let mut view = RegionView::new(catalog.profile(region), f, slots);
-            view.queued = jobs
-                .values()
-                .filter(|j| !j.rec.rec.state.is_final())
-                .map(|j| j.queued_in(region))
-                .sum();
+            view.queued = queued.get(region).copied().unwrap_or(0);
             view.cached = learned.held.get(region).cloned().unwrap_or_default();
             (view.arriving, view.link_busy_secs) = learned.fetches(region, now);
             for kind in &renderers {
