@@ -17,4 +17,4 @@ pub mod sys;
 
 pub use frames::{FrameChunk, FrameSpec};
 pub use hash::ContentHash;
-pub use names::{JobId, Region, WorkerId};
+pub use names::{JobId, Region, Studio, WorkerId};

@@ -91,6 +91,27 @@ name_type!(
 );
 
 name_type!(
+    /// A studio (tenant) name: a NATS subject token and object-store prefix. Every job belongs
+    /// to one; a farm without identities files everything under [`Studio::DEFAULT`].
+    Studio,
+    "studio",
+    32,
+    "use 1-32 characters: lowercase letters, digits and '-', starting with a letter or digit",
+    |i, b| b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && b == b'-')
+);
+
+impl Studio {
+    /// The studio of jobs submitted without one (a single-studio farm).
+    pub const DEFAULT: &'static str = "default";
+}
+
+impl Default for Studio {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_string())
+    }
+}
+
+name_type!(
     /// A worker's name, unique within its region.
     WorkerId,
     "worker name",
@@ -173,6 +194,15 @@ mod tests {
         assert!("cn-west-2".parse::<Region>().is_ok());
         for bad in ["", "Guian", "a.b", "a b", "-x", "a*", "a>", &"x".repeat(33)] {
             assert!(bad.parse::<Region>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn studios_are_subject_tokens() {
+        assert_eq!(Studio::default().as_str(), "default");
+        assert!("acme".parse::<Studio>().is_ok());
+        for bad in ["", "Acme", "a.b", "a b", "-x", "a*", "a>", "_ops", &"x".repeat(33)] {
+            assert!(bad.parse::<Studio>().is_err(), "{bad}");
         }
     }
 
