@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use suanli_shared::access::Access;
 use suanli_shared::JobId;
 
 use crate::commands::{farm, jobs, local, roles};
-use crate::exit;
+use crate::exit::{self, BadInput};
 
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_STORE: &str = "./suanli-store";
@@ -25,6 +26,14 @@ pub struct Cli {
     /// gs://bucket, az://container [default: ./suanli-store; `up` uses DIR/store].
     #[arg(long, global = true, env = "SUANLI_STORE")]
     pub store: Option<String>,
+    /// Identity file of a secure farm (an NKey seed written by `suanli auth init`, e.g.
+    /// operator.nk); needs --ca and a tls:// NATS URL.
+    #[arg(long, global = true, env = "SUANLI_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    /// CA certificate of a secure farm (its ca.pem): the NATS server must present a certificate
+    /// it signed.
+    #[arg(long, global = true, env = "SUANLI_CA")]
+    pub ca: Option<PathBuf>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -93,6 +102,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Secure farm set-up: CA, certificates, one identity per role, nats-server configs with
+    /// each role's permissions (`suanli auth init --out DIR --regions ... --studios ...`).
+    #[command(subcommand)]
+    Auth(crate::auth::AuthCommand),
     /// Operator terminal: regions, jobs, workers and the ledger, live (`?` shows the keys).
     Tui,
     /// Render one frame of the built-in film locally, without a farm (for checks and
@@ -139,25 +152,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let Cli {
         nats: nats_given,
         store: store_given,
+        identity,
+        ca,
         command,
         ..
     } = cli;
+    let access = || {
+        Access::load(identity.as_deref(), ca.as_deref())
+            .map_err(|e| anyhow::Error::from(BadInput(e.to_string())))
+    };
     if let Command::Up(args) = command {
         return roles::up(args, nats_given, store_given).await;
     }
     let nats = nats_given.unwrap_or_else(|| DEFAULT_NATS.to_string());
     let store = store_given.unwrap_or_else(|| DEFAULT_STORE.to_string());
     match command {
-        Command::Coordinator(args) => roles::coordinator(args, &nats, &store).await,
+        Command::Coordinator(args) => roles::coordinator(args, &nats, &store, access()?).await,
         Command::Worker(roles::WorkerCommand {
             action: Some(roles::WorkerAction::Drain { worker, json }),
             ..
         }) => farm::drain_worker(&nats, &worker, json).await,
         Command::Worker(roles::WorkerCommand { run: args, .. }) => {
-            roles::worker(args, &nats, &store).await
+            roles::worker(args, &nats, &store, access()?).await
         }
         Command::Up(_) => unreachable!("handled above"),
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Auth(cmd) => crate::auth::run(cmd),
         Command::Submit(args) => jobs::submit(*args, &nats, &store).await,
         Command::Status { job, json } => jobs::status(&nats, job, json).await,
         Command::Wait { job, timeout, json } => jobs::wait(&nats, job, timeout, json).await,

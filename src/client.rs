@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
+use suanli_shared::access::Access;
 use suanli_shared::layout;
 use suanli_shared::nats;
 use suanli_shared::protocol::api::{self, ApiError, Endpoint, ErrorKind};
@@ -44,7 +45,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let nats = nats::connect(url, "suanli-cli").await?;
+        Self::connect_with(url, &Access::none()).await
+    }
+
+    /// Connects with an identity and CA (a secure farm), or none.
+    pub async fn connect_with(url: &str, access: &Access) -> anyhow::Result<Self> {
+        let nats = nats::connect(url, "suanli-cli", access).await?;
         Ok(Self {
             nats,
             url: url.to_string(),

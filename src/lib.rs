@@ -5,6 +5,7 @@
 //! Dependencies run one way: `cli` → `commands` → {`print`, `exit`, `client`, `jobfile`,
 //! `localfarm`, `demo`}; nothing points back at `cli` or `commands`.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod commands;

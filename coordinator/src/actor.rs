@@ -3,7 +3,7 @@
 //! so there are no locks. This module holds the actor itself and its life: the lease loop
 //! that decides when it serves, loading its state from KV, and the select loop that feeds it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -27,7 +27,7 @@ use crate::{lease, Config};
 /// [`lease`]); without it, it stands by, and after losing it, it stands by again.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (client, reconnects) =
-        nats::connect_watched(&config.nats_url, "suanli-coordinator").await?;
+        nats::connect_watched(&config.nats_url, "suanli-coordinator", &config.access).await?;
     let farm = nats::setup(client).await?;
     let store = Store::open(&config.store_url)?;
     let me = lease::Holder::this_process();
@@ -113,6 +113,9 @@ pub(crate) struct Coordinator {
     /// When each region last had a live worker (ms), for region loss.
     pub(crate) last_live: HashMap<Region, u64>,
     pub(crate) started_ms: u64,
+    /// Regions whose queue consumer this coordinator has created (a secure farm, where
+    /// workers may not create it).
+    pub(crate) open_queues: HashSet<Region>,
 }
 
 impl Coordinator {
@@ -192,6 +195,7 @@ impl Coordinator {
             learned,
             last_live: HashMap::new(),
             started_ms: now_ms(),
+            open_queues: HashSet::new(),
         })
     }
 
@@ -273,7 +277,10 @@ impl Coordinator {
                     }
                 },
                 entry = next_of(&mut workers_watch) => match entry {
-                    Some(Ok(entry)) => self.handle_worker(entry),
+                    Some(Ok(entry)) => {
+                        self.handle_worker(entry);
+                        self.open_region_queues().await;
+                    }
                     Some(Err(e)) => warn!(error = %e, "worker watch error"),
                     None => {
                         warn!("the workers watch ended; reopening it");

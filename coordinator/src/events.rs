@@ -8,7 +8,7 @@ use async_nats::jetstream::kv::{Entry, Operation};
 use async_nats::jetstream::AckKind;
 use suanli_shared::nats;
 use suanli_shared::protocol::{now_ms, Event, TaskEvent, TaskEventKind, WorkerInfo};
-use suanli_shared::JobId;
+use suanli_shared::{JobId, Region};
 use tracing::{debug, info, warn};
 
 use crate::actor::Coordinator;
@@ -100,9 +100,44 @@ impl Coordinator {
         }
     }
 
+    /// On a secure farm workers may not create their region's queue consumer: the coordinator
+    /// creates it when it first sees a worker of the region.
+    pub(crate) async fn open_region_queues(&mut self) {
+        if self.config.access.identity.is_none() {
+            return;
+        }
+        let regions: Vec<Region> = self
+            .workers
+            .values()
+            .map(|w| w.region.clone())
+            .filter(|r| !self.open_queues.contains(r))
+            .collect();
+        for region in regions {
+            let config = nats::region_consumer_config(&region, nats::DEFAULT_ACK_WAIT);
+            match self
+                .farm
+                .tasks
+                .get_or_create_consumer(&nats::region_consumer(&region), config)
+                .await
+            {
+                Ok(_) => {
+                    info!(%region, "region queue open");
+                    self.open_queues.insert(region);
+                }
+                Err(e) => warn!(%region, error = %e, "cannot open the region's queue"),
+            }
+        }
+    }
+
     pub(crate) fn handle_worker(&mut self, entry: Entry) {
         match entry.operation {
             Operation::Put => match serde_json::from_slice::<WorkerInfo>(&entry.value) {
+                // A worker identity may write only its own region's keys (nats-server enforces
+                // that); the record inside must name the same region and worker, or a worker
+                // of one region could pose as another region's.
+                Ok(w) if entry.key != nats::worker_key(&w.region, &w.id) => {
+                    warn!(key = entry.key, region = %w.region, worker = %w.id, "ignoring a worker record filed under another region's or worker's key");
+                }
                 Ok(w) => {
                     if !self.workers.contains_key(&entry.key) {
                         info!(worker = %w.id, region = %w.region, slots = w.slots, "worker joined");

@@ -28,6 +28,7 @@ pub mod submit;
 
 use std::time::Duration;
 
+use suanli_shared::access::Access;
 use suanli_shared::regions::RegionCatalog;
 
 pub use actor::run;
@@ -36,6 +37,8 @@ pub use actor::run;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats_url: String,
+    /// Identity and CA on a secure farm (a coordinator identity).
+    pub access: Access,
     pub store_url: String,
     /// Tasks released to a region beyond its free slots, so a worker finishing a task finds the
     /// next one already queued.
@@ -55,6 +58,7 @@ impl Config {
     pub fn new(nats_url: impl Into<String>, store_url: impl Into<String>) -> Self {
         Self {
             nats_url: nats_url.into(),
+            access: Access::none(),
             store_url: store_url.into(),
             prefetch: 1,
             worker_lost_after: Duration::from_secs(10),

@@ -2,6 +2,7 @@
 //! set-up, the object-store layout and the storage adapter. Every type that crosses a process
 //! boundary is defined here; policy (what to retry, where to place) lives in the roles.
 
+pub mod access;
 pub mod fold;
 pub mod frames;
 pub mod hash;

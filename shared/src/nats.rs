@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
+use crate::access::Access;
 use crate::names::{JobId, Region, WorkerId};
 use crate::protocol::{DecodeError, Event, EventKind};
 
@@ -23,6 +24,10 @@ pub const COORDINATOR_CONSUMER: &str = "coordinator";
 /// Coordinator leadership: one key, [`LEASE_KEY`], held by the coordinator that dispatches.
 pub const LEASE_BUCKET: &str = "suanli_lease";
 pub const LEASE_KEY: &str = "coordinator";
+
+/// The hub's JetStream domain (deploy/nats/hub.conf); leaf nodes rewrite their clients'
+/// JetStream API into it.
+pub const JS_DOMAIN: &str = "suanli";
 
 /// Oldest nats-server accepted: older ones cannot create KV buckets with async-nats 0.51 and
 /// silently ignore features Suanli relies on.
@@ -111,6 +116,14 @@ pub enum NatsError {
         #[source]
         source: async_nats::ConnectError,
     },
+    #[error("nats-server at {url} refused {who}: {why}")]
+    Refused {
+        url: String,
+        who: String,
+        why: String,
+    },
+    #[error("TLS to {url} failed: {why}")]
+    Tls { url: String, why: String },
     #[error("nats-server {found} at {url} is too old: Suanli needs {}.{} or newer with JetStream (Debian's 2.9 package is too old; scripts/install-tools.sh installs a current one)", MIN_SERVER.0, MIN_SERVER.1)]
     TooOld { url: String, found: String },
     #[error("nats-server at {url} has JetStream disabled: start it with -js")]
@@ -126,31 +139,63 @@ fn parse_version(v: &str) -> Option<(u64, u64)> {
     Some((major, minor))
 }
 
-/// Connects (reconnecting by itself afterwards) and refuses servers older than
-/// [`MIN_SERVER`] or without JetStream.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
-    Ok(connect_watched(url, name).await?.0)
+/// A connection and what the roles watch on it.
+pub struct Connection {
+    pub client: async_nats::Client,
+    /// Moves on every reconnection. Pull requests and ordered consumers in flight when a
+    /// server restarts are lost with it, and the client notices only after their heartbeats or
+    /// expiry run out (seconds); a role that watches this counter reopens them at once instead.
+    pub reconnects: tokio::sync::watch::Receiver<u64>,
+    /// The last permissions violation the server reported on this connection (nats-server
+    /// drops a forbidden publish or subscription and says so only asynchronously): a caller
+    /// waiting on a reply can tell "denied" from "no answer yet".
+    pub denied: tokio::sync::watch::Receiver<Option<String>>,
 }
 
-/// [`connect`], plus a counter that moves on every reconnection. Pull requests and ordered
-/// consumers in flight when a server restarts are lost with it, and the client notices only
-/// after their heartbeats or expiry run out (seconds); a role that watches this counter
-/// reopens them at once instead.
+/// Connects (reconnecting by itself afterwards) and refuses servers older than
+/// [`MIN_SERVER`] or without JetStream.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    access: &Access,
+) -> Result<async_nats::Client, NatsError> {
+    Ok(open(url, name, access).await?.client)
+}
+
+/// [`connect`], plus the reconnection counter of [`Connection::reconnects`].
 pub async fn connect_watched(
     url: &str,
     name: &str,
+    access: &Access,
 ) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>), NatsError> {
-    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let c = open(url, name, access).await?;
+    Ok((c.client, c.reconnects))
+}
+
+/// Connects as `access` says: with an identity, over TLS checked against its CA, signing the
+/// server's challenge with the identity's NKey and using the role's own reply inboxes.
+pub async fn open(url: &str, name: &str, access: &Access) -> Result<Connection, NatsError> {
+    // Two crypto back ends are linked (aws-lc-rs through async-nats, ring through others), so
+    // rustls cannot pick one by itself; a second call finds it installed and changes nothing.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (tx, reconnects) = tokio::sync::watch::channel(0u64);
+    let (denied_tx, denied) = tokio::sync::watch::channel(None::<String>);
     let was_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = async_nats::ConnectOptions::new()
+    let mut opts = async_nats::ConnectOptions::new()
         .event_callback(move |event| {
-            let (tx, was_down) = (tx.clone(), was_down.clone());
+            let (tx, was_down, denied_tx) = (tx.clone(), was_down.clone(), denied_tx.clone());
             async move {
                 use std::sync::atomic::Ordering;
                 match event {
                     async_nats::Event::Disconnected => was_down.store(true, Ordering::SeqCst),
                     async_nats::Event::Connected if was_down.swap(false, Ordering::SeqCst) => {
                         tx.send_modify(|n| *n += 1)
+                    }
+                    async_nats::Event::ServerError(async_nats::ServerError::Other(e))
+                        if e.to_ascii_lowercase().contains("permissions violation") =>
+                    {
+                        tracing::warn!(error = %e, "nats-server refused an action");
+                        denied_tx.send_replace(Some(e));
                     }
                     _ => {}
                 }
@@ -159,13 +204,19 @@ pub async fn connect_watched(
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(30)))
-        .max_reconnects(None)
+        .max_reconnects(None);
+    if let Some(id) = &access.identity {
+        opts = opts
+            .nkey(id.seed().to_string())
+            .custom_inbox_prefix(id.role.inbox_prefix());
+    }
+    if let Some(ca) = &access.ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let client = opts
         .connect(url)
         .await
-        .map_err(|source| NatsError::Connect {
-            url: url.to_string(),
-            source,
-        })?;
+        .map_err(|source| connect_error(url, access, source))?;
     let info = client.server_info();
     match parse_version(&info.version) {
         Some(v) if v >= MIN_SERVER => {}
@@ -188,7 +239,48 @@ pub async fn connect_watched(
             });
         }
     }
-    Ok((client, rx))
+    Ok(Connection {
+        client,
+        reconnects,
+        denied,
+    })
+}
+
+/// One clear line for a failed connection: who was refused and what to do about it.
+fn connect_error(url: &str, access: &Access, source: async_nats::ConnectError) -> NatsError {
+    use async_nats::ConnectErrorKind as K;
+    let url = url.to_string();
+    let who = match &access.identity {
+        Some(id) => format!("identity {} ({})", id.role, id.path.display()),
+        None => "a connection without an identity".to_string(),
+    };
+    match source.kind() {
+        K::AuthorizationViolation | K::Authentication => NatsError::Refused {
+            url,
+            why: if access.identity.is_some() {
+                "the server does not know this identity (revoked, or from another farm)".into()
+            } else {
+                "this farm needs an identity: pass --identity FILE and --ca FILE (or SUANLI_IDENTITY and SUANLI_CA)".into()
+            },
+            who,
+        },
+        K::Tls => {
+            let detail = source.to_string();
+            let why = if access.ca.is_none() {
+                format!("{detail} (the server requires TLS: pass --ca FILE, the farm's ca.pem)")
+            } else if detail.contains("UnknownIssuer") || detail.contains("unknown issuer") {
+                "the server's certificate was not signed by the CA given with --ca".to_string()
+            } else if detail.to_ascii_lowercase().contains("expired") {
+                "the server's certificate has expired: renew it with suanli auth init".to_string()
+            } else if detail.contains("NotValidForName") {
+                "the server's certificate does not name this host: add it with suanli auth init --hosts".to_string()
+            } else {
+                detail
+            };
+            NatsError::Tls { url, why }
+        }
+        _ => NatsError::Connect { url, source },
+    }
 }
 
 /// Handles to every stream and bucket, created if missing.
@@ -252,6 +344,78 @@ pub async fn setup(client: async_nats::Client) -> Result<Farm, NatsError> {
         workers_kv,
         lease_kv,
     })
+}
+
+/// Opens the streams and buckets the coordinator created, creating nothing: for roles that may
+/// not create them (a worker on a secure farm). Waits for a coordinator that is still starting.
+pub async fn attach(client: async_nats::Client) -> Result<Farm, NatsError> {
+    let js = jetstream::new(client.clone());
+    let started = std::time::Instant::now();
+    let mut logged = false;
+    loop {
+        let attempt = async {
+            let tasks = js
+                .get_stream(TASKS_STREAM)
+                .await
+                .map_err(|e| (TASKS_STREAM, e.to_string()))?;
+            let kv = |name: &'static str| {
+                let js = js.clone();
+                async move {
+                    js.get_key_value(name)
+                        .await
+                        .map_err(|e| (name, e.to_string()))
+                }
+            };
+            Ok::<_, (&str, String)>(Farm {
+                client: client.clone(),
+                js: js.clone(),
+                tasks,
+                jobs_kv: kv(JOBS_BUCKET).await?,
+                tasks_kv: kv(TASKS_BUCKET).await?,
+                workers_kv: kv(WORKERS_BUCKET).await?,
+                lease_kv: kv(LEASE_BUCKET).await?,
+            })
+        };
+        match attempt.await {
+            Ok(farm) => return Ok(farm),
+            Err((what, e)) if started.elapsed() > ATTACH_PATIENCE => {
+                return Err(setup_err(
+                    what,
+                    format!("{e} (the coordinator creates it: is one running on this farm?)"),
+                ))
+            }
+            Err((what, e)) => {
+                if !logged {
+                    tracing::info!(missing = what, error = %e, "waiting for the coordinator to set up the farm");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// How long [`attach`] waits for a coordinator to create the farm.
+const ATTACH_PATIENCE: Duration = Duration::from_secs(120);
+
+/// How long a task may go without an acknowledgement before its region's queue offers it again,
+/// on a consumer the coordinator creates (a secure farm, where workers may not create them).
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// The durable pull consumer of a region's queue, shared by every worker of the region.
+pub fn region_consumer_config(
+    region: &Region,
+    ack_wait: Duration,
+) -> jetstream::consumer::pull::Config {
+    let name = region_consumer(region);
+    jetstream::consumer::pull::Config {
+        durable_name: Some(name),
+        filter_subject: task_subject(region),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending: 100_000,
+        ..Default::default()
+    }
 }
 
 async fn bucket(

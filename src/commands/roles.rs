@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use suanli_shared::access::{Access, Role};
 use suanli_shared::{Region, WorkerId};
 
 use super::{load_catalog, shutdown_on_signals};
@@ -93,8 +94,18 @@ pub struct UpArgs {
 }
 
 /// `suanli coordinator`: leads (or stands by) until a signal.
-pub async fn coordinator(args: CoordinatorArgs, nats: &str, store: &str) -> anyhow::Result<u8> {
+pub async fn coordinator(
+    args: CoordinatorArgs,
+    nats: &str,
+    store: &str,
+    access: Access,
+) -> anyhow::Result<u8> {
+    if let Some(id) = &access.identity {
+        id.expect(|r| *r == Role::Coordinator, "the coordinator identity")
+            .map_err(|e| BadInput(e.to_string()))?;
+    }
     let mut config = suanli_coordinator::Config::new(nats, store);
+    config.access = access;
     config.lease_ttl = args.lease_ttl.max(Duration::from_secs(1));
     config.worker_lost_after = args.worker_lost_after;
     config.region_lost_after = args.region_lost_after;
@@ -106,8 +117,39 @@ pub async fn coordinator(args: CoordinatorArgs, nats: &str, store: &str) -> anyh
 }
 
 /// `suanli worker --region R`: renders the region's tasks until a signal, then drains.
-pub async fn worker(args: WorkerArgs, nats: &str, store: &str) -> anyhow::Result<u8> {
-    let Some(region) = args.region else {
+pub async fn worker(
+    args: WorkerArgs,
+    nats: &str,
+    store: &str,
+    access: Access,
+) -> anyhow::Result<u8> {
+    // A worker identity names its region: it is the default, and another one is refused.
+    let identity_region = match access.role() {
+        Some(Role::Worker(r)) => Some(r.clone()),
+        Some(_) => {
+            let id = access
+                .identity
+                .as_ref()
+                .expect("a role comes from an identity");
+            return Err(BadInput(
+                id.expect(|_| false, "a worker identity (worker-<region>.nk)")
+                    .unwrap_err()
+                    .to_string(),
+            )
+            .into());
+        }
+        None => None,
+    };
+    let region = match (args.region, identity_region) {
+        (Some(flag), Some(id)) if flag != id => {
+            return Err(BadInput(format!(
+                "--region {flag} but the identity is a worker of region {id}: a worker renders only for its identity's region"
+            ))
+            .into())
+        }
+        (flag, id) => flag.or(id),
+    };
+    let Some(region) = region else {
         return Err(BadInput(
             "a worker needs --region NAME (or SUANLI_REGION): the region it renders for".into(),
         )
@@ -118,6 +160,7 @@ pub async fn worker(args: WorkerArgs, nats: &str, store: &str) -> anyhow::Result
         None => default_worker_name()?,
     };
     let mut config = suanli_worker::Config::new(nats, store, region, name, args.cache_dir);
+    config.access = access;
     config.slots = args.slots.max(1);
     config.cache_max_bytes = args.cache_gib << 30;
     config.drain_grace = args.drain_grace;

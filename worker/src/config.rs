@@ -5,12 +5,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use suanli_shared::{Region, WorkerId};
+use suanli_shared::access::Access;
+use suanli_shared::{nats, Region, WorkerId};
 
 /// Worker settings, resolved once by the binary.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats_url: String,
+    /// Identity and CA on a secure farm (the identity must be this region's worker identity).
+    pub access: Access,
     pub store_url: String,
     pub region: Region,
     pub name: WorkerId,
@@ -19,7 +22,8 @@ pub struct Config {
     pub cache_dir: PathBuf,
     pub cache_max_bytes: u64,
     /// Ack wait of the region's consumer (set when the consumer is first created): how long a
-    /// silent worker keeps a task before it is redelivered.
+    /// silent worker keeps a task before it is redelivered. On a secure farm the coordinator
+    /// creates the consumer with [`nats::DEFAULT_ACK_WAIT`] and this is not used.
     pub ack_wait: Duration,
     pub heartbeat: Duration,
     /// How long a draining worker lets running renders finish before handing them back.
@@ -43,13 +47,14 @@ impl Config {
             .unwrap_or(1);
         Self {
             nats_url: nats_url.into(),
+            access: Access::none(),
             store_url: store_url.into(),
             region,
             name,
             slots: 1,
             cache_dir,
             cache_max_bytes: 20 << 30,
-            ack_wait: Duration::from_secs(60),
+            ack_wait: nats::DEFAULT_ACK_WAIT,
             heartbeat: Duration::from_secs(2),
             drain_grace: Duration::from_secs(30),
             threads_per_slot: cores,

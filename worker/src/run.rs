@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use suanli_shared::nats;
 use suanli_shared::protocol::now_ms;
@@ -29,9 +29,17 @@ use crate::task::handle;
 /// Runs a worker until `shutdown` fires, then drains: no new tasks, running ones finish within
 /// the grace period or go back to the queue, and the worker's record is removed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (client, mut reconnects) =
-        nats::connect_watched(&config.nats_url, &format!("suanli-worker-{}", config.name)).await?;
-    let farm = nats::setup(client).await?;
+    let (client, mut reconnects) = nats::connect_watched(
+        &config.nats_url,
+        &format!("suanli-worker-{}", config.name),
+        &config.access,
+    )
+    .await?;
+    let farm = if config.access.identity.is_some() {
+        nats::attach(client).await?
+    } else {
+        nats::setup(client).await?
+    };
     let store = Store::open(&config.store_url)?;
     let cache = Cache::open(&config.cache_dir, config.cache_max_bytes, store.clone())
         .await
@@ -123,24 +131,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// The region's durable pull consumer, shared by every worker of the region.
+/// The region's durable pull consumer, shared by every worker of the region. On a secure farm
+/// only the coordinator may create it (when it first sees a worker of the region), so the
+/// worker waits for it; on an open farm the first worker creates it.
 async fn region_consumer(sh: &Shared) -> anyhow::Result<PullConsumer> {
     let name = nats::region_consumer(&sh.config.region);
-    sh.farm
-        .tasks
-        .get_or_create_consumer(
-            &name,
-            pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: nats::task_subject(&sh.config.region),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: sh.config.ack_wait,
-                max_ack_pending: 100_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .with_context(|| format!("cannot open the task consumer {name}"))
+    if sh.config.access.identity.is_none() {
+        return sh
+            .farm
+            .tasks
+            .get_or_create_consumer(
+                &name,
+                nats::region_consumer_config(&sh.config.region, sh.config.ack_wait),
+            )
+            .await
+            .with_context(|| format!("cannot open the task consumer {name}"));
+    }
+    let started = std::time::Instant::now();
+    loop {
+        match sh.farm.tasks.get_consumer(&name).await {
+            Ok(c) => return Ok(c),
+            Err(e) if started.elapsed() > Duration::from_secs(120) => {
+                return Err(anyhow::anyhow!(
+                    "region {}'s task queue {name} does not exist: {e} (the coordinator creates it when it sees this worker; is one running?)",
+                    sh.config.region
+                ))
+            }
+            Err(e) => {
+                debug!(error = %e, "waiting for the coordinator to open {name}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
 }
 
 /// Fetches at most one message, waiting a few seconds.
