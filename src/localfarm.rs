@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use suanli_shared::access::{Access, Role};
 use suanli_shared::nats;
 use suanli_shared::{Region, WorkerId};
 use tokio_util::sync::CancellationToken;
@@ -61,7 +62,14 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub struct NatsServer {
     child: Child,
     pub port: u16,
+    /// Where its log (and, unless a config says otherwise, its JetStream data) lives.
     pub store_dir: PathBuf,
+    /// Its command-line arguments, for restarts.
+    args: Vec<std::ffi::OsString>,
+    /// Its environment additions (a leaf node's address and link seed).
+    envs: Vec<(String, String)>,
+    /// Whether clients must speak TLS (a server started from a secure farm's config).
+    pub tls: bool,
 }
 
 impl NatsServer {
@@ -69,16 +77,50 @@ impl NatsServer {
     /// waits until it accepts connections.
     pub fn start(store_dir: &Path, port: u16) -> anyhow::Result<Self> {
         let port = if port == 0 { free_port()? } else { port };
+        let args = ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]
+            .iter()
+            .map(Into::into)
+            .chain([store_dir.as_os_str().to_owned()])
+            .collect();
+        Self::launch(store_dir, port, args, Vec::new(), false)
+    }
+
+    /// Starts a server from a configuration file (a secure farm's, written by
+    /// `suanli auth init`) that listens on `port`; its log goes to `log_dir`.
+    pub fn start_config(
+        config: &Path,
+        port: u16,
+        log_dir: &Path,
+        envs: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let args = vec!["-c".into(), config.as_os_str().to_owned()];
+        Self::launch(log_dir, port, args, envs, true)
+    }
+
+    fn launch(
+        store_dir: &Path,
+        port: u16,
+        args: Vec<std::ffi::OsString>,
+        envs: Vec<(String, String)>,
+        tls: bool,
+    ) -> anyhow::Result<Self> {
         let mut server = Self {
-            child: Self::spawn(store_dir, port)?,
+            child: Self::spawn(store_dir, &args, &envs)?,
             port,
             store_dir: store_dir.to_path_buf(),
+            args,
+            envs,
+            tls,
         };
         server.wait_ready(Duration::from_secs(20))?;
         Ok(server)
     }
 
-    fn spawn(store_dir: &Path, port: u16) -> anyhow::Result<Child> {
+    fn spawn(
+        store_dir: &Path,
+        args: &[std::ffi::OsString],
+        envs: &[(String, String)],
+    ) -> anyhow::Result<Child> {
         let bin = find_nats_server()?;
         std::fs::create_dir_all(store_dir)?;
         let log = std::fs::OpenOptions::new()
@@ -86,8 +128,8 @@ impl NatsServer {
             .append(true)
             .open(store_dir.join("nats-server.log"))?;
         Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store_dir)
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -117,7 +159,17 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Asks the server to reload its configuration (SIGHUP), e.g. after a revocation.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "cannot signal nats-server");
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
@@ -133,7 +185,7 @@ impl NatsServer {
     /// Restarts on the same port with the same JetStream data.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        self.child = Self::spawn(&self.store_dir, self.port)?;
+        self.child = Self::spawn(&self.store_dir, &self.args, &self.envs)?;
         self.wait_ready(Duration::from_secs(20))
     }
 }
@@ -142,6 +194,35 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes a secure farm into `auth` (unless one is there, then it adds missing regions and
+/// studios) and returns the port its server listens on.
+fn secure_farm(
+    auth: &Path,
+    regions: &[Region],
+    studios: &[suanli_shared::Studio],
+) -> anyhow::Result<u16> {
+    let listen = match std::fs::read_to_string(auth.join("farm.toml")) {
+        Ok(text) => text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))
+            .map(|v| v.trim_matches('"').to_string())
+            .context("the farm's farm.toml names no listen address")?,
+        Err(_) => format!("127.0.0.1:{}", free_port()?),
+    };
+    let port = listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .context("bad listen address in farm.toml")?;
+    crate::auth::init(crate::auth::InitArgs::new(
+        auth,
+        regions,
+        studios,
+        &listen,
+        free_port()?,
+    ))?;
+    Ok(port)
 }
 
 /// What to start.
@@ -161,6 +242,11 @@ pub struct FarmOptions {
     pub coordinator: bool,
     /// The coordinator's region catalog.
     pub catalog: suanli_shared::regions::RegionCatalog,
+    /// A secure farm: `suanli auth init` writes `dir/auth` (unless it is there), nats-server
+    /// runs from its config with TLS, and every role connects with its own identity.
+    pub secure: bool,
+    /// Studios given identities on a secure farm.
+    pub studios: Vec<suanli_shared::Studio>,
 }
 
 impl FarmOptions {
@@ -178,6 +264,8 @@ impl FarmOptions {
             ack_wait: Duration::from_secs(60),
             coordinator: true,
             catalog: Default::default(),
+            secure: false,
+            studios: Vec::new(),
         })
     }
 }
@@ -188,6 +276,8 @@ pub struct LocalFarm {
     pub nats_url: String,
     pub store_url: String,
     pub options: FarmOptions,
+    /// The secure farm's folder (`dir/auth`): identities, CA, configs.
+    pub auth_dir: Option<PathBuf>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     workers: Vec<(WorkerId, CancellationToken)>,
@@ -196,11 +286,22 @@ pub struct LocalFarm {
 impl LocalFarm {
     pub async fn start(options: FarmOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&options.dir)?;
-        let nats = match &options.nats_url {
-            Some(_) => None,
-            None => {
+        let auth_dir = options.secure.then(|| options.dir.join("auth"));
+        let nats = match (&options.nats_url, &auth_dir) {
+            (Some(_), _) => None,
+            (None, None) => {
                 let dir = options.dir.join("nats");
                 Some(tokio::task::spawn_blocking(move || NatsServer::start(&dir, 0)).await??)
+            }
+            (None, Some(auth)) => {
+                let port = secure_farm(auth, &options.regions, &options.studios)?;
+                let (conf, log) = (auth.join("nats-server.conf"), options.dir.join("nats"));
+                Some(
+                    tokio::task::spawn_blocking(move || {
+                        NatsServer::start_config(&conf, port, &log, Vec::new())
+                    })
+                    .await??,
+                )
             }
         };
         let nats_url = options
@@ -216,6 +317,7 @@ impl LocalFarm {
             nats_url,
             store_url,
             options,
+            auth_dir,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             workers: Vec::new(),
@@ -236,6 +338,7 @@ impl LocalFarm {
     pub fn start_coordinator(&self) {
         let mut config = suanli_coordinator::Config::new(&self.nats_url, &self.store_url);
         config.catalog = self.options.catalog.clone();
+        config.access = self.access(&Role::Coordinator);
         let token = self.shutdown.child_token();
         self.tracker.spawn(async move {
             if let Err(e) = suanli_coordinator::run(config, token).await {
@@ -255,6 +358,7 @@ impl LocalFarm {
         );
         config.slots = self.options.slots;
         config.ack_wait = self.options.ack_wait;
+        config.access = self.access(&Role::Worker(region.clone()));
         let token = self.shutdown.child_token();
         self.workers.push((name, token.clone()));
         self.tracker.spawn(async move {
@@ -269,7 +373,9 @@ impl LocalFarm {
         if !self.options.coordinator {
             return Ok(());
         }
-        let client = crate::client::Client::connect(&self.nats_url).await?;
+        let client =
+            crate::client::Client::connect_with(&self.nats_url, &self.access(&Role::Operator))
+                .await?;
         let deadline = tokio::time::Instant::now() + limit;
         let mut sub = client.nats().subscribe(nats::ALL_WORKERS).await?;
         loop {
@@ -285,6 +391,15 @@ impl LocalFarm {
                 _ = futures::StreamExt::next(&mut sub) => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
+        }
+    }
+
+    /// How `role` connects to this farm: its identity on a secure farm, nothing otherwise.
+    pub fn access(&self, role: &Role) -> Access {
+        match &self.auth_dir {
+            // The folder was written by this farm's start: a missing identity is a bug.
+            Some(dir) => crate::auth::access_of(dir, role).expect("the farm's identities exist"),
+            None => Access::none(),
         }
     }
 

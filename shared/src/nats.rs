@@ -254,6 +254,9 @@ fn connect_error(url: &str, access: &Access, source: async_nats::ConnectError) -
         Some(id) => format!("identity {} ({})", id.role, id.path.display()),
         None => "a connection without an identity".to_string(),
     };
+    let detail = source.to_string();
+    let tls_failure = detail.contains("invalid peer certificate")
+        || detail.to_ascii_lowercase().contains("handshake");
     match source.kind() {
         K::AuthorizationViolation | K::Authentication => NatsError::Refused {
             url,
@@ -264,8 +267,7 @@ fn connect_error(url: &str, access: &Access, source: async_nats::ConnectError) -
             },
             who,
         },
-        K::Tls => {
-            let detail = source.to_string();
+        K::Tls | K::Io if source.kind() == K::Tls || tls_failure => {
             let why = if access.ca.is_none() {
                 format!("{detail} (the server requires TLS: pass --ca FILE, the farm's ca.pem)")
             } else if detail.contains("UnknownIssuer") || detail.contains("unknown issuer") {

@@ -73,6 +73,45 @@ pub struct InitArgs {
     pub valid_days: u32,
 }
 
+impl InitArgs {
+    /// A farm in `out` with these regions and studios, listening on `listen` (the hub's leaf
+    /// port on the same host, port `leaf_port`).
+    pub fn new(
+        out: &Path,
+        regions: &[Region],
+        studios: &[Studio],
+        listen: &str,
+        leaf_port: u16,
+    ) -> Self {
+        let host = listen.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+        InitArgs {
+            out: out.to_path_buf(),
+            regions: regions.to_vec(),
+            studios: studios.to_vec(),
+            listen: listen.to_string(),
+            leaf_listen: Some(format!("{host}:{leaf_port}")),
+            hosts: Vec::new(),
+            add_studio: Vec::new(),
+            add_region: Vec::new(),
+            valid_days: 365,
+        }
+    }
+}
+
+/// The identity file of `role` in a farm folder.
+pub fn identity_path(dir: &Path, role: &Role) -> PathBuf {
+    dir.join(role.file_name())
+}
+
+/// How `role` reaches a farm written in `dir`: its identity and the farm's CA.
+pub fn access_of(dir: &Path, role: &Role) -> anyhow::Result<suanli_shared::access::Access> {
+    let ca = dir.join("ca.pem");
+    Ok(suanli_shared::access::Access::load(
+        Some(&identity_path(dir, role)),
+        Some(&ca),
+    )?)
+}
+
 /// `farm.toml`: what the folder's files were made from.
 #[derive(Debug, Serialize, Deserialize)]
 struct FarmFile {
@@ -147,7 +186,11 @@ impl FarmFile {
 
 pub fn run(cmd: AuthCommand) -> anyhow::Result<u8> {
     match cmd {
-        AuthCommand::Init(args) => init(args),
+        AuthCommand::Init(args) => {
+            let report = init(args)?;
+            report.print();
+            Ok(0)
+        }
         AuthCommand::Revoke { out, role } => revoke(&out, &role),
         AuthCommand::Rotate { out, role } => rotate(&out, &role),
     }
@@ -171,7 +214,48 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init(args: InitArgs) -> anyhow::Result<u8> {
+/// What [`init`] did.
+pub struct InitReport {
+    /// The farm folder, absolute.
+    pub dir: PathBuf,
+    /// A new farm (CA and certificates written), not an addition to one.
+    pub fresh: bool,
+    /// Identity files written this time.
+    pub written: Vec<String>,
+    /// The client address.
+    pub listen: String,
+}
+
+impl InitReport {
+    fn print(&self) {
+        let dir = &self.dir;
+        if self.fresh {
+            println!("secure farm written to {}", dir.display());
+        }
+        if self.written.is_empty() {
+            println!("nothing new to add; configs rewritten");
+        } else {
+            println!("identities: {}", self.written.join(" "));
+        }
+        println!(
+            "start: nats-server -c {}   (or the hub: {}, and per region leaf-<region>.conf)",
+            dir.join("nats-server.conf").display(),
+            dir.join("hub.conf").display()
+        );
+        println!(
+            "connect: --nats tls://{} --ca {} --identity {}",
+            self.listen,
+            dir.join("ca.pem").display(),
+            dir.join(Role::Operator.file_name()).display()
+        );
+        if !self.fresh {
+            println!("running servers pick up the change on reload: nats-server --signal reload");
+        }
+    }
+}
+
+/// Writes a secure farm into `args.out`, or adds to the one there.
+pub fn init(args: InitArgs) -> anyhow::Result<InitReport> {
     check_addr("--listen", &args.listen)?;
     if let Some(l) = &args.leaf_listen {
         check_addr("--leaf-listen", l)?;
@@ -277,29 +361,12 @@ fn init(args: InitArgs) -> anyhow::Result<u8> {
     }
     farm.save(&dir)?;
     write_configs(&dir, &farm)?;
-    if fresh {
-        println!("secure farm written to {}", dir.display());
-    }
-    if written.is_empty() {
-        println!("nothing new to add; configs rewritten");
-    } else {
-        println!("identities: {}", written.join(" "));
-    }
-    println!(
-        "start: nats-server -c {}   (or the hub: {}, and per region leaf-<region>.conf)",
-        dir.join("nats-server.conf").display(),
-        dir.join("hub.conf").display()
-    );
-    println!(
-        "connect: --nats tls://{} --ca {} --identity {}",
-        farm.listen,
-        dir.join("ca.pem").display(),
-        dir.join(Role::Operator.file_name()).display()
-    );
-    if !fresh {
-        println!("running servers pick up the change on reload: nats-server --signal reload");
-    }
-    Ok(0)
+    Ok(InitReport {
+        dir,
+        fresh,
+        written,
+        listen: farm.listen,
+    })
 }
 
 fn write_configs(dir: &Path, farm: &FarmFile) -> anyhow::Result<()> {

@@ -91,6 +91,13 @@ pub struct UpArgs {
     /// Region catalog for the coordinator (see `suanli coordinator --catalog`).
     #[arg(long, env = "SUANLI_CATALOG")]
     pub catalog: Option<PathBuf>,
+    /// Run the farm secure: TLS and an identity per role (`suanli auth init` into DIR/auth,
+    /// unless a farm is there already), with nats-server enforcing each role's permissions.
+    #[arg(long)]
+    pub secure: bool,
+    /// Studios to give identities on a secure farm (DIR/auth/studio-<name>.nk).
+    #[arg(long, value_delimiter = ',', requires = "secure")]
+    pub studios: Vec<suanli_shared::Studio>,
 }
 
 /// `suanli coordinator`: leads (or stands by) until a signal.
@@ -176,8 +183,16 @@ pub async fn up(args: UpArgs, nats: Option<String>, store: Option<String>) -> an
     options.regions = args.regions;
     options.workers_per_region = args.workers_per_region.max(1);
     options.slots = args.slots.max(1);
+    if args.secure && nats.is_some() {
+        return Err(BadInput(
+            "--secure starts its own nats-server from the farm's config: leave out --nats".into(),
+        )
+        .into());
+    }
     options.nats_url = nats;
     options.store_url = store;
+    options.secure = args.secure;
+    options.studios = args.studios;
     if let Some(path) = &args.catalog {
         options.catalog = load_catalog(path)?;
     }
@@ -187,6 +202,17 @@ pub async fn up(args: UpArgs, nats: Option<String>, store: Option<String>) -> an
         "  export SUANLI_NATS={} SUANLI_STORE={}",
         farm.nats_url, farm.store_url
     );
+    if let Some(auth) = &farm.auth_dir {
+        println!(
+            "  export SUANLI_CA={} SUANLI_IDENTITY={}",
+            auth.join("ca.pem").display(),
+            crate::auth::identity_path(auth, &Role::Operator).display()
+        );
+        println!(
+            "  (identities of every role are in {}; a studio uses its studio-<name>.nk)",
+            auth.display()
+        );
+    }
     println!("Ctrl-C stops it.");
     shutdown_on_signals().cancelled().await;
     farm.stop().await;
