@@ -10,7 +10,9 @@
 //!    calling `suanli render-frame` once per frame (and against the bare render time);
 //! 3. resubmitting the same 200 tasks: every task is a cache hit, nothing renders;
 //! 4. section 2's farm runs again with the store on tmpfs (`/dev/shm`), where fsync is free:
-//!    the difference is what the store's durable writes cost.
+//!    the difference is what the store's durable writes cost;
+//! 5. sections 1 and 2 again on a secure farm (`suanli auth init`: TLS on every connection,
+//!    NKey identities, per-role permissions), beside the plain figures of this same run.
 //!
 //! Each figure is the median of 3 runs; the CPU line under each farm run says how much of the
 //! machine the farm, the disk (iowait) and other processes took, so a disturbed run shows.
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, ensure, Context as _};
 use suanli::client::Client;
 use suanli::localfarm::{FarmOptions, LocalFarm};
+use suanli_shared::access::Role;
 use suanli_shared::layout;
 use suanli_shared::protocol::{InputManifest, JobSpec, JobState, JobStatus, RendererSpec};
 use suanli_shared::store::Store;
@@ -81,9 +84,10 @@ async fn run() -> anyhow::Result<()> {
         "farm start (nats-server + coordinator, no workers): {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    let result = bench_submit(&farm).await;
+    let client = Client::connect(&farm.nats_url).await?;
+    let result = bench_submit(&farm, &client).await;
     farm.stop().await;
-    result?;
+    let plain_submit = result?;
 
     println!("\n# 2. orchestration overhead: {SMALL_JOB_FRAMES} tasks of one {WIDTH}x{HEIGHT} frame, {SAMPLES} sample, {SLOTS} slots");
     let render_secs = bench_render_in_process().await?;
@@ -96,6 +100,7 @@ async fn run() -> anyhow::Result<()> {
     let result = bench_overhead(&farm, tmp.path(), render_secs).await;
     farm.stop().await;
     let (xargs, on_disk) = result?;
+    let plain_overhead = on_disk;
 
     // The same farm with its store on tmpfs, where fsync is free.
     let shm = Path::new("/dev/shm");
@@ -119,7 +124,62 @@ async fn run() -> anyhow::Result<()> {
         farm.stop().await;
         result?;
     }
+    bench_secure(tmp.path(), plain_submit, plain_overhead).await?;
     println!("\nbenchmark took {:.1} s", total.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Section 5: sections 1 and 2 on a secure farm; `plain_submit` and `plain_overhead` are
+/// their medians on the plain farms of this same run.
+async fn bench_secure(tmp: &Path, plain_submit: f64, plain_overhead: f64) -> anyhow::Result<()> {
+    println!(
+        "\n# 5. secure farm (TLS, NKey identities, per-role permissions) beside the plain one"
+    );
+    let mut options = FarmOptions::new(tmp.join("secure-enqueue"), &[])?;
+    options.secure = true;
+    let farm = LocalFarm::start(options)
+        .await
+        .context("cannot start the secure farm with no workers")?;
+    let client = Client::connect_with(&farm.nats_url, &farm.access(&Role::Operator)).await?;
+    let result = bench_submit(&farm, &client).await;
+    farm.stop().await;
+    let secure_submit = result?;
+
+    let mut options = FarmOptions::new(tmp.join("secure-overhead"), &REGIONS)?;
+    options.secure = true;
+    let farm = LocalFarm::start(options)
+        .await
+        .context("cannot start the secure two-region farm")?;
+    let client = Client::connect_with(&farm.nats_url, &farm.access(&Role::Operator)).await?;
+    let store = Store::open(&farm.store_url)?;
+    let inputs = empty_inputs(&store).await?;
+    let mut secs = Vec::new();
+    let result = async {
+        for run in 1..=RUNS {
+            let spec = builtin_job(&format!("secure-{run}"), &frames_arg(run), &inputs)?;
+            let (status, _, makespan) = submit_and_wait(&client, spec).await?;
+            ensure!(
+                status.tasks.total == SMALL_JOB_FRAMES && status.tasks.cached == 0,
+                "expected {SMALL_JOB_FRAMES} rendered tasks: {:?}",
+                status.tasks
+            );
+            println!("  run {run}: secure farm {makespan:.2} s");
+            secs.push(makespan);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    farm.stop().await;
+    result?;
+    let secure_overhead = median(&secs);
+    println!(
+        "submit+enqueue {BIG_JOB_FRAMES} frames: plain {plain_submit:.2} s, secure {secure_submit:.2} s = {:+.1}%",
+        (secure_submit / plain_submit - 1.0) * 100.0
+    );
+    println!(
+        "{SMALL_JOB_FRAMES} tasks, {SLOTS} slots: plain {plain_overhead:.2} s, secure {secure_overhead:.2} s = {:+.1}%",
+        (secure_overhead / plain_overhead - 1.0) * 100.0
+    );
     Ok(())
 }
 
@@ -191,8 +251,7 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// Section 1: submit + enqueue of a 10,000-frame job, on a farm with no workers.
-async fn bench_submit(farm: &LocalFarm) -> anyhow::Result<()> {
-    let client = Client::connect(&farm.nats_url).await?;
+async fn bench_submit(farm: &LocalFarm, client: &Client) -> anyhow::Result<f64> {
     let store = Store::open(&farm.store_url)?;
     let inputs = empty_inputs(&store).await?;
     let frames = format!("1-{BIG_JOB_FRAMES}");
@@ -229,7 +288,7 @@ async fn bench_submit(farm: &LocalFarm) -> anyhow::Result<()> {
         "submit+enqueue {BIG_JOB_FRAMES} frames: {m:.2} s ({:.0} tasks/s), median of {RUNS}",
         f64::from(BIG_JOB_FRAMES) / m
     );
-    Ok(())
+    Ok(m)
 }
 
 /// The frames of overhead run `run` (1-based).
