@@ -38,6 +38,15 @@ pub enum AuthCommand {
         out: PathBuf,
         role: Role,
     },
+    /// Renew the servers' certificates (signed by the farm's CA, same names); reload the
+    /// servers to use them.
+    Renew {
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the new certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u32,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,6 +202,18 @@ pub fn run(cmd: AuthCommand) -> anyhow::Result<u8> {
         }
         AuthCommand::Revoke { out, role } => revoke(&out, &role),
         AuthCommand::Rotate { out, role } => rotate(&out, &role),
+        AuthCommand::Renew { out, valid_days } => {
+            if valid_days == 0 {
+                return Err(BadInput("--valid-days must be at least 1".into()).into());
+            }
+            let until = time::OffsetDateTime::now_utc() + time::Duration::days(valid_days.into());
+            let (dir, _) = renew(&out, until)?;
+            println!(
+                "server certificates in {} renewed for {valid_days} days; reload the servers: nats-server --signal reload",
+                dir.display()
+            );
+            Ok(0)
+        }
     }
 }
 
@@ -465,6 +486,19 @@ fn revoke(dir: &Path, role: &Role) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Re-issues every server certificate of the farm in `dir`, valid until `until`.
+pub fn renew(dir: &Path, until: time::OffsetDateTime) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let (dir, farm) = load_existing(dir)?;
+    let ca = pki::Ca::load(&dir, &farm.ca_name)?;
+    let names = farm.server_names();
+    let mut stems = vec!["server".to_string(), "hub".to_string()];
+    stems.extend(farm.regions.iter().map(|r| format!("leaf-{r}")));
+    for stem in &stems {
+        ca.issue_server_until(&dir, stem, &names, until)?;
+    }
+    Ok((dir, stems))
+}
+
 fn rotate(dir: &Path, role: &Role) -> anyhow::Result<u8> {
     let (dir, mut farm) = load_existing(dir)?;
     if !farm.identities.contains_key(&role.name()) {
@@ -485,4 +519,145 @@ fn rotate(dir: &Path, role: &Role) -> anyhow::Result<u8> {
         path.display()
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::localfarm::{free_port, NatsServer};
+    use suanli_shared::nats;
+
+    /// A server whose certificate has expired is refused, and the client says so in one line;
+    /// after `renew` it is accepted again.
+    #[tokio::test]
+    async fn an_expired_server_certificate_is_refused_and_renew_fixes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm_dir = dir.path().join("farm");
+        let port = free_port().unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        init(InitArgs::new(
+            &farm_dir,
+            &[],
+            &[],
+            &listen,
+            free_port().unwrap(),
+        ))
+        .unwrap();
+        let yesterday = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        renew(&farm_dir, yesterday).unwrap();
+        let _server = NatsServer::start_config(
+            &farm_dir.join("nats-server.conf"),
+            port,
+            &dir.path().join("log"),
+            Vec::new(),
+        )
+        .unwrap();
+        let url = format!("tls://{listen}");
+        let access = access_of(&farm_dir, &Role::Operator).unwrap();
+        let err = nats::open(&url, "t", &access).await.err().expect("refused");
+        let text = err.to_string();
+        assert!(text.contains("certificate has expired"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+
+        let in_a_year = time::OffsetDateTime::now_utc() + time::Duration::days(365);
+        renew(&farm_dir, in_a_year).unwrap();
+        // nats-server reads certificates at start (and on reload): restart it on the same port.
+        drop(_server);
+        let _server = NatsServer::start_config(
+            &farm_dir.join("nats-server.conf"),
+            port,
+            &dir.path().join("log"),
+            Vec::new(),
+        )
+        .unwrap();
+        nats::open(&url, "t", &access)
+            .await
+            .expect("accepted after renew");
+    }
+
+    #[test]
+    fn re_running_init_adds_without_touching_existing_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm_dir = dir.path().join("farm");
+        let regions: Vec<Region> = vec!["guian".parse().unwrap()];
+        let studios: Vec<Studio> = vec!["acme".parse().unwrap()];
+        let first = init(InitArgs::new(
+            &farm_dir,
+            &regions,
+            &studios,
+            "127.0.0.1:4222",
+            7422,
+        ))
+        .unwrap();
+        assert!(first.fresh);
+        let acme = std::fs::read_to_string(farm_dir.join("studio-acme.nk")).unwrap();
+        let ca = std::fs::read_to_string(farm_dir.join("ca.pem")).unwrap();
+        let mut more = InitArgs::new(&farm_dir, &[], &[], "127.0.0.1:4222", 7422);
+        more.add_studio = vec!["blue".parse().unwrap()];
+        more.add_region = vec!["ulanqab".parse().unwrap()];
+        let second = init(more).unwrap();
+        assert!(!second.fresh);
+        assert_eq!(
+            second.written,
+            ["worker-ulanqab.nk", "leaf-ulanqab.nk", "studio-blue.nk"]
+        );
+        assert_eq!(
+            std::fs::read_to_string(farm_dir.join("studio-acme.nk")).unwrap(),
+            acme
+        );
+        assert_eq!(
+            std::fs::read_to_string(farm_dir.join("ca.pem")).unwrap(),
+            ca
+        );
+        assert!(farm_dir.join("leaf-ulanqab.pem").is_file());
+        let conf = std::fs::read_to_string(farm_dir.join("nats-server.conf")).unwrap();
+        for role in [
+            "studio-acme",
+            "studio-blue",
+            "worker-guian",
+            "worker-ulanqab",
+        ] {
+            let id = Identity::load(&farm_dir.join(format!("{role}.nk"))).unwrap();
+            assert!(
+                conf.contains(&id.public_key()),
+                "{role} missing from the config"
+            );
+            assert!(!conf.contains(id.seed()), "a seed leaked into the config");
+        }
+        // A farm listening elsewhere is another farm.
+        let err = init(InitArgs::new(&farm_dir, &[], &[], "10.0.0.1:4222", 7422))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("already holds a farm"), "{err}");
+    }
+
+    #[test]
+    fn revoke_and_rotate_change_the_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm_dir = dir.path().join("farm");
+        let studios: Vec<Studio> = vec!["acme".parse().unwrap(), "blue".parse().unwrap()];
+        init(InitArgs::new(
+            &farm_dir,
+            &[],
+            &studios,
+            "127.0.0.1:4222",
+            7422,
+        ))
+        .unwrap();
+        let conf = || std::fs::read_to_string(farm_dir.join("nats-server.conf")).unwrap();
+        let blue = Identity::load(&farm_dir.join("studio-blue.nk")).unwrap();
+        let acme = Identity::load(&farm_dir.join("studio-acme.nk")).unwrap();
+        revoke(&farm_dir, &blue.role).unwrap();
+        assert!(!conf().contains(&blue.public_key()));
+        assert!(!conf().contains("suanli.studio.blue."));
+        assert!(!farm_dir.join("studio-blue.nk").exists());
+        let err = revoke(&farm_dir, &blue.role).unwrap_err().to_string();
+        assert!(err.contains("not a live identity"), "{err}");
+        rotate(&farm_dir, &acme.role).unwrap();
+        let new = Identity::load(&farm_dir.join("studio-acme.nk")).unwrap();
+        assert_ne!(new.public_key(), acme.public_key());
+        assert!(conf().contains(&new.public_key()));
+        assert!(!conf().contains(&acme.public_key()));
+    }
 }

@@ -76,6 +76,23 @@ impl Ca {
         names: &[String],
         valid_days: u32,
     ) -> anyhow::Result<()> {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_server_until(
+            dir,
+            stem,
+            names,
+            now + time::Duration::days(valid_days.into()),
+        )
+    }
+
+    /// [`Ca::issue_server`], valid until `not_after`.
+    pub fn issue_server_until(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[String],
+        not_after: time::OffsetDateTime,
+    ) -> anyhow::Result<()> {
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Suanli");
@@ -101,9 +118,8 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let now = time::OffsetDateTime::now_utc();
-        p.not_before = now - time::Duration::hours(1);
-        p.not_after = now + time::Duration::days(valid_days.into());
+        p.not_before = not_after.min(time::OffsetDateTime::now_utc()) - time::Duration::hours(1);
+        p.not_after = not_after;
         let key = KeyPair::generate().context("cannot generate a server key")?;
         let cert = p
             .signed_by(&key, &self.issuer)
