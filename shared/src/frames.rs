@@ -197,13 +197,19 @@ impl FrameChunk {
         }
     }
 
-    /// Number of frames in the chunk.
+    /// Number of frames in the chunk: as many as [`FrameChunk::frames`] yields, also for a
+    /// chunk decoded from a record without [`FrameChunk::is_valid`] (an end before the start is
+    /// empty; never an overflow).
     pub fn len(&self) -> u32 {
-        (self.end - self.start) / self.step.max(1) + 1
+        match self.end.checked_sub(self.start) {
+            Some(span) => (span / self.step.max(1)).saturating_add(1),
+            None => 0,
+        }
     }
 
+    /// Only a chunk that ends before it starts (never a valid one).
     pub fn is_empty(&self) -> bool {
-        false
+        self.end < self.start
     }
 
     pub fn frames(&self) -> impl Iterator<Item = u32> {
