@@ -1672,6 +1672,77 @@ fn deeply_nested_toml_is_refused_not_a_stack_overflow() {
 // Oversized messages.
 
 #[test]
+fn a_full_chunk_reports_in_one_message() {
+    // The largest completion a worker can send, and the task record it becomes: MAX_CHUNK
+    // frames, each named with the longest file name a manifest accepts (200 bytes) of the
+    // character JSON doubles, with the largest numbers; the record also keeps its last
+    // failures, each with a 4 KiB stderr tail of escape sequences.
+    let outputs: Vec<OutputFile> = (0..MAX_CHUNK)
+        .map(|i| OutputFile {
+            frame: MAX_FRAME - i,
+            name: "\"".repeat(200),
+            hash: ContentHash::of(&i.to_le_bytes()),
+            size: u64::MAX,
+        })
+        .collect();
+    let worker: WorkerId = "w".repeat(64).parse().unwrap();
+    let region: Region = "r".repeat(32).parse().unwrap();
+    let failure = Failure {
+        exit_code: Some(i32::MIN),
+        reason: "\u{1b}".repeat(1024),
+        stderr_tail: "\u{1b}".repeat(4096),
+        worker: worker.clone(),
+        region: region.clone(),
+        attempt: u32::MAX,
+        at_ms: u64::MAX,
+    };
+    let chunk = FrameChunk {
+        start: MAX_FRAME - (MAX_CHUNK - 1),
+        end: MAX_FRAME,
+        step: 1,
+    };
+    assert!(chunk.is_valid());
+    let event = TaskEvent {
+        job: JobId::generate(),
+        task: u32::MAX,
+        key: output_key(),
+        attempt: u32::MAX,
+        worker: worker.clone(),
+        region: region.clone(),
+        at_ms: u64::MAX,
+        kind: TaskEventKind::Completed {
+            cached: false,
+            started_ms: u64::MAX,
+            core_seconds: f64::MAX,
+            outputs: outputs.clone(),
+            bytes_in: u64::MAX,
+        },
+    };
+    let mut record = TaskRecord::new(
+        event.job.clone(),
+        u32::MAX,
+        output_key(),
+        chunk,
+        TaskState::Done,
+        Some(u64::MAX),
+    );
+    record.outputs = outputs;
+    record.failures = vec![failure; suanli_shared::fold::FAILURES_KEPT];
+    record.region = Some(region);
+    record.worker = Some(worker);
+    for (what, result) in [
+        ("task event", encode(&event, "task event").map(|b| b.len())),
+        (
+            "task record",
+            encode(&record, "task record").map(|b| b.len()),
+        ),
+    ] {
+        let size = result.unwrap_or_else(|e| panic!("a full chunk's {what}: {e}"));
+        assert!(size <= MAX_MESSAGE, "{what}: {size}");
+    }
+}
+
+#[test]
 fn an_oversized_message_is_refused_with_its_size() {
     // A valid task message padded with whitespace to 3 MiB: refused for its size, by every
     // decoder that reads NATS messages, before it is parsed.
