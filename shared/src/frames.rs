@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 pub const MAX_FRAME: u32 = 1_000_000;
 /// Most frames one job may hold; larger shots are split into several jobs.
 pub const MAX_FRAMES_PER_JOB: usize = 100_000;
-/// Largest chunk (frames per task).
-pub const MAX_CHUNK: u32 = 10_000;
+/// Largest chunk (frames per task). A task's completion event and its record list every
+/// output file, and each must fit in one NATS message (`protocol::codec::MAX_MESSAGE`, 1 MiB):
+/// at about 130 bytes a file as named by default, 10,000 frames did not; 1,000 fit even with
+/// the longest names (about 530 bytes a file).
+pub const MAX_CHUNK: u32 = 1_000;
 
 /// Why a frame spec was refused. Messages say what was wrong and how to write it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,13 +200,19 @@ impl FrameChunk {
         }
     }
 
-    /// Number of frames in the chunk.
+    /// Number of frames in the chunk: as many as [`FrameChunk::frames`] yields, also for a
+    /// chunk decoded from a record without [`FrameChunk::is_valid`] (an end before the start is
+    /// empty; never an overflow).
     pub fn len(&self) -> u32 {
-        (self.end - self.start) / self.step.max(1) + 1
+        match self.end.checked_sub(self.start) {
+            Some(span) => (span / self.step.max(1)).saturating_add(1),
+            None => 0,
+        }
     }
 
+    /// Only a chunk that ends before it starts (never a valid one).
     pub fn is_empty(&self) -> bool {
-        false
+        self.end < self.start
     }
 
     pub fn frames(&self) -> impl Iterator<Item = u32> {

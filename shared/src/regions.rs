@@ -4,6 +4,7 @@
 //! work, with [`RegionProfile::neutral`] figures.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -292,6 +293,10 @@ pub fn toml_error_line(text: &str, e: &toml::de::Error) -> Option<usize> {
         .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
 }
 
+/// Largest region catalog file read, in bytes (1 MiB): a catalog is a few tables per region,
+/// so anything larger is a wrong path, not a catalog.
+pub const MAX_CATALOG_FILE: u64 = 1024 * 1024;
+
 /// Every region's figures, loaded once by the coordinator (and by `suanli sim`). Regions it
 /// does not name get [`RegionProfile::neutral`] figures from [`RegionCatalog::profile`].
 #[derive(Debug, Clone, PartialEq)]
@@ -370,12 +375,33 @@ impl RegionCatalog {
         Ok(())
     }
 
-    /// Reads and checks a catalog file.
+    /// Reads and checks a catalog file of at most [`MAX_CATALOG_FILE`] bytes; a larger one is
+    /// refused before it is read whole.
     pub fn load(path: &Path) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|e| CatalogError::Read {
+        let read_error = |message: String| CatalogError::Read {
             path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let too_large = |size: Option<u64>| {
+            let size = size.map(|n| format!(" {n} bytes,")).unwrap_or_default();
+            read_error(format!(
+                "it is{size} over the {MAX_CATALOG_FILE}-byte limit of a catalog file"
+            ))
+        };
+        let file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
+        if let Some(size) = file.metadata().ok().map(|m| m.len()) {
+            if size > MAX_CATALOG_FILE {
+                return Err(too_large(Some(size)));
+            }
+        }
+        // Reading stops past the limit all the same: a pipe or a growing file has no size.
+        let mut text = String::new();
+        file.take(MAX_CATALOG_FILE + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| read_error(e.to_string()))?;
+        if text.len() as u64 > MAX_CATALOG_FILE {
+            return Err(too_large(None));
+        }
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -530,6 +556,26 @@ pue = 1.47
         assert_eq!(RegionCatalog::load(&path).unwrap().len(), 2);
         let e = RegionCatalog::load(&dir.path().join("missing.toml")).unwrap_err();
         assert!(e.to_string().contains("cannot read region catalog"), "{e}");
+        // An oversized file is refused for its size, before it is parsed.
+        let big = dir.path().join("big.toml");
+        let mut text = EXAMPLE.to_string();
+        text.push_str(&"#".repeat(MAX_CATALOG_FILE as usize));
+        std::fs::write(&big, &text).unwrap();
+        let e = RegionCatalog::load(&big).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot read region catalog {}: it is {} bytes, over the 1048576-byte limit of a catalog file",
+                big.display(),
+                text.len()
+            )
+        );
+        // A file with no size to ask (a device, a pipe) is read only up to the limit.
+        let e = RegionCatalog::load(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read region catalog /dev/zero: it is over the 1048576-byte limit of a catalog file"
+        );
     }
 
     #[test]

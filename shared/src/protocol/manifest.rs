@@ -6,9 +6,16 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode, DecodeError};
+use super::codec::{decode_limited, DecodeError};
 use crate::hash::ContentHash;
 use crate::names::{validate_file_name, validate_rel_path, JobId, Region, WorkerId};
+
+/// Largest manifest read from the store, in bytes. Manifests are objects, not NATS messages,
+/// so they get more room than [`MAX_MESSAGE`](super::codec::MAX_MESSAGE): an input manifest of
+/// the CLI's 100,000 files at most (`MAX_INPUT_FILES`) fits with paths of 500 bytes on average,
+/// and an output manifest of a full chunk is a few hundred KiB. Anything larger is refused
+/// before it is parsed.
+pub const MAX_MANIFEST: usize = 64 * 1024 * 1024;
 
 /// The job's input files: relative path -> content. Stored at `manifests/<hash>` as compact
 /// JSON with sorted keys, so equal trees have equal hashes.
@@ -35,10 +42,11 @@ impl InputManifest {
         ContentHash::of(&self.to_bytes())
     }
 
-    /// Parses and checks every path, so a hostile manifest cannot escape the task folder.
+    /// Parses (at most [`MAX_MANIFEST`] bytes) and checks every path, so a hostile manifest
+    /// cannot escape the task folder.
     pub fn parse(bytes: &[u8]) -> Result<Self, DecodeError> {
         const WHAT: &str = "input manifest";
-        let m: Self = decode(bytes, WHAT)?;
+        let m: Self = decode_limited(bytes, WHAT, MAX_MANIFEST)?;
         for path in m.files.keys() {
             validate_rel_path(path).map_err(|e| DecodeError::invalid(WHAT, e))?;
         }
@@ -74,9 +82,11 @@ pub struct OutputManifest {
 }
 
 impl OutputManifest {
+    /// Parses (at most [`MAX_MANIFEST`] bytes) and checks that it is the manifest of `key` and
+    /// that every file name stays in its folder.
     pub fn parse(bytes: &[u8], key: &ContentHash) -> Result<Self, DecodeError> {
         const WHAT: &str = "output manifest";
-        let m: Self = decode(bytes, WHAT)?;
+        let m: Self = decode_limited(bytes, WHAT, MAX_MANIFEST)?;
         if &m.task_key != key {
             return Err(DecodeError::invalid(
                 WHAT,
