@@ -74,12 +74,12 @@ impl FromStr for ContentHash {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bytes = s.as_bytes();
         if bytes.len() != 64 {
-            return Err(ParseHashError(s.to_string()));
+            return Err(ParseHashError(crate::names::shown(s)));
         }
         let mut out = [0u8; 32];
         for (i, pair) in bytes.chunks(2).enumerate() {
-            let hi = hex_val(pair[0]).ok_or_else(|| ParseHashError(s.to_string()))?;
-            let lo = hex_val(pair[1]).ok_or_else(|| ParseHashError(s.to_string()))?;
+            let hi = hex_val(pair[0]).ok_or_else(|| ParseHashError(crate::names::shown(s)))?;
+            let lo = hex_val(pair[1]).ok_or_else(|| ParseHashError(crate::names::shown(s)))?;
             out[i] = (hi << 4) | lo;
         }
         Ok(Self(out))

@@ -17,6 +17,16 @@ pub struct NameError {
     pub rule: &'static str,
 }
 
+/// A refused value as errors quote it: at most 64 characters, so that a hostile megabyte-long
+/// name cannot make the error reply itself too large to send.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &value[..cut], value.len()),
+        None => value.to_string(),
+    }
+}
+
 fn check(
     what: &'static str,
     value: &str,
@@ -28,7 +38,7 @@ fn check(
     if bytes.is_empty() || bytes.len() > max || !bytes.iter().enumerate().all(|(i, &b)| ok(i, b)) {
         return Err(NameError {
             what,
-            value: value.to_string(),
+            value: shown(value),
             rule,
         });
     }
@@ -195,6 +205,17 @@ mod tests {
         for bad in ["", "Guian", "a.b", "a b", "-x", "a*", "a>", &"x".repeat(33)] {
             assert!(bad.parse::<Region>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn refused_values_are_quoted_short() {
+        let long = "x".repeat(900_000);
+        let err = long.parse::<JobId>().unwrap_err().to_string();
+        assert!(err.len() < 300, "{} bytes", err.len());
+        assert!(err.contains("(900000 bytes)"), "{err}");
+        assert_eq!(shown("guian"), "guian");
+        let multibyte = "算".repeat(100);
+        assert!(shown(&multibyte).starts_with(&"算".repeat(64)));
     }
 
     #[test]
