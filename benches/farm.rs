@@ -151,6 +151,7 @@ fn print_machine() {
 fn builtin_job(name: &str, frames: &str, inputs: &InputManifest) -> anyhow::Result<JobSpec> {
     Ok(JobSpec {
         name: name.into(),
+        studio: Default::default(),
         priority: 0,
         frames: frames
             .parse()

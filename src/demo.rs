@@ -87,6 +87,7 @@ async fn render_film(
         .await?;
     let spec = JobSpec {
         name: "suanli-short-film".into(),
+        studio: Default::default(),
         priority: 0,
         frames: args.frames.parse().context("bad --frames")?,
         chunk: 1,

@@ -29,6 +29,7 @@ async fn farm(dir: &Path, regions: &[&str]) -> LocalFarm {
 fn tiny_builtin(frames: &str, chunk: u32, inputs: &InputManifest) -> JobSpec {
     JobSpec {
         name: "tiny".into(),
+        studio: Default::default(),
         priority: 0,
         frames: frames.parse().unwrap(),
         chunk,

@@ -53,6 +53,7 @@ async fn farm(dir: &Path, catalog: RegionCatalog) -> LocalFarm {
 fn builtin(name: &str, frames: &str, inputs: &InputManifest, policy: Option<Policy>) -> JobSpec {
     JobSpec {
         name: name.into(),
+        studio: Default::default(),
         priority: 0,
         frames: frames.parse().unwrap(),
         chunk: 1,

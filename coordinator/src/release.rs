@@ -240,6 +240,7 @@ impl Coordinator {
         let rec = &job.tasks()[task as usize].rec;
         let assignment = TaskAssignment {
             job: id.clone(),
+            studio: spec.studio.clone(),
             task,
             key: rec.key,
             attempt: rec.attempt,

@@ -201,7 +201,17 @@ mod tests {
     fn studios_are_subject_tokens() {
         assert_eq!(Studio::default().as_str(), "default");
         assert!("acme".parse::<Studio>().is_ok());
-        for bad in ["", "Acme", "a.b", "a b", "-x", "a*", "a>", "_ops", &"x".repeat(33)] {
+        for bad in [
+            "",
+            "Acme",
+            "a.b",
+            "a b",
+            "-x",
+            "a*",
+            "a>",
+            "_ops",
+            &"x".repeat(33),
+        ] {
             assert!(bad.parse::<Studio>().is_err(), "{bad}");
         }
     }

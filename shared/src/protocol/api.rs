@@ -11,7 +11,7 @@ use super::codec::decode;
 use super::records::{JobRecord, TaskRecord, WorkerInfo};
 use super::spec::JobSpec;
 use super::status::JobStatus;
-use crate::names::{JobId, Region, WorkerId};
+use crate::names::{JobId, Region, Studio, WorkerId};
 use crate::regions::RegionProfile;
 
 /// One API endpoint: its subject and the types it carries.
@@ -176,6 +176,12 @@ impl ApiError {
             message: message.into(),
         }
     }
+}
+
+/// Why a studio may not submit a job that names another studio (said by the CLI before it
+/// uploads anything, and by the coordinator to any client).
+pub fn wrong_studio(caller: &Studio, named: &Studio) -> String {
+    format!("this identity is studio {caller}; the job names studio {named}")
 }
 
 /// Every reply: `{"ok": ...}` or `{"error": {...}}`.
