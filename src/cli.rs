@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use suanli_shared::JobId;
+use suanli_shared::protocol::api::Caller;
+use suanli_shared::{JobId, Studio};
 
+use crate::client::ClientConfig;
 use crate::commands::{farm, jobs, local, roles};
-use crate::exit;
+use crate::exit::{self, BadInput};
 
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_STORE: &str = "./suanli-store";
@@ -25,6 +27,11 @@ pub struct Cli {
     /// gs://bucket, az://container [default: ./suanli-store; `up` uses DIR/store].
     #[arg(long, global = true, env = "SUANLI_STORE")]
     pub store: Option<String>,
+    /// Act as studio NAME: API calls go on the studio's subjects and see only its jobs, and
+    /// `submit` files the job under it [default: the operator, who sees every job]. Used by
+    /// the commands that call the API; roles and `demo` ignore it, `tui` refuses it.
+    #[arg(long, global = true, env = "SUANLI_STUDIO", value_name = "NAME")]
+    pub studio: Option<Studio>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -139,6 +146,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let Cli {
         nats: nats_given,
         store: store_given,
+        studio,
         command,
         ..
     } = cli;
@@ -147,32 +155,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
     let nats = nats_given.unwrap_or_else(|| DEFAULT_NATS.to_string());
     let store = store_given.unwrap_or_else(|| DEFAULT_STORE.to_string());
+    let api = ClientConfig {
+        url: nats.clone(),
+        caller: studio.map_or(Caller::Operator, Caller::Studio),
+    };
     match command {
         Command::Coordinator(args) => roles::coordinator(args, &nats, &store).await,
         Command::Worker(roles::WorkerCommand {
             action: Some(roles::WorkerAction::Drain { worker, json }),
             ..
-        }) => farm::drain_worker(&nats, &worker, json).await,
+        }) => farm::drain_worker(&api, &worker, json).await,
         Command::Worker(roles::WorkerCommand { run: args, .. }) => {
             roles::worker(args, &nats, &store).await
         }
         Command::Up(_) => unreachable!("handled above"),
         Command::Demo(args) => crate::demo::run(args).await,
-        Command::Submit(args) => jobs::submit(*args, &nats, &store).await,
-        Command::Status { job, json } => jobs::status(&nats, job, json).await,
-        Command::Wait { job, timeout, json } => jobs::wait(&nats, job, timeout, json).await,
-        Command::Fetch { job, out, json } => jobs::fetch(&nats, &store, job, &out, json).await,
-        Command::Cancel { job, json } => jobs::cancel(&nats, job, json).await,
-        Command::Retry { job, json } => jobs::retry(&nats, job, json).await,
-        Command::Ledger { job, json } => farm::ledger(&nats, job, json).await,
-        Command::Workers { json } => farm::workers(&nats, json).await,
+        Command::Submit(args) => jobs::submit(*args, &api, &store).await,
+        Command::Status { job, json } => jobs::status(&api, job, json).await,
+        Command::Wait { job, timeout, json } => jobs::wait(&api, job, timeout, json).await,
+        Command::Fetch { job, out, json } => jobs::fetch(&api, &store, job, &out, json).await,
+        Command::Cancel { job, json } => jobs::cancel(&api, job, json).await,
+        Command::Retry { job, json } => jobs::retry(&api, job, json).await,
+        Command::Ledger { job, json } => farm::ledger(&api, job, json).await,
+        Command::Workers { json } => farm::workers(&api, json).await,
         Command::RenderFrame(args) => local::render_frame(args).await,
         Command::Sim {
             scenario,
             policy,
             json,
         } => local::sim(&scenario, &policy, json),
-        Command::Tui => crate::tui_api::run(&nats, &store).await,
+        Command::Tui => {
+            if let Caller::Studio(studio) = &api.caller {
+                return Err(BadInput(format!(
+                    "the terminal is the operator's (it lists workers and every job): run `suanli tui` without --studio {studio} (or SUANLI_STUDIO)"
+                ))
+                .into());
+            }
+            crate::tui_api::run(&nats, &store).await
+        }
     }
 }
 
@@ -185,6 +205,28 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn studio_is_a_global_flag_checked_as_a_name() {
+        for args in [
+            &["suanli", "--studio", "acme", "status"][..],
+            &["suanli", "status", "--studio", "acme"],
+            &["suanli", "submit", "--frames", "1", "--studio", "acme"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(
+                cli.studio.as_ref().map(|s| s.as_str()),
+                Some("acme"),
+                "{args:?}"
+            );
+        }
+        assert!(Cli::try_parse_from(["suanli", "status"])
+            .unwrap()
+            .studio
+            .is_none());
+        let err = Cli::try_parse_from(["suanli", "--studio", "Acme Films", "status"]).unwrap_err();
+        assert!(err.to_string().contains("invalid studio"), "{err}");
     }
 
     #[test]

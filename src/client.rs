@@ -1,5 +1,6 @@
 //! The studio's and operator's side of the coordinator API: typed requests over NATS
-//! request/reply, waiting on a job through its events, and fetching verified frames.
+//! request/reply, waiting on a job through its events, and fetching verified frames. A client
+//! calls as one [`Caller`], on that caller's subjects: the operator's, or a studio's.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use suanli_shared::layout;
 use suanli_shared::nats;
-use suanli_shared::protocol::api::{self, ApiError, Endpoint, ErrorKind};
+use suanli_shared::protocol::api::{self, ApiError, Caller, Endpoint, ErrorKind};
 use suanli_shared::protocol::{
     decode, encode, JobRecord, JobSpec, JobStatus, OutputManifest, WorkerInfo,
 };
@@ -31,8 +32,24 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The coordinator refused the request itself (bad, unknown job, not this caller's to
+    /// make): asking again will not help.
     pub fn is_bad_request(&self) -> bool {
-        matches!(self, ClientError::Api(e) if matches!(e.kind, ErrorKind::BadRequest | ErrorKind::NotFound))
+        matches!(self, ClientError::Api(e) if matches!(e.kind, ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::Forbidden))
+    }
+}
+
+/// Where a command finds the API and who it calls as, resolved once from the command line
+/// (`--nats`, `--studio`).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub url: String,
+    pub caller: Caller,
+}
+
+impl ClientConfig {
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect_as(&self.url, self.caller.clone()).await
     }
 }
 
@@ -40,14 +57,24 @@ impl ClientError {
 pub struct Client {
     nats: async_nats::Client,
     url: String,
+    /// Who every call is made as: it picks the subjects (`suanli.api.*` or
+    /// `suanli.studio.<studio>.*`).
+    caller: Caller,
 }
 
 impl Client {
+    /// Connects as the operator (on a farm without identities, anyone who names no studio).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_as(url, Caller::Operator).await
+    }
+
+    /// Connects to call the API as `caller`. The one place a client's caller is set.
+    pub async fn connect_as(url: &str, caller: Caller) -> anyhow::Result<Self> {
         let nats = nats::connect(url, "suanli-cli").await?;
         Ok(Self {
             nats,
             url: url.to_string(),
+            caller,
         })
     }
 
@@ -55,8 +82,12 @@ impl Client {
         &self.nats
     }
 
-    /// Sends one request to the coordinator: the endpoint type fixes the subject, the
-    /// request and the reply, so every API call goes through here.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// Sends one request to the coordinator: the endpoint type fixes the request and the
+    /// reply, the caller and the endpoint the subject, so every API call goes through here.
     pub async fn call<E: Endpoint>(&self, req: &E::Request) -> Result<E::Reply, ClientError> {
         let body = encode(req, "request").map_err(|e| ClientError::Transport(e.to_string()))?;
         let request = async_nats::Request::new()
@@ -64,7 +95,7 @@ impl Client {
             .timeout(Some(REQUEST_TIMEOUT));
         let msg = self
             .nats
-            .send_request(E::SUBJECT, request)
+            .send_request(self.caller.subject::<E>(), request)
             .await
             .map_err(|e| match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => {

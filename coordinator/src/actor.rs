@@ -233,10 +233,15 @@ impl Coordinator {
         // Not a queue group: only the lease holder subscribes, and a holder that hung keeps its
         // subscription until the server drops it, so with a queue group it would swallow a share
         // of the requests. Plainly subscribed, the serving coordinator answers every request.
-        let mut api_sub = client
+        let operator_sub = client
             .subscribe(api::ALL)
             .await
             .context("cannot subscribe to the API subjects")?;
+        let studios_sub = client
+            .subscribe(api::ALL_STUDIOS)
+            .await
+            .context("cannot subscribe to the studios' API subjects")?;
+        let mut api_sub = futures::stream::select(operator_sub, studios_sub);
         let mut events = Some(self.open_events().await?);
         let mut workers_watch = Some(
             self.farm
