@@ -171,7 +171,8 @@ impl Client {
     }
 
     /// Waits until the job reaches a final state (or `timeout`), calling `on_update` with each
-    /// new status. Woken by the job's events; polls every second as a fallback.
+    /// new status. Woken by the job's events (their subject names the job's studio, which the
+    /// first status tells); polls every second as a fallback.
     pub async fn wait(
         &self,
         job: &JobId,
@@ -179,11 +180,7 @@ impl Client {
         mut on_update: impl FnMut(&JobStatus),
     ) -> anyhow::Result<Option<JobStatus>> {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut events = self
-            .nats
-            .subscribe(nats::job_events(job))
-            .await
-            .context("cannot subscribe to the job's events")?;
+        let mut events: Option<async_nats::Subscriber> = None;
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         loop {
             // A NATS restart or a coordinator fail-over is a pause, not the end of the wait:
@@ -206,6 +203,20 @@ impl Client {
                     }
                     Err(e) => return Err(e.into()),
                 };
+            let events = match events.as_mut() {
+                Some(events) => events,
+                None => {
+                    let subject = nats::job_events(&status.studio, job);
+                    let sub = self
+                        .nats
+                        .subscribe(subject)
+                        .await
+                        .context("cannot subscribe to the job's events")?;
+                    events = Some(sub);
+                    // Ask again now that events are heard: nothing between the two is missed.
+                    continue;
+                }
+            };
             on_update(&status);
             if status.state.is_final() {
                 return Ok(Some(status));

@@ -128,7 +128,11 @@ impl FarmApi for TuiFarm {
             .await
             .map_err(|e| FarmError::unreachable(e.to_string()))?;
         Ok(sub
-            .filter_map(|msg| async move { nats::decode_event(&msg.subject, &msg.payload).ok() })
+            .filter_map(|msg| async move {
+                nats::decode_event(&msg.subject, &msg.payload)
+                    .ok()
+                    .map(|(_, event)| event)
+            })
             .boxed())
     }
 

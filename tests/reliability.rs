@@ -17,11 +17,11 @@ use suanli::jobfile::Overrides;
 use suanli::localfarm::{FarmOptions, LocalFarm};
 use suanli_shared::nats;
 use suanli_shared::protocol::{
-    InputManifest, JobSpec, JobState, JobStatus, RendererSpec, TaskEvent, TaskEventKind,
+    EventKind, InputManifest, JobSpec, JobState, JobStatus, RendererSpec, TaskEvent, TaskEventKind,
     WorkerState,
 };
 use suanli_shared::store::Store;
-use suanli_shared::{layout, JobId};
+use suanli_shared::{layout, JobId, Studio};
 
 /// Bound for any job here: a hang fails the test instead of blocking CI.
 const JOB_LIMIT: Duration = Duration::from_secs(120);
@@ -200,7 +200,7 @@ async fn stored_events(client: &Client, job: &JobId) -> Vec<TaskEvent> {
     let stream = js.get_stream(nats::EVENTS_STREAM).await.unwrap();
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            filter_subject: format!("suanli.evt.{job}.*"),
+            filter_subject: nats::job_events(&Studio::default(), job),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
             ..Default::default()
         })
@@ -235,7 +235,7 @@ async fn a_coordinator_killed_at_any_moment_restarts_and_enqueues_nothing_twice(
 
     let mut completed = client
         .nats()
-        .subscribe("suanli.evt.*.completed")
+        .subscribe(nats::events_of_kind(EventKind::Completed))
         .await
         .unwrap();
     let job = client.submit(builtin("1-40", &inputs)).await.unwrap().id;
@@ -340,7 +340,7 @@ async fn a_nats_restart_mid_job_is_survived_by_every_role() {
     let inputs = empty_inputs(&store).await;
     let mut completed = client
         .nats()
-        .subscribe("suanli.evt.*.completed")
+        .subscribe(nats::events_of_kind(EventKind::Completed))
         .await
         .unwrap();
     let job = client.submit(builtin("1-40", &inputs)).await.unwrap().id;
@@ -516,7 +516,13 @@ async fn bad_input_anywhere_is_refused_and_no_role_crashes() {
     .unwrap()
     .await
     .unwrap();
-    js.publish("suanli.evt.01JX.completed", "\u{0}\u{1}".into())
+    let garbage_event = nats::task_event_subject(
+        &Studio::default(),
+        &JobId::generate(),
+        EventKind::Completed,
+        &"guian".parse().unwrap(),
+    );
+    js.publish(garbage_event, "\u{0}\u{1}".into())
         .await
         .unwrap()
         .await

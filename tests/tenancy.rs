@@ -1,7 +1,8 @@
 //! Studios on one farm, end to end through a real nats-server: a studio sees and acts on its
 //! own jobs only (another studio's job is "not found", exactly like a missing one), cannot
 //! speak for another studio or call the operator's endpoints, while the operator sees and acts
-//! on every job.
+//! on every job; and task events are folded only from the region a task runs in, under its
+//! job's studio.
 
 mod common;
 
@@ -10,18 +11,26 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::empty_inputs;
+use common::{empty_inputs, prepare, sh_flags, write};
+use futures::StreamExt;
 use suanli::client::{fetch, Client, ClientError};
 use suanli::localfarm::{FarmOptions, LocalFarm};
+use suanli_shared::nats;
 use suanli_shared::protocol::api::{Caller, ErrorKind};
-use suanli_shared::protocol::{InputManifest, JobSpec, JobState, RendererSpec};
+use suanli_shared::protocol::{
+    now_ms, EventKind, InputManifest, JobSpec, JobState, RendererSpec, TaskEvent, TaskEventKind,
+};
 use suanli_shared::store::Store;
-use suanli_shared::{JobId, Studio};
+use suanli_shared::{JobId, Region, Studio};
 
 /// Generous bound for a job in these tests; a hang fails instead of blocking CI.
 const JOB_LIMIT: Duration = Duration::from_secs(180);
 
 fn studio(name: &str) -> Studio {
+    name.parse().unwrap()
+}
+
+fn region(name: &str) -> Region {
     name.parse().unwrap()
 }
 
@@ -231,5 +240,112 @@ async fn a_studio_sees_and_acts_on_its_own_jobs_only_and_the_operator_on_all() {
     let out = suanli(&["status", done.as_str()], &url, &store_url, cwd);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("studio acme"));
+    farm.stop().await;
+}
+
+/// Publishes one task event on `subject` and waits until the events stream stored it.
+async fn publish_event(js: &async_nats::jetstream::Context, subject: String, ev: &TaskEvent) {
+    let body = serde_json::to_vec(ev).unwrap();
+    js.publish(subject, body.into())
+        .await
+        .unwrap()
+        .await
+        .expect("the events stream stores it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_events_from_another_region_or_studio_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = FarmOptions::new(dir.path(), &["guian", "ulanqab"]).unwrap();
+    let farm = LocalFarm::start(options).await.expect("farm starts");
+    let acme = connect_as(&farm.nats_url, "acme").await;
+    let store = Store::open(&farm.store_url).unwrap();
+    let shot = dir.path().join("shot");
+    write(&shot.join("scene.txt"), "scene");
+    // The render holds its slot until the test lets it go, so the task stays running in
+    // guian while events about it are forged.
+    let release = dir.path().join("release");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; printf x > {{output}}/frame_{{frame:04}}.txt",
+        release.display()
+    );
+    let mut flags = sh_flags("1", &script);
+    flags.studio = Some(studio("acme"));
+    flags.regions = Some(vec!["guian".into()]);
+    let spec = prepare(&store, flags, &shot).await;
+
+    // Listen before submitting, so the start cannot be missed.
+    let mut started = acme
+        .nats()
+        .subscribe(nats::studio_events(&studio("acme")))
+        .await
+        .unwrap();
+    let id = acme.submit(spec).await.unwrap().id;
+    let start = tokio::time::timeout(JOB_LIMIT, async {
+        while let Some(msg) = started.next().await {
+            let subject = nats::EventSubject::parse(&msg.subject).expect("an event subject");
+            if subject.kind == EventKind::Started {
+                return subject;
+            }
+        }
+        panic!("the subscription ended");
+    })
+    .await
+    .expect("the render started in time");
+    assert_eq!((&start.job, start.source.token()), (&id, "guian"));
+    let task = acme.tasks(&id, 0, 1).await.unwrap().tasks.remove(0);
+
+    // Events are folded in the order the stream stored them: the real start above, then these.
+    let (acme_studio, guian, ulanqab) = (studio("acme"), region("guian"), region("ulanqab"));
+    let completed = |region: &Region, worker: &str, core_seconds: f64| TaskEvent {
+        job: id.clone(),
+        task: 0,
+        key: task.key,
+        attempt: 0,
+        worker: worker.parse().unwrap(),
+        region: region.clone(),
+        at_ms: now_ms(),
+        kind: TaskEventKind::Completed {
+            cached: false,
+            started_ms: now_ms(),
+            core_seconds,
+            outputs: vec![],
+            bytes_in: 0,
+        },
+    };
+    let subject = |studio: &Studio, region: &Region| {
+        nats::task_event_subject(studio, &id, EventKind::Completed, region)
+    };
+    let js = async_nats::jetstream::new(acme.nats().clone());
+    // A worker of ulanqab reporting, as itself, a task released to guian.
+    let ev = completed(&ulanqab, "ulanqab-x", 1.0);
+    publish_event(&js, subject(&acme_studio, &ulanqab), &ev).await;
+    // The same report on guian's subject: the body's region is not the subject's.
+    publish_event(&js, subject(&acme_studio, &guian), &ev).await;
+    // A report under another studio's subject.
+    let ev = completed(&guian, "guian-x", 2.0);
+    publish_event(&js, subject(&studio("blue"), &guian), &ev).await;
+    // Then one that is right in every way (standing in for the worker's own): it is folded, so
+    // the three before it were refused for what they were, not ignored for a final task.
+    let ev = completed(&guian, "guian-ok", 7.0);
+    publish_event(&js, subject(&acme_studio, &guian), &ev).await;
+
+    let end = acme
+        .wait(&id, Some(JOB_LIMIT), |_| {})
+        .await
+        .unwrap()
+        .expect("the job ended in time");
+    assert_eq!(end.state, JobState::Done, "{end:?}");
+    let done = acme.tasks(&id, 0, 1).await.unwrap().tasks.remove(0);
+    assert_eq!(
+        (
+            done.worker.as_ref().map(|w| w.as_str()),
+            done.region.as_ref(),
+            done.core_seconds
+        ),
+        (Some("guian-ok"), Some(&guian), 7.0),
+        "only the report from guian under acme was folded: {done:?}"
+    );
+    write(&release, "go");
     farm.stop().await;
 }

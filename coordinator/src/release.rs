@@ -254,7 +254,7 @@ impl Coordinator {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            nats::task_msg_id(id, task, rec.attempt, rec.releases).as_str(),
+            nats::task_msg_id(id, task, rec.attempt, rec.releases, region).as_str(),
         );
         self.farm
             .js

@@ -266,11 +266,17 @@ async fn previews_are_verified_and_shrunk() {
 #[test]
 fn events_decode_from_their_wire_form() {
     // The terminal reads events through the farm's one decoder (subject kind, then body).
-    let decode = |subject: &str, bytes: &[u8]| nats::decode_event(subject, bytes).ok();
+    let decode = |subject: &str, bytes: &[u8]| nats::decode_event(subject, bytes).ok().map(|d| d.1);
     let id = fixtures::job_id(3);
+    let studio = suanli_shared::Studio::default();
     let ev = fixtures::completed(&id, 4, "guian", "guian-1", NOW, 1_000);
     let bytes = serde_json::to_vec(&ev).unwrap();
-    let completed = nats::event_subject(&id, EventKind::Completed);
+    let completed = nats::task_event_subject(
+        &studio,
+        &id,
+        EventKind::Completed,
+        &"guian".parse().unwrap(),
+    );
     assert_eq!(decode(&completed, &bytes), Some(FarmEvent::Task(ev)));
     let job = JobEvent {
         job: id.clone(),
@@ -279,7 +285,7 @@ fn events_decode_from_their_wire_form() {
         reason: None,
     };
     let bytes = serde_json::to_vec(&job).unwrap();
-    let job_subject = nats::event_subject(&id, EventKind::Job);
+    let job_subject = nats::job_event_subject(&studio, &id);
     assert_eq!(decode(&job_subject, &bytes), Some(FarmEvent::Job(job)));
     assert_eq!(decode(&completed, b"{\"heartbeat\": 1}"), None);
     assert_eq!(decode(&completed, b"not json"), None);

@@ -133,7 +133,9 @@ async fn blocklisted(sh: &Shared, job: &JobId) -> bool {
     }
 }
 
-/// Whether the coordinator still wants this run: not settled, not superseded by a retry.
+/// Whether the coordinator still wants this run: not settled, not superseded by a retry, not
+/// released to another region since it was queued here (the coordinator would refuse this
+/// region's reports of it).
 async fn still_wanted(sh: &Shared, task: &TaskAssignment) -> bool {
     match sh
         .farm
@@ -142,7 +144,10 @@ async fn still_wanted(sh: &Shared, task: &TaskAssignment) -> bool {
         .await
     {
         Ok(Some(bytes)) => match serde_json::from_slice::<TaskRecord>(&bytes) {
-            Ok(rec) => !(rec.state.is_final() || rec.attempt > task.attempt),
+            Ok(rec) => {
+                let elsewhere = rec.region.is_some_and(|r| r != sh.config.region);
+                !(rec.state.is_final() || rec.attempt > task.attempt || elsewhere)
+            }
             Err(_) => true,
         },
         _ => true,
