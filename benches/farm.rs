@@ -177,7 +177,7 @@ async fn empty_inputs(store: &Store) -> anyhow::Result<InputManifest> {
     let inputs = InputManifest::default();
     store
         .put_if_absent(
-            &layout::input_manifest(&inputs.hash()),
+            &layout::input_manifest(&Default::default(), &inputs.hash()),
             inputs.to_bytes().into(),
         )
         .await

@@ -269,10 +269,14 @@ pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result
         .with_context(|| format!("cannot create {}", out.display()))?;
     let tasks = job.spec.tasks()?;
     let mut report = FetchReport::default();
+    let studio = &job.spec.studio;
     let results = futures::stream::iter(tasks.into_iter().map(|(chunk, key)| {
-        let store = store.clone();
+        let (store, studio) = (store.clone(), studio.clone());
         async move {
-            match store.get_bytes(&layout::output_manifest(&key)).await {
+            match store
+                .get_bytes(&layout::output_manifest(&studio, &key))
+                .await
+            {
                 Ok(bytes) => Ok((
                     chunk,
                     key,
@@ -300,7 +304,7 @@ pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result
         }
     }
     let outcomes = futures::stream::iter(downloads.into_iter().map(|(key, f)| {
-        let store = store.clone();
+        let (store, studio) = (store.clone(), studio.clone());
         let dest = out.join(&f.name);
         async move {
             // Keep a file that is already there and verifies.
@@ -322,7 +326,7 @@ pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result
             }
             let got = store
                 .download_verified(
-                    &layout::output_file(&key, &f.hash, &f.name),
+                    &layout::output_file(&studio, &key, &f.hash, &f.name),
                     &f.hash,
                     f.size,
                     &dest,

@@ -12,7 +12,7 @@ use suanli_shared::protocol::api::TasksPage;
 use suanli_shared::protocol::{JobStatus, OutputFile, WorkerInfo};
 use suanli_shared::regions::RegionProfile;
 use suanli_shared::store::Store;
-use suanli_shared::{layout, nats, ContentHash, JobId, Region, WorkerId};
+use suanli_shared::{layout, nats, ContentHash, JobId, Region, Studio, WorkerId};
 use suanli_tui::{FarmApi, FarmError, FarmEvent};
 use tokio::sync::OnceCell;
 
@@ -138,6 +138,7 @@ impl FarmApi for TuiFarm {
 
     async fn read_output(
         &self,
+        studio: &Studio,
         task_key: &ContentHash,
         file: &OutputFile,
     ) -> Result<Vec<u8>, FarmError> {
@@ -145,7 +146,9 @@ impl FarmApi for TuiFarm {
             FarmError::refused("no object store to read frames from: pass --store URL")
         })?;
         store
-            .get_bytes(&layout::output_file(task_key, &file.hash, &file.name))
+            .get_bytes(&layout::output_file(
+                studio, task_key, &file.hash, &file.name,
+            ))
             .await
             .map(|b| b.to_vec())
             .map_err(|e| FarmError::unreachable(e.to_string()))

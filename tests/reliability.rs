@@ -560,10 +560,13 @@ async fn bad_input_anywhere_is_refused_and_no_role_crashes() {
         ..Default::default()
     };
     let spec = prepare(&store, flags(), &shot).await;
-    let blob = farm
-        .path()
-        .join("store")
-        .join(layout::cas(&suanli_shared::ContentHash::of(b"TEXTURE-BYTES")).as_ref());
+    let blob = farm.path().join("store").join(
+        layout::cas(
+            &Studio::default(),
+            &suanli_shared::ContentHash::of(b"TEXTURE-BYTES"),
+        )
+        .as_ref(),
+    );
     std::fs::write(&blob, "TEXTURE-BYTEZ").unwrap();
     let mut w = farm.worker("guian", "w", &[]);
     farm.wait_for_workers(&client, 1).await;
@@ -576,7 +579,10 @@ async fn bad_input_anywhere_is_refused_and_no_role_crashes() {
         "{reason}"
     );
     let key = client.tasks(&job, 0, 1).await.unwrap().tasks[0].key;
-    assert!(!store.exists(&layout::output_manifest(&key)).await.unwrap());
+    assert!(!store
+        .exists(&layout::output_manifest(&Studio::default(), &key))
+        .await
+        .unwrap());
 
     // Truncated: same story, and the store repaired by a re-upload makes retry succeed.
     std::fs::write(&blob, "TEXT").unwrap();
@@ -650,7 +656,10 @@ async fn a_full_cache_disk_fails_the_task_with_the_reason_and_the_worker_goes_on
     let reason = &status.failures[0].failure.reason;
     assert!(reason.contains("No space left on device"), "{reason}");
     let key = client.tasks(&job, 0, 1).await.unwrap().tasks[0].key;
-    assert!(!store.exists(&layout::output_manifest(&key)).await.unwrap());
+    assert!(!store
+        .exists(&layout::output_manifest(&Studio::default(), &key))
+        .await
+        .unwrap());
 
     // The partial download was removed: the same worker renders the next job.
     let spec = prepare(&store, flags(vec![], "2"), &shot).await;

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{empty_inputs, prepare, sh_flags, write};
+use common::{empty_inputs, empty_inputs_of, prepare, sh_flags, write};
 use futures::StreamExt;
 use suanli::client::{fetch, Client, ClientError};
 use suanli::localfarm::{FarmOptions, LocalFarm};
@@ -21,7 +21,7 @@ use suanli_shared::protocol::{
     now_ms, EventKind, InputManifest, JobSpec, JobState, RendererSpec, TaskEvent, TaskEventKind,
 };
 use suanli_shared::store::Store;
-use suanli_shared::{JobId, Region, Studio};
+use suanli_shared::{layout, JobId, Region, Studio};
 
 /// Generous bound for a job in these tests; a hang fails instead of blocking CI.
 const JOB_LIMIT: Duration = Duration::from_secs(180);
@@ -119,7 +119,10 @@ async fn a_studio_sees_and_acts_on_its_own_jobs_only_and_the_operator_on_all() {
         connect_as(&url, "blue").await,
     );
     let store = Store::open(&farm.store_url).unwrap();
+    // Each studio stores its inputs under its own prefix (the same manifest, three copies).
     let inputs = empty_inputs(&store).await;
+    empty_inputs_of(&store, &studio("acme")).await;
+    empty_inputs_of(&store, &studio("blue")).await;
 
     // acme's job is acme's, whatever the spec said (nothing: the default).
     let id = acme.submit(parked(&inputs)).await.unwrap().id;
@@ -213,6 +216,47 @@ async fn a_studio_sees_and_acts_on_its_own_jobs_only_and_the_operator_on_all() {
     assert_eq!((report.frames, report.missing.len()), (2, 0));
     assert_not_found(blue.job(&done).await, &done, "job of a finished job");
 
+    // Its frames are stored under acme's prefix only, like everything in the store.
+    for (_, key) in record.spec.tasks().unwrap() {
+        let committed = |s: &Studio| layout::output_manifest(s, &key);
+        assert!(store.exists(&committed(&studio("acme"))).await.unwrap());
+        assert!(!store.exists(&committed(&studio("blue"))).await.unwrap());
+        assert!(!store.exists(&committed(&Studio::default())).await.unwrap());
+    }
+    let everything = store.list(&"".into()).await.unwrap();
+    assert!(
+        everything
+            .iter()
+            .all(|k| k.as_ref().starts_with("studios/")),
+        "{everything:?}"
+    );
+    assert!(everything.iter().any(
+        |k| k.prefix_matches(&layout::studio_prefix(&studio("acme")))
+            && k.as_ref().contains("/outputs/")
+    ));
+
+    // Memoization is per studio: the same shot renders again for blue, not for acme.
+    let blue_run = blue.submit(tiny(&inputs)).await.unwrap();
+    assert_eq!(blue_run.cached, 0, "acme's outputs are not blue's cache");
+    let acme_again = acme.submit(tiny(&inputs)).await.unwrap();
+    assert_eq!(
+        acme_again.cached, acme_again.tasks,
+        "acme's own outputs are"
+    );
+    let blue_end = blue
+        .wait(&blue_run.id, Some(JOB_LIMIT), |_| {})
+        .await
+        .unwrap()
+        .expect("blue's job finished in time");
+    assert_eq!(
+        (
+            blue_end.state,
+            blue_end.studio.as_str(),
+            blue_end.tasks.cached
+        ),
+        (JobState::Done, "blue", 0)
+    );
+
     // The command line acts as the studio --studio names.
     let cwd = dir.path();
     let store_url = farm.store_url.clone();
@@ -235,7 +279,7 @@ async fn a_studio_sees_and_acts_on_its_own_jobs_only_and_the_operator_on_all() {
     );
     assert_eq!(out.status.code(), Some(0));
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(list.len(), 2, "acme lists its two jobs: {list:?}");
+    assert_eq!(list.len(), 3, "acme lists its three jobs: {list:?}");
     assert!(list.iter().all(|j| j["studio"] == "acme"));
     let out = suanli(&["status", done.as_str()], &url, &store_url, cwd);
     assert_eq!(out.status.code(), Some(0));

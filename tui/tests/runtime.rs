@@ -10,7 +10,7 @@ use suanli_shared::nats;
 use suanli_shared::protocol::api::TasksPage;
 use suanli_shared::protocol::{EventKind, JobEvent, JobState, JobStatus, OutputFile, WorkerInfo};
 use suanli_shared::regions::RegionProfile;
-use suanli_shared::{ContentHash, JobId, Region, WorkerId};
+use suanli_shared::{ContentHash, JobId, Region, Studio, WorkerId};
 use suanli_tui::fixtures::{self, NOW};
 use suanli_tui::{
     perform, poll_once, Action, Effect, FarmApi, FarmError, FarmErrorKind, FarmEvent,
@@ -23,7 +23,8 @@ struct FakeFarm {
     hang: bool,
     refuse: bool,
     depths_fail: bool,
-    files: BTreeMap<String, Vec<u8>>,
+    /// Output files by studio and name.
+    files: BTreeMap<(String, String), Vec<u8>>,
     calls: Mutex<Vec<String>>,
 }
 
@@ -100,11 +101,12 @@ impl FarmApi for FakeFarm {
 
     async fn read_output(
         &self,
+        studio: &Studio,
         _task_key: &ContentHash,
         file: &OutputFile,
     ) -> Result<Vec<u8>, FarmError> {
         self.files
-            .get(&file.name)
+            .get(&(studio.to_string(), file.name.clone()))
             .cloned()
             .ok_or_else(|| FarmError::unreachable("not in the store"))
     }
@@ -211,13 +213,16 @@ async fn operator_actions_report_how_they_went() {
 async fn previews_are_verified_and_shrunk() {
     let good = png(640, 360);
     let mut farm = FakeFarm::default();
-    farm.files.insert("frame_0001.png".into(), good.clone());
+    let acme: Studio = "acme".parse().unwrap();
+    let stored = |name: &str| ("acme".to_string(), name.to_string());
+    farm.files.insert(stored("frame_0001.png"), good.clone());
     farm.files
-        .insert("frame_0002.png".into(), b"tampered".to_vec());
+        .insert(stored("frame_0002.png"), b"tampered".to_vec());
     let key = ContentHash::of(b"task");
     let ok = perform(
         &farm,
         Effect::LoadPreview {
+            studio: acme.clone(),
             key,
             file: file("frame_0001.png", &good),
         },
@@ -240,6 +245,7 @@ async fn previews_are_verified_and_shrunk() {
     let bad = perform(
         &farm,
         Effect::LoadPreview {
+            studio: acme.clone(),
             key,
             file: file("frame_0002.png", &good),
         },
@@ -252,6 +258,7 @@ async fn previews_are_verified_and_shrunk() {
     let exr = perform(
         &farm,
         Effect::LoadPreview {
+            studio: acme.clone(),
             key,
             file: file("frame_0001.exr", &good),
         },
@@ -260,6 +267,20 @@ async fn previews_are_verified_and_shrunk() {
     assert!(
         matches!(&exr, Action::Preview { result: Err(e), .. } if e.contains("only PNG")),
         "{exr:?}"
+    );
+    // Frames are read under the job's studio, not another's.
+    let elsewhere = perform(
+        &farm,
+        Effect::LoadPreview {
+            studio: "blue".parse().unwrap(),
+            key,
+            file: file("frame_0001.png", &good),
+        },
+    )
+    .await;
+    assert!(
+        matches!(&elsewhere, Action::Preview { result: Err(e), .. } if e.contains("not in the store")),
+        "{elsewhere:?}"
     );
 }
 

@@ -196,7 +196,7 @@ async fn execute(
     let started_ms = now_ms();
     let t0 = Instant::now();
     publish_event(sh, task, TaskEventKind::Started).await;
-    match committed(&sh.store, &task.key).await {
+    match committed(&sh.store, &task.studio, &task.key).await {
         Ok(Some(m)) => {
             info!(job = %task.job, task = task.task, "output already committed: cache hit");
             return Outcome::Completed(TaskEventKind::Completed {
@@ -293,11 +293,11 @@ async fn fetch_inputs(
 ) -> Result<u64, String> {
     let manifest = sh
         .cache
-        .manifest(&task.inputs)
+        .manifest(&task.studio, &task.inputs)
         .await
         .map_err(|e| format!("cannot fetch the input manifest: {e}"))?;
     sh.cache
-        .materialize(&manifest, input_dir)
+        .materialize(&task.studio, &manifest, input_dir)
         .await
         .map_err(|e| format!("cannot fetch inputs: {e}"))
 }
