@@ -18,7 +18,7 @@ use suanli::localfarm::{FarmOptions, LocalFarm};
 use suanli_shared::nats;
 use suanli_shared::protocol::{
     EventKind, InputManifest, JobSpec, JobState, JobStatus, RendererSpec, TaskEvent, TaskEventKind,
-    WorkerState,
+    TaskRecord, TaskState, WorkerState,
 };
 use suanli_shared::store::Store;
 use suanli_shared::{layout, JobId, Studio};
@@ -277,6 +277,55 @@ async fn a_coordinator_killed_at_any_moment_restarts_and_enqueues_nothing_twice(
     let report = fetch(&record, &store, &out).await.unwrap();
     assert_eq!((report.frames, report.missing.len()), (40, 0));
     assert!(report.unverified.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_recorded_by_a_coordinator_that_died_before_publishing_it_is_published() {
+    let farm = ProcFarm::start();
+    let mut c1 = farm.coordinator("coordinator-1", &[]);
+    assert!(c1.wait_for_log("coordinator ready", JOB_LIMIT).await);
+    let client = farm.client().await;
+    let inputs = empty_inputs(&farm.store()).await;
+    let mut spec = builtin("1", &inputs);
+    spec.regions = vec!["guian".parse().unwrap()];
+    // No worker yet: the task waits in the backlog.
+    let job = client.submit(spec).await.unwrap().id;
+    c1.kill9();
+
+    // What a coordinator leaves when it dies between recording a release and publishing it:
+    // the record says queued in guian, guian's queue is empty.
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let tasks_kv = js.get_key_value(nats::TASKS_BUCKET).await.unwrap();
+    let key = nats::task_kv_key(&job, 0);
+    let entry = tasks_kv
+        .entry(&key)
+        .await
+        .unwrap()
+        .expect("the task record");
+    let mut rec: TaskRecord = serde_json::from_slice(&entry.value).unwrap();
+    assert_eq!(rec.state, TaskState::Pending);
+    rec.state = TaskState::Queued;
+    rec.region = Some("guian".parse().unwrap());
+    rec.releases += 1;
+    let body = serde_json::to_vec(&rec).unwrap();
+    tasks_kv
+        .update(&key, body.into(), entry.revision)
+        .await
+        .unwrap();
+    let mut tasks_stream = js.get_stream(nats::TASKS_STREAM).await.unwrap();
+    assert_eq!(tasks_stream.info().await.unwrap().state.messages, 0);
+
+    // The next coordinator publishes it, once, to the region the record names.
+    let _c2 = farm.coordinator("coordinator-2", &[]);
+    let _a = farm.worker("guian", "a", &[]);
+    let status = wait_done(&client, &job).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let starts = stored_events(&client, &job)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e.kind, TaskEventKind::Started))
+        .count();
+    assert_eq!(starts, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

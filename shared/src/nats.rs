@@ -247,14 +247,10 @@ pub fn drain_subject(region: &Region, worker: &WorkerId) -> String {
     format!("suanli.ctl.drain.{region}.{worker}")
 }
 
-/// Header carrying the idempotency key of a task publish: one per (attempt, release, region),
-/// so a repeated publish of the same release to the same region is dropped and a re-release is
-/// not. The region is in it because a coordinator that crashed between publishing a release
-/// and recording it may place it elsewhere when it publishes again: that publish must not be
-/// dropped, or the task would be recorded in one region while its message waits in another
-/// (whose events the coordinator refuses).
-pub fn task_msg_id(job: &JobId, task: u32, attempt: u32, release: u32, region: &Region) -> String {
-    format!("{job}.{task}.{attempt}.{release}.{region}")
+/// Header carrying the idempotency key of a task publish: one per (attempt, release), so a
+/// repeated publish of the same release is dropped and a re-release is not.
+pub fn task_msg_id(job: &JobId, task: u32, attempt: u32, release: u32) -> String {
+    format!("{job}.{task}.{attempt}.{release}")
 }
 
 /// Errors connecting to or preparing NATS.
