@@ -87,6 +87,7 @@ impl Coordinator {
                 return self.send_reply(reply, error_body(e));
             }
         };
+        debug!(%caller, endpoint = request.token(), "API request");
         match request {
             Request::Submit(req) => {
                 let Some(reply) = reply else { return };
