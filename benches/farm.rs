@@ -211,6 +211,7 @@ fn print_machine() {
 fn builtin_job(name: &str, frames: &str, inputs: &InputManifest) -> anyhow::Result<JobSpec> {
     Ok(JobSpec {
         name: name.into(),
+        studio: Default::default(),
         priority: 0,
         frames: frames
             .parse()
@@ -236,7 +237,7 @@ async fn empty_inputs(store: &Store) -> anyhow::Result<InputManifest> {
     let inputs = InputManifest::default();
     store
         .put_if_absent(
-            &layout::input_manifest(&inputs.hash()),
+            &layout::input_manifest(&Default::default(), &inputs.hash()),
             inputs.to_bytes().into(),
         )
         .await

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use suanli_shared::access::Access;
-use suanli_shared::JobId;
+use suanli_shared::access::{Access, Role};
+use suanli_shared::protocol::api::Caller;
+use suanli_shared::{JobId, Studio};
 
+use crate::client::ClientConfig;
 use crate::commands::{farm, jobs, local, roles};
 use crate::exit::{self, BadInput};
 
@@ -34,6 +36,11 @@ pub struct Cli {
     /// it signed.
     #[arg(long, global = true, env = "SUANLI_CA")]
     pub ca: Option<PathBuf>,
+    /// Act as studio NAME: API calls go on the studio's subjects and see only its jobs, and
+    /// `submit` files the job under it [default: the operator, who sees every job]. Used by
+    /// the commands that call the API; roles and `demo` ignore it, `tui` refuses it.
+    #[arg(long, global = true, env = "SUANLI_STUDIO", value_name = "NAME")]
+    pub studio: Option<Studio>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -154,6 +161,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         store: store_given,
         identity,
         ca,
+        studio,
         command,
         ..
     } = cli;
@@ -166,33 +174,69 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
     let nats = nats_given.unwrap_or_else(|| DEFAULT_NATS.to_string());
     let store = store_given.unwrap_or_else(|| DEFAULT_STORE.to_string());
+    // Commands that call the API: as the studio named by --studio, else the identity's, else
+    // the operator. A role identity that cannot call the API is refused here, in words.
+    let api = || -> anyhow::Result<ClientConfig> {
+        let access = access()?;
+        let caller = match (&studio, access.role()) {
+            (_, Some(Role::Coordinator | Role::Worker(_) | Role::Leaf(_))) => {
+                let id = access
+                    .identity
+                    .as_ref()
+                    .expect("a role comes from an identity");
+                return Err(BadInput(format!(
+                    "{} is the identity of {}, which does not call the API: use the operator's or a studio's",
+                    id.path.display(),
+                    id.role.describe()
+                ))
+                .into());
+            }
+            (Some(s), _) => Caller::Studio(s.clone()),
+            (None, Some(Role::Studio(s))) => Caller::Studio(s.clone()),
+            (None, _) => Caller::Operator,
+        };
+        Ok(ClientConfig {
+            url: nats.clone(),
+            caller,
+            access,
+        })
+    };
     match command {
         Command::Coordinator(args) => roles::coordinator(args, &nats, &store, access()?).await,
         Command::Worker(roles::WorkerCommand {
             action: Some(roles::WorkerAction::Drain { worker, json }),
             ..
-        }) => farm::drain_worker(&nats, &worker, json).await,
+        }) => farm::drain_worker(&api()?, &worker, json).await,
         Command::Worker(roles::WorkerCommand { run: args, .. }) => {
             roles::worker(args, &nats, &store, access()?).await
         }
         Command::Up(_) => unreachable!("handled above"),
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Auth(cmd) => crate::auth::run(cmd),
-        Command::Submit(args) => jobs::submit(*args, &nats, &store).await,
-        Command::Status { job, json } => jobs::status(&nats, job, json).await,
-        Command::Wait { job, timeout, json } => jobs::wait(&nats, job, timeout, json).await,
-        Command::Fetch { job, out, json } => jobs::fetch(&nats, &store, job, &out, json).await,
-        Command::Cancel { job, json } => jobs::cancel(&nats, job, json).await,
-        Command::Retry { job, json } => jobs::retry(&nats, job, json).await,
-        Command::Ledger { job, json } => farm::ledger(&nats, job, json).await,
-        Command::Workers { json } => farm::workers(&nats, json).await,
+        Command::Submit(args) => jobs::submit(*args, &api()?, &store).await,
+        Command::Status { job, json } => jobs::status(&api()?, job, json).await,
+        Command::Wait { job, timeout, json } => jobs::wait(&api()?, job, timeout, json).await,
+        Command::Fetch { job, out, json } => jobs::fetch(&api()?, &store, job, &out, json).await,
+        Command::Cancel { job, json } => jobs::cancel(&api()?, job, json).await,
+        Command::Retry { job, json } => jobs::retry(&api()?, job, json).await,
+        Command::Ledger { job, json } => farm::ledger(&api()?, job, json).await,
+        Command::Workers { json } => farm::workers(&api()?, json).await,
         Command::RenderFrame(args) => local::render_frame(args).await,
         Command::Sim {
             scenario,
             policy,
             json,
         } => local::sim(&scenario, &policy, json),
-        Command::Tui => crate::tui_api::run(&nats, &store).await,
+        Command::Tui => {
+            let api = api()?;
+            if let Caller::Studio(studio) = &api.caller {
+                return Err(BadInput(format!(
+                    "the terminal is the operator's (it lists workers and every job): run `suanli tui` without --studio {studio} (or SUANLI_STUDIO)"
+                ))
+                .into());
+            }
+            crate::tui_api::run(&api, &store).await
+        }
     }
 }
 
@@ -205,6 +249,28 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn studio_is_a_global_flag_checked_as_a_name() {
+        for args in [
+            &["suanli", "--studio", "acme", "status"][..],
+            &["suanli", "status", "--studio", "acme"],
+            &["suanli", "submit", "--frames", "1", "--studio", "acme"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(
+                cli.studio.as_ref().map(|s| s.as_str()),
+                Some("acme"),
+                "{args:?}"
+            );
+        }
+        assert!(Cli::try_parse_from(["suanli", "status"])
+            .unwrap()
+            .studio
+            .is_none());
+        let err = Cli::try_parse_from(["suanli", "--studio", "Acme Films", "status"]).unwrap_err();
+        assert!(err.to_string().contains("invalid studio"), "{err}");
     }
 
     #[test]

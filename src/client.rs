@@ -1,15 +1,16 @@
 //! The studio's and operator's side of the coordinator API: typed requests over NATS
-//! request/reply, waiting on a job through its events, and fetching verified frames.
+//! request/reply, waiting on a job through its events, and fetching verified frames. A client
+//! calls as one [`Caller`], on that caller's subjects: the operator's, or a studio's.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use suanli_shared::access::Access;
+use suanli_shared::access::{Access, Role};
 use suanli_shared::layout;
 use suanli_shared::nats;
-use suanli_shared::protocol::api::{self, ApiError, Endpoint, ErrorKind};
+use suanli_shared::protocol::api::{self, ApiError, Caller, Endpoint, ErrorKind};
 use suanli_shared::protocol::{
     decode, encode, JobRecord, JobSpec, JobStatus, OutputManifest, WorkerInfo,
 };
@@ -29,11 +30,32 @@ pub enum ClientError {
     NoCoordinator(String),
     #[error("request to the coordinator failed: {0}")]
     Transport(String),
+    /// nats-server refused the request: this identity may not call it.
+    #[error("permission denied: this identity may not publish to {subject} ({why})")]
+    Denied { subject: String, why: String },
 }
 
 impl ClientError {
+    /// The coordinator refused the request itself (bad, unknown job, not this caller's to
+    /// make): asking again will not help.
     pub fn is_bad_request(&self) -> bool {
-        matches!(self, ClientError::Api(e) if matches!(e.kind, ErrorKind::BadRequest | ErrorKind::NotFound))
+        matches!(self, ClientError::Denied { .. })
+            || matches!(self, ClientError::Api(e) if matches!(e.kind, ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::Forbidden))
+    }
+}
+
+/// Where a command finds the API, how it proves who it is and who it calls as, resolved once
+/// from the command line (`--nats`, `--identity`, `--ca`, `--studio`).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub url: String,
+    pub caller: Caller,
+    pub access: Access,
+}
+
+impl ClientConfig {
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Client::open(&self.url, self.caller.clone(), &self.access).await
     }
 }
 
@@ -41,19 +63,45 @@ impl ClientError {
 pub struct Client {
     nats: async_nats::Client,
     url: String,
+    /// Who every call is made as: it picks the subjects (`suanli.api.*` or
+    /// `suanli.studio.<studio>.*`).
+    caller: Caller,
+    /// The server's last permissions violation on this connection: a request it dropped is
+    /// answered "denied" at once instead of after the request timeout.
+    denied: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Client {
+    /// Connects as the operator (on a farm without identities, anyone who names no studio).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        Self::connect_with(url, &Access::none()).await
+        Self::open(url, Caller::Operator, &Access::none()).await
     }
 
-    /// Connects with an identity and CA (a secure farm), or none.
+    /// Connects to call the API as `caller`, on a farm without identities.
+    pub async fn connect_as(url: &str, caller: Caller) -> anyhow::Result<Self> {
+        Self::open(url, caller, &Access::none()).await
+    }
+
+    /// Connects with an identity (a secure farm): a studio's identity calls as that studio,
+    /// the operator's as the operator.
     pub async fn connect_with(url: &str, access: &Access) -> anyhow::Result<Self> {
-        let nats = nats::connect(url, "suanli-cli", access).await?;
+        let caller = match access.role() {
+            Some(Role::Studio(s)) => Caller::Studio(s.clone()),
+            _ => Caller::Operator,
+        };
+        Self::open(url, caller, access).await
+    }
+
+    /// Connects with `access`, calling as `caller`. The one place a client's caller is set.
+    pub async fn open(url: &str, caller: Caller, access: &Access) -> anyhow::Result<Self> {
+        let conn = nats::open(url, "suanli-cli", access).await?;
+        let nats = conn.client;
+        let denied = conn.denied;
         Ok(Self {
             nats,
             url: url.to_string(),
+            caller,
+            denied,
         })
     }
 
@@ -61,23 +109,42 @@ impl Client {
         &self.nats
     }
 
-    /// Sends one request to the coordinator: the endpoint type fixes the subject, the
-    /// request and the reply, so every API call goes through here.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// Sends one request to the coordinator: the endpoint type fixes the request and the
+    /// reply, the caller and the endpoint the subject, so every API call goes through here.
     pub async fn call<E: Endpoint>(&self, req: &E::Request) -> Result<E::Reply, ClientError> {
         let body = encode(req, "request").map_err(|e| ClientError::Transport(e.to_string()))?;
         let request = async_nats::Request::new()
             .payload(body)
             .timeout(Some(REQUEST_TIMEOUT));
-        let msg = self
-            .nats
-            .send_request(E::SUBJECT, request)
-            .await
-            .map_err(|e| match e.kind() {
+        let subject = self.caller.subject::<E>();
+        let mut denied = self.denied.clone();
+        denied.mark_unchanged();
+        let sent = self.nats.send_request(subject.clone(), request);
+        let refused = async {
+            loop {
+                if denied.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if let Some(e) = denied.borrow().as_deref() {
+                    if e.contains(&format!("\"{subject}\"")) {
+                        return e.to_string();
+                    }
+                }
+            }
+        };
+        let msg = tokio::select! {
+            sent = sent => sent.map_err(|e| match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => {
                     ClientError::NoCoordinator(self.url.clone())
                 }
                 _ => ClientError::Transport(e.to_string()),
-            })?;
+            })?,
+            why = refused => return Err(ClientError::Denied { subject, why }),
+        };
         match decode::<api::Reply<E::Reply>>(&msg.payload, "reply") {
             Ok(api::Reply::Ok(v)) => Ok(v),
             Ok(api::Reply::Error(e)) => Err(ClientError::Api(e)),
@@ -146,7 +213,8 @@ impl Client {
     }
 
     /// Waits until the job reaches a final state (or `timeout`), calling `on_update` with each
-    /// new status. Woken by the job's events; polls every second as a fallback.
+    /// new status. Woken by the job's events (their subject names the job's studio, which the
+    /// first status tells); polls every second as a fallback.
     pub async fn wait(
         &self,
         job: &JobId,
@@ -154,11 +222,7 @@ impl Client {
         mut on_update: impl FnMut(&JobStatus),
     ) -> anyhow::Result<Option<JobStatus>> {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut events = self
-            .nats
-            .subscribe(nats::job_events(job))
-            .await
-            .context("cannot subscribe to the job's events")?;
+        let mut events: Option<async_nats::Subscriber> = None;
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         loop {
             // A NATS restart or a coordinator fail-over is a pause, not the end of the wait:
@@ -181,6 +245,20 @@ impl Client {
                     }
                     Err(e) => return Err(e.into()),
                 };
+            let events = match events.as_mut() {
+                Some(events) => events,
+                None => {
+                    let subject = nats::job_events(&status.studio, job);
+                    let sub = self
+                        .nats
+                        .subscribe(subject)
+                        .await
+                        .context("cannot subscribe to the job's events")?;
+                    events = Some(sub);
+                    // Ask again now that events are heard: nothing between the two is missed.
+                    continue;
+                }
+            };
             on_update(&status);
             if status.state.is_final() {
                 return Ok(Some(status));
@@ -233,10 +311,14 @@ pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result
         .with_context(|| format!("cannot create {}", out.display()))?;
     let tasks = job.spec.tasks()?;
     let mut report = FetchReport::default();
+    let studio = &job.spec.studio;
     let results = futures::stream::iter(tasks.into_iter().map(|(chunk, key)| {
-        let store = store.clone();
+        let (store, studio) = (store.clone(), studio.clone());
         async move {
-            match store.get_bytes(&layout::output_manifest(&key)).await {
+            match store
+                .get_bytes(&layout::output_manifest(&studio, &key))
+                .await
+            {
                 Ok(bytes) => Ok((
                     chunk,
                     key,
@@ -264,7 +346,7 @@ pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result
         }
     }
     let outcomes = futures::stream::iter(downloads.into_iter().map(|(key, f)| {
-        let store = store.clone();
+        let (store, studio) = (store.clone(), studio.clone());
         let dest = out.join(&f.name);
         async move {
             // Keep a file that is already there and verifies.
@@ -286,7 +368,7 @@ pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result
             }
             let got = store
                 .download_verified(
-                    &layout::output_file(&key, &f.hash, &f.name),
+                    &layout::output_file(&studio, &key, &f.hash, &f.name),
                     &f.hash,
                     f.size,
                     &dest,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use suanli_shared::protocol::{InputManifest, JobSpec, JobState, RendererSpec};
 use suanli_shared::store::Store;
-use suanli_shared::{layout, Region};
+use suanli_shared::{layout, Region, Studio};
 
 use crate::client::Client;
 use crate::localfarm::{FarmOptions, LocalFarm};
@@ -81,12 +81,13 @@ async fn render_film(
     let inputs = InputManifest::default();
     store
         .put_if_absent(
-            &layout::input_manifest(&inputs.hash()),
+            &layout::input_manifest(&Studio::default(), &inputs.hash()),
             inputs.to_bytes().into(),
         )
         .await?;
     let spec = JobSpec {
         name: "suanli-short-film".into(),
+        studio: Default::default(),
         priority: 0,
         frames: args.frames.parse().context("bad --frames")?,
         chunk: 1,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use suanli_shared::layout;
 use suanli_shared::protocol::{InputEntry, InputManifest};
 use suanli_shared::store::Store;
-use suanli_shared::ContentHash;
+use suanli_shared::{ContentHash, Studio};
 
 /// Most input files one job may name (directories count by their files).
 pub const MAX_INPUT_FILES: usize = 100_000;
@@ -123,9 +123,10 @@ pub struct UploadReport {
 }
 
 /// Hashes every file (path inside the manifest, file on disk), uploads the blobs the store
-/// lacks and stores the manifest; returns the manifest's hash.
+/// lacks under `studio`'s prefix and stores the manifest there; returns the manifest's hash.
 pub async fn upload(
     store: &Store,
+    studio: &Studio,
     files: &[(String, PathBuf)],
 ) -> anyhow::Result<(ContentHash, UploadReport)> {
     use std::os::unix::fs::PermissionsExt;
@@ -140,7 +141,10 @@ pub async fn upload(
         })
         .await?
         .with_context(|| format!("cannot hash {}", path.display()))?;
-        if store.upload_blob(&hash, path).await? {
+        if store
+            .upload_blob(&layout::cas(studio, &hash), &hash, path)
+            .await?
+        {
             report.uploaded += 1;
             report.uploaded_bytes += size;
         }
@@ -153,7 +157,7 @@ pub async fn upload(
     let hash = manifest.hash();
     store
         .put_if_absent(
-            &layout::input_manifest(&hash),
+            &layout::input_manifest(studio, &hash),
             Bytes::from(manifest.to_bytes()),
         )
         .await?;

@@ -11,7 +11,7 @@ use suanli_shared::protocol::{
     ImageFormat, InputManifest, JobSpec, Placement, Policy, RendererSpec,
 };
 use suanli_shared::store::Store;
-use suanli_shared::{FrameSpec, Region};
+use suanli_shared::{FrameSpec, Region, Studio};
 
 use crate::inputs::{self, UploadReport};
 
@@ -20,6 +20,8 @@ use crate::inputs::{self, UploadReport};
 #[serde(deny_unknown_fields)]
 pub struct JobFile {
     pub name: Option<String>,
+    /// The studio that owns the job (default: the studio the command acts as, else `default`).
+    pub studio: Option<String>,
     pub frames: Option<String>,
     pub chunk: Option<u32>,
     pub priority: Option<i32>,
@@ -129,6 +131,10 @@ pub struct Overrides {
     /// Command renderer argv, after `--`: placeholders {frame} {start} {end} {step} {output} {scene}.
     #[arg(last = true)]
     pub argv: Vec<String>,
+    /// The studio the command acts as (the global `--studio`): the job's studio unless the
+    /// file names one, and then the two must agree. Not a flag of its own here.
+    #[arg(skip)]
+    pub studio: Option<Studio>,
 }
 
 /// A checked job whose inputs are known but not yet uploaded.
@@ -191,6 +197,21 @@ pub fn parse_job_file(text: &str, path: &Path) -> anyhow::Result<JobFile> {
 /// Merges file and flags (flags win), resolves and checks everything. `base` is the folder
 /// relative paths are taken from (the job file's folder, or the current one).
 pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<Resolved> {
+    // Who submits is not an override: a job file naming another studio is refused.
+    let named = file
+        .studio
+        .as_deref()
+        .map(str::parse::<Studio>)
+        .transpose()?;
+    let studio = match (flags.studio, named) {
+        (Some(caller), Some(named)) if caller != named => {
+            bail!(
+                "{}",
+                suanli_shared::protocol::api::wrong_studio(&caller, &named)
+            )
+        }
+        (caller, named) => caller.or(named).unwrap_or_default(),
+    };
     let frames_text = flags
         .frames
         .or(file.frames)
@@ -307,6 +328,7 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
                 .and_then(|s| Path::new(s).file_stem()?.to_str().map(str::to_string))
                 .unwrap_or_else(|| "untitled".into())
         }),
+        studio,
         priority: flags.priority.or(file.priority).unwrap_or(0),
         frames,
         chunk: flags.chunk.or(file.chunk).unwrap_or(1),
@@ -384,7 +406,7 @@ fn datetime_ms(dt: &toml::value::Datetime) -> anyhow::Result<u64> {
 /// Hashes every input, uploads the blobs the store lacks, stores the manifest and fills in
 /// `spec.inputs`.
 pub async fn upload_inputs(store: &Store, resolved: &mut Resolved) -> anyhow::Result<UploadReport> {
-    let (hash, report) = inputs::upload(store, &resolved.files).await?;
+    let (hash, report) = inputs::upload(store, &resolved.spec.studio, &resolved.files).await?;
     resolved.spec.inputs = hash;
     Ok(report)
 }
@@ -453,6 +475,33 @@ mod tests {
                 "invalid region",
             ),
         ]);
+    }
+
+    #[test]
+    fn the_studio_comes_from_the_file_or_the_caller_and_they_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let studio = |file: Option<&str>, caller: Option<&str>| {
+            let file = JobFile {
+                studio: file.map(str::to_string),
+                ..Default::default()
+            };
+            let flags = Overrides {
+                studio: caller.map(|c| c.parse().unwrap()),
+                ..flags("1")
+            };
+            resolve(file, flags, dir.path()).map(|r| r.spec.studio.to_string())
+        };
+        assert_eq!(studio(None, None).unwrap(), "default");
+        assert_eq!(studio(Some("acme"), None).unwrap(), "acme");
+        assert_eq!(studio(None, Some("acme")).unwrap(), "acme");
+        assert_eq!(studio(Some("acme"), Some("acme")).unwrap(), "acme");
+        let err = studio(Some("blue"), Some("acme")).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "this identity is studio acme; the job names studio blue"
+        );
+        let err = studio(Some("Acme Films"), None).unwrap_err();
+        assert!(format!("{err:#}").contains("invalid studio"), "{err:#}");
     }
 
     #[test]

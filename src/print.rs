@@ -24,7 +24,13 @@ pub fn json<T: serde::Serialize>(value: &T) {
 /// One job in full: counts, per-region figures, the reason it ended and its failed tasks with
 /// the tail of each one's stderr.
 pub fn status(s: &JobStatus) {
-    println!("job {}  {}  [{}]", s.id, s.name, s.state.as_str());
+    println!(
+        "job {}  {}  [{}]  studio {}",
+        s.id,
+        s.name,
+        s.state.as_str(),
+        s.studio
+    );
     println!(
         "  frames {}/{} done ({} cached), {} failed",
         s.frames.done, s.frames.total, s.frames.cached, s.frames.failed
@@ -78,19 +84,20 @@ pub fn status(s: &JobStatus) {
     }
 }
 
-/// One line a job: id, name, state, frames done, cached, age.
+/// One line a job: id, studio, name, state, frames done, cached, age.
 pub fn job_list(list: &[JobStatus]) {
     table(
         list,
         "no jobs",
         format!(
-            "{:<26}  {:<20} {:<9} {:>13}  {:>6}  age",
-            "ID", "NAME", "STATE", "FRAMES", "CACHED"
+            "{:<26}  {:<12} {:<20} {:<9} {:>13}  {:>6}  age",
+            "ID", "STUDIO", "NAME", "STATE", "FRAMES", "CACHED"
         ),
         |s| {
             format!(
-                "{:<26}  {:<20} {:<9} {:>6}/{:<6}  {:>6}  {}",
+                "{:<26}  {:<12} {:<20} {:<9} {:>6}/{:<6}  {:>6}  {}",
                 s.id,
+                truncate(s.studio.as_str(), 12),
                 truncate(&s.name, 20),
                 s.state.as_str(),
                 s.frames.done,

@@ -12,24 +12,25 @@ use suanli_shared::protocol::api::TasksPage;
 use suanli_shared::protocol::{JobStatus, OutputFile, WorkerInfo};
 use suanli_shared::regions::RegionProfile;
 use suanli_shared::store::Store;
-use suanli_shared::{layout, nats, ContentHash, JobId, Region, WorkerId};
+use suanli_shared::{layout, nats, ContentHash, JobId, Region, Studio, WorkerId};
 use suanli_tui::{FarmApi, FarmError, FarmEvent};
 use tokio::sync::OnceCell;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientConfig, ClientError};
+use suanli_shared::access::Access;
 
 /// The farm as the terminal sees it. Connects lazily: the terminal comes up (with its
 /// disconnected banner) even when NATS is not there yet, and connects when it is.
 pub struct TuiFarm {
-    url: String,
+    api: ClientConfig,
     client: OnceCell<Client>,
     store: Option<Store>,
 }
 
 impl TuiFarm {
-    pub fn new(url: &str, store: Option<Store>) -> Self {
+    pub fn new(api: ClientConfig, store: Option<Store>) -> Self {
         Self {
-            url: url.to_string(),
+            api,
             client: OnceCell::new(),
             store,
         }
@@ -38,7 +39,11 @@ impl TuiFarm {
     /// Over a client that is already connected (the demo's).
     pub fn with_client(client: Client, store: Option<Store>) -> Self {
         Self {
-            url: String::new(),
+            api: ClientConfig {
+                url: String::new(),
+                caller: client.caller().clone(),
+                access: Access::none(),
+            },
             client: OnceCell::new_with(Some(client)),
             store,
         }
@@ -47,7 +52,7 @@ impl TuiFarm {
     async fn client(&self) -> Result<&Client, FarmError> {
         let client = self
             .client
-            .get_or_try_init(|| Client::connect(&self.url))
+            .get_or_try_init(|| self.api.connect())
             .await
             .map_err(|e| FarmError::unreachable(format!("{e:#}")))?;
         // The client reconnects by itself; meanwhile say so instead of waiting for a timeout.
@@ -128,12 +133,17 @@ impl FarmApi for TuiFarm {
             .await
             .map_err(|e| FarmError::unreachable(e.to_string()))?;
         Ok(sub
-            .filter_map(|msg| async move { nats::decode_event(&msg.subject, &msg.payload).ok() })
+            .filter_map(|msg| async move {
+                nats::decode_event(&msg.subject, &msg.payload)
+                    .ok()
+                    .map(|(_, event)| event)
+            })
             .boxed())
     }
 
     async fn read_output(
         &self,
+        studio: &Studio,
         task_key: &ContentHash,
         file: &OutputFile,
     ) -> Result<Vec<u8>, FarmError> {
@@ -141,22 +151,24 @@ impl FarmApi for TuiFarm {
             FarmError::refused("no object store to read frames from: pass --store URL")
         })?;
         store
-            .get_bytes(&layout::output_file(task_key, &file.hash, &file.name))
+            .get_bytes(&layout::output_file(
+                studio, task_key, &file.hash, &file.name,
+            ))
             .await
             .map(|b| b.to_vec())
             .map_err(|e| FarmError::unreachable(e.to_string()))
     }
 }
 
-/// `suanli tui`: the terminal against the farm at `nats`, previews from `store`.
-pub async fn run(nats: &str, store: &str) -> anyhow::Result<u8> {
+/// `suanli tui`: the terminal against the farm `api` names, previews from `store`.
+pub async fn run(api: &ClientConfig, store: &str) -> anyhow::Result<u8> {
     // Without a store the terminal still runs; only the preview says why it cannot show.
     let store = open_existing_store(store);
     let options = suanli_tui::Options {
         stderr_log: Some(stderr_log_path()),
         ..Default::default()
     };
-    suanli_tui::run(TuiFarm::new(nats, store), options).await?;
+    suanli_tui::run(TuiFarm::new(api.clone(), store), options).await?;
     Ok(0)
 }
 

@@ -12,7 +12,7 @@ use suanli::client::{fetch, Client};
 use suanli::jobfile::Overrides;
 use suanli::localfarm::{FarmOptions, LocalFarm};
 use suanli_shared::protocol::{
-    InputManifest, JobSpec, JobState, JobStatus, RendererSpec, TaskState,
+    EventKind, InputManifest, JobSpec, JobState, JobStatus, RendererSpec, TaskState,
 };
 use suanli_shared::store::Store;
 use suanli_shared::JobId;
@@ -29,6 +29,7 @@ async fn farm(dir: &Path, regions: &[&str]) -> LocalFarm {
 fn tiny_builtin(frames: &str, chunk: u32, inputs: &InputManifest) -> JobSpec {
     JobSpec {
         name: "tiny".into(),
+        studio: Default::default(),
         priority: 0,
         frames: frames.parse().unwrap(),
         chunk,
@@ -293,7 +294,7 @@ async fn a_command_renderer_job_runs_with_inputs_and_cancel_kills_renders() {
     // Listen before submitting, so the start cannot be missed.
     let mut started = client
         .nats()
-        .subscribe("suanli.evt.*.started")
+        .subscribe(suanli_shared::nats::events_of_kind(EventKind::Started))
         .await
         .unwrap();
     let reply = client.submit(slow).await.unwrap();

@@ -13,8 +13,8 @@ use suanli::client::Client;
 use suanli::jobfile::Overrides;
 use suanli::localfarm::{FarmOptions, LocalFarm};
 use suanli_shared::protocol::{
-    InputManifest, JobEvent, JobSpec, JobState, JobStatus, Placement, Policy, RendererSpec,
-    TaskRecord,
+    EventKind, InputManifest, JobEvent, JobSpec, JobState, JobStatus, Placement, Policy,
+    RendererSpec, TaskRecord,
 };
 use suanli_shared::regions::{RegionCatalog, RegionProfile};
 use suanli_shared::store::Store;
@@ -53,6 +53,7 @@ async fn farm(dir: &Path, catalog: RegionCatalog) -> LocalFarm {
 fn builtin(name: &str, frames: &str, inputs: &InputManifest, policy: Option<Policy>) -> JobSpec {
     JobSpec {
         name: name.into(),
+        studio: Default::default(),
         priority: 0,
         frames: frames.parse().unwrap(),
         chunk: 1,
@@ -322,7 +323,11 @@ async fn a_region_that_loses_every_worker_hands_its_tasks_to_another() {
             "sleep 1; printf x > {output}/frame_{frame:04}.txt",
         ))
         .await;
-    let mut job_events = client.nats().subscribe("suanli.evt.*.job").await.unwrap();
+    let mut job_events = client
+        .nats()
+        .subscribe(suanli_shared::nats::events_of_kind(EventKind::Job))
+        .await
+        .unwrap();
     let job = client.submit(spec).await.unwrap().id;
     // Once guian holds tasks, its only worker dies.
     let mut holding = false;

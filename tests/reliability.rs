@@ -17,11 +17,11 @@ use suanli::jobfile::Overrides;
 use suanli::localfarm::{FarmOptions, LocalFarm};
 use suanli_shared::nats;
 use suanli_shared::protocol::{
-    InputManifest, JobSpec, JobState, JobStatus, RendererSpec, TaskEvent, TaskEventKind,
-    WorkerState,
+    EventKind, InputManifest, JobSpec, JobState, JobStatus, RendererSpec, TaskEvent, TaskEventKind,
+    TaskRecord, TaskState, WorkerState,
 };
 use suanli_shared::store::Store;
-use suanli_shared::{layout, JobId};
+use suanli_shared::{layout, JobId, Studio};
 
 /// Bound for any job here: a hang fails the test instead of blocking CI.
 const JOB_LIMIT: Duration = Duration::from_secs(120);
@@ -175,6 +175,7 @@ async fn drain_finishes_the_render_or_hands_it_back_and_the_worker_exits_0() {
 fn builtin(frames: &str, inputs: &InputManifest) -> JobSpec {
     JobSpec {
         name: "chaos".into(),
+        studio: Default::default(),
         priority: 0,
         frames: frames.parse().unwrap(),
         chunk: 1,
@@ -199,7 +200,7 @@ async fn stored_events(client: &Client, job: &JobId) -> Vec<TaskEvent> {
     let stream = js.get_stream(nats::EVENTS_STREAM).await.unwrap();
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            filter_subject: format!("suanli.evt.{job}.*"),
+            filter_subject: nats::job_events(&Studio::default(), job),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
             ..Default::default()
         })
@@ -234,7 +235,7 @@ async fn a_coordinator_killed_at_any_moment_restarts_and_enqueues_nothing_twice(
 
     let mut completed = client
         .nats()
-        .subscribe("suanli.evt.*.completed")
+        .subscribe(nats::events_of_kind(EventKind::Completed))
         .await
         .unwrap();
     let job = client.submit(builtin("1-40", &inputs)).await.unwrap().id;
@@ -276,6 +277,55 @@ async fn a_coordinator_killed_at_any_moment_restarts_and_enqueues_nothing_twice(
     let report = fetch(&record, &store, &out).await.unwrap();
     assert_eq!((report.frames, report.missing.len()), (40, 0));
     assert!(report.unverified.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_recorded_by_a_coordinator_that_died_before_publishing_it_is_published() {
+    let farm = ProcFarm::start();
+    let mut c1 = farm.coordinator("coordinator-1", &[]);
+    assert!(c1.wait_for_log("coordinator ready", JOB_LIMIT).await);
+    let client = farm.client().await;
+    let inputs = empty_inputs(&farm.store()).await;
+    let mut spec = builtin("1", &inputs);
+    spec.regions = vec!["guian".parse().unwrap()];
+    // No worker yet: the task waits in the backlog.
+    let job = client.submit(spec).await.unwrap().id;
+    c1.kill9();
+
+    // What a coordinator leaves when it dies between recording a release and publishing it:
+    // the record says queued in guian, guian's queue is empty.
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let tasks_kv = js.get_key_value(nats::TASKS_BUCKET).await.unwrap();
+    let key = nats::task_kv_key(&job, 0);
+    let entry = tasks_kv
+        .entry(&key)
+        .await
+        .unwrap()
+        .expect("the task record");
+    let mut rec: TaskRecord = serde_json::from_slice(&entry.value).unwrap();
+    assert_eq!(rec.state, TaskState::Pending);
+    rec.state = TaskState::Queued;
+    rec.region = Some("guian".parse().unwrap());
+    rec.releases += 1;
+    let body = serde_json::to_vec(&rec).unwrap();
+    tasks_kv
+        .update(&key, body.into(), entry.revision)
+        .await
+        .unwrap();
+    let mut tasks_stream = js.get_stream(nats::TASKS_STREAM).await.unwrap();
+    assert_eq!(tasks_stream.info().await.unwrap().state.messages, 0);
+
+    // The next coordinator publishes it, once, to the region the record names.
+    let _c2 = farm.coordinator("coordinator-2", &[]);
+    let _a = farm.worker("guian", "a", &[]);
+    let status = wait_done(&client, &job).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let starts = stored_events(&client, &job)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e.kind, TaskEventKind::Started))
+        .count();
+    assert_eq!(starts, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,7 +389,7 @@ async fn a_nats_restart_mid_job_is_survived_by_every_role() {
     let inputs = empty_inputs(&store).await;
     let mut completed = client
         .nats()
-        .subscribe("suanli.evt.*.completed")
+        .subscribe(nats::events_of_kind(EventKind::Completed))
         .await
         .unwrap();
     let job = client.submit(builtin("1-40", &inputs)).await.unwrap().id;
@@ -515,7 +565,13 @@ async fn bad_input_anywhere_is_refused_and_no_role_crashes() {
     .unwrap()
     .await
     .unwrap();
-    js.publish("suanli.evt.01JX.completed", "\u{0}\u{1}".into())
+    let garbage_event = nats::task_event_subject(
+        &Studio::default(),
+        &JobId::generate(),
+        EventKind::Completed,
+        &"guian".parse().unwrap(),
+    );
+    js.publish(garbage_event, "\u{0}\u{1}".into())
         .await
         .unwrap()
         .await
@@ -553,10 +609,13 @@ async fn bad_input_anywhere_is_refused_and_no_role_crashes() {
         ..Default::default()
     };
     let spec = prepare(&store, flags(), &shot).await;
-    let blob = farm
-        .path()
-        .join("store")
-        .join(layout::cas(&suanli_shared::ContentHash::of(b"TEXTURE-BYTES")).as_ref());
+    let blob = farm.path().join("store").join(
+        layout::cas(
+            &Studio::default(),
+            &suanli_shared::ContentHash::of(b"TEXTURE-BYTES"),
+        )
+        .as_ref(),
+    );
     std::fs::write(&blob, "TEXTURE-BYTEZ").unwrap();
     let mut w = farm.worker("guian", "w", &[]);
     farm.wait_for_workers(&client, 1).await;
@@ -569,7 +628,10 @@ async fn bad_input_anywhere_is_refused_and_no_role_crashes() {
         "{reason}"
     );
     let key = client.tasks(&job, 0, 1).await.unwrap().tasks[0].key;
-    assert!(!store.exists(&layout::output_manifest(&key)).await.unwrap());
+    assert!(!store
+        .exists(&layout::output_manifest(&Studio::default(), &key))
+        .await
+        .unwrap());
 
     // Truncated: same story, and the store repaired by a re-upload makes retry succeed.
     std::fs::write(&blob, "TEXT").unwrap();
@@ -643,7 +705,10 @@ async fn a_full_cache_disk_fails_the_task_with_the_reason_and_the_worker_goes_on
     let reason = &status.failures[0].failure.reason;
     assert!(reason.contains("No space left on device"), "{reason}");
     let key = client.tasks(&job, 0, 1).await.unwrap().tasks[0].key;
-    assert!(!store.exists(&layout::output_manifest(&key)).await.unwrap());
+    assert!(!store
+        .exists(&layout::output_manifest(&Studio::default(), &key))
+        .await
+        .unwrap());
 
     // The partial download was removed: the same worker renders the next job.
     let spec = prepare(&store, flags(vec![], "2"), &shot).await;

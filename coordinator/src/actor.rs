@@ -3,7 +3,7 @@
 //! so there are no locks. This module holds the actor itself and its life: the lease loop
 //! that decides when it serves, loading its state from KV, and the select loop that feeds it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -112,6 +112,10 @@ pub(crate) struct Coordinator {
     pub(crate) learned: Learned,
     /// When each region last had a live worker (ms), for region loss.
     pub(crate) last_live: HashMap<Region, u64>,
+    /// Tasks recorded as queued whose publish is not known to have reached their queue: a
+    /// publish that failed, or, after start-up, every queued task. Published (again) before
+    /// the next round.
+    pub(crate) unconfirmed: BTreeSet<(JobId, u32)>,
     pub(crate) started_ms: u64,
     /// Regions whose queue consumer this coordinator has created (a secure farm, where
     /// workers may not create it).
@@ -174,9 +178,14 @@ impl Coordinator {
         }
         info!(jobs = jobs.len(), "coordinator state loaded");
         let mut learned = Learned::default();
-        for job in jobs.values() {
+        let mut unconfirmed = BTreeSet::new();
+        for (id, job) in &jobs {
             for t in job.tasks() {
                 let t = &t.rec;
+                // The previous coordinator may have recorded it and died before publishing.
+                if t.state == TaskState::Queued {
+                    unconfirmed.insert((id.clone(), t.task));
+                }
                 if let (TaskState::Done, Some(region), Some(start), Some(end)) =
                     (t.state, &t.region, t.started_ms, t.finished_ms)
                 {
@@ -194,6 +203,7 @@ impl Coordinator {
             tracker: TaskTracker::new(),
             learned,
             last_live: HashMap::new(),
+            unconfirmed,
             started_ms: now_ms(),
             open_queues: HashSet::new(),
         })
@@ -237,10 +247,15 @@ impl Coordinator {
         // Not a queue group: only the lease holder subscribes, and a holder that hung keeps its
         // subscription until the server drops it, so with a queue group it would swallow a share
         // of the requests. Plainly subscribed, the serving coordinator answers every request.
-        let mut api_sub = client
+        let operator_sub = client
             .subscribe(api::ALL)
             .await
             .context("cannot subscribe to the API subjects")?;
+        let studios_sub = client
+            .subscribe(api::ALL_STUDIOS)
+            .await
+            .context("cannot subscribe to the studios' API subjects")?;
+        let mut api_sub = futures::stream::select(operator_sub, studios_sub);
         let mut events = Some(self.open_events().await?);
         let mut workers_watch = Some(
             self.farm

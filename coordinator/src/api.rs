@@ -1,16 +1,22 @@
-//! The coordinator's API: answering requests on the `suanli.api.*` subjects from the actor's
-//! state (status, jobs, tasks, workers, regions), starting submissions off the actor and
-//! adopting them, and passing drain, cancel and retry on. Requests arrive decoded as one
-//! `api::Request` enum (declared with the endpoints in `shared::protocol::api`); each arm
-//! answers with its endpoint's reply type, so a reply of the wrong type does not compile.
+//! The coordinator's API: answering requests on the `suanli.api.*` (operator) and
+//! `suanli.studio.<studio>.*` subjects from the actor's state (status, jobs, tasks, workers,
+//! regions), starting submissions off the actor and adopting them, and passing drain, cancel
+//! and retry on. Requests arrive decoded as one `api::Request` enum with their `Caller`
+//! (declared with the endpoints in `shared::protocol::api`); each arm answers with its
+//! endpoint's reply type, so a reply of the wrong type does not compile.
+//!
+//! The subject's studio is trusted (nats-server permissions stop a studio from using another's
+//! subjects); what the server cannot check is checked here: a studio sees and acts on its own
+//! jobs only, and a job of another studio is answered exactly like a job that does not exist.
 
 use bytes::Bytes;
 use suanli_shared::nats;
-use suanli_shared::protocol::api::{self, ApiError, Endpoint, Request};
+use suanli_shared::protocol::api::{self, ApiError, Caller, Endpoint, Request};
 use suanli_shared::protocol::{encode, now_ms, JobStatus, WorkerInfo, WorkerState};
 use suanli_shared::regions::RegionProfile;
+use suanli_shared::JobId;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::actor::{Coordinator, Prepared};
 use crate::state::Job;
@@ -56,31 +62,46 @@ impl Coordinator {
         });
     }
 
-    fn job(&self, req: &api::JobRequest) -> Result<&Job, ApiError> {
+    /// The job `id` if `caller` may see it; a job of another studio is not found, with the
+    /// same words as a job that does not exist, so its existence does not leak.
+    pub(crate) fn job(&self, caller: &Caller, id: &JobId) -> Result<&Job, ApiError> {
         self.jobs
-            .get(&req.job)
-            .ok_or_else(|| ApiError::not_found(format!("no job {}", req.job)))
+            .get(id)
+            .filter(|j| caller.owns(&j.rec.rec.spec.studio))
+            .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
     }
 
-    /// Every API request: decoded once into [`Request`], then one arm per endpoint, each
-    /// answered with that endpoint's reply type.
+    /// Every API request: decoded once into its [`Caller`] and [`Request`] (which refuses an
+    /// operator endpoint to a studio), then one arm per endpoint, each answered with that
+    /// endpoint's reply type.
     pub(crate) async fn handle_api(
         &mut self,
         msg: async_nats::Message,
         submit_tx: &mpsc::Sender<Prepared>,
     ) {
         let reply = msg.reply.clone();
-        let request = match Request::decode(msg.subject.as_str(), &msg.payload) {
-            Ok(request) => request,
-            Err(e) => return self.send_reply(reply, error_body(e)),
+        let (caller, request) = match Request::decode(msg.subject.as_str(), &msg.payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                debug!(subject = %msg.subject, error = %e, "API request refused");
+                return self.send_reply(reply, error_body(e));
+            }
         };
+        debug!(%caller, endpoint = request.token(), "API request");
         match request {
             Request::Submit(req) => {
                 let Some(reply) = reply else { return };
+                let spec = match caller.own_spec(req.spec) {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        info!(%caller, error = %e, "submit refused");
+                        return self.send_reply(Some(reply), error_body(e));
+                    }
+                };
                 let (farm, store, tx) = (self.farm.clone(), self.store.clone(), submit_tx.clone());
                 let offered = self.offered_renderers();
                 self.tracker.spawn(async move {
-                    match submit::prepare(req.spec, &farm, &store, &offered).await {
+                    match submit::prepare(spec, &farm, &store, &offered).await {
                         Ok(job) => {
                             let _ = tx.send(Prepared { job, reply }).await;
                         }
@@ -91,7 +112,7 @@ impl Coordinator {
                 });
             }
             Request::Status(req) => {
-                let r = self.job(&req).map(|j| self.status_of(j));
+                let r = self.job(&caller, &req.job).map(|j| self.status_of(j));
                 self.reply::<api::Status>(reply, r);
             }
             Request::Regions(_) => {
@@ -99,7 +120,7 @@ impl Coordinator {
                 self.reply::<api::Regions>(reply, Ok(list));
             }
             Request::Job(req) => {
-                let r = self.job(&req).map(|j| j.rec.rec.clone());
+                let r = self.job(&caller, &req.job).map(|j| j.rec.rec.clone());
                 self.reply::<api::Job>(reply, r);
             }
             Request::Jobs(_) => {
@@ -107,6 +128,7 @@ impl Coordinator {
                     .jobs
                     .values()
                     .rev()
+                    .filter(|j| caller.owns(&j.rec.rec.spec.studio))
                     .take(200)
                     .map(|j| {
                         let mut s = self.status_of(j);
@@ -116,6 +138,7 @@ impl Coordinator {
                     .collect();
                 self.reply::<api::Jobs>(reply, Ok(list));
             }
+            // Operator only: `Request::decode` refuses these to a studio.
             Request::Workers(_) => {
                 let now = now_ms();
                 let lost = self.config.worker_lost_after.as_millis() as u64;
@@ -132,7 +155,7 @@ impl Coordinator {
                 self.reply::<api::Workers>(reply, Ok(list));
             }
             Request::Tasks(req) => {
-                let r = self.tasks_page(&req);
+                let r = self.tasks_page(&caller, &req);
                 self.reply::<api::Tasks>(reply, r);
             }
             Request::Drain(req) => {
@@ -140,22 +163,23 @@ impl Coordinator {
                 self.reply::<api::Drain>(reply, r);
             }
             Request::Cancel(req) => {
-                let r = self.cancel(&req.job).await;
+                let r = self.cancel(&caller, &req.job).await;
                 self.reply::<api::Cancel>(reply, r);
             }
             Request::Retry(req) => {
-                let r = self.retry(&req.job).await;
+                let r = self.retry(&caller, &req.job).await;
                 self.reply::<api::Retry>(reply, r);
             }
         }
     }
 
     /// Tasks `offset .. offset + limit` of a job (the limit clamped to a page).
-    fn tasks_page(&self, req: &api::TasksRequest) -> Result<api::TasksPage, ApiError> {
-        let job = self
-            .jobs
-            .get(&req.job)
-            .ok_or_else(|| ApiError::not_found(format!("no job {}", req.job)))?;
+    fn tasks_page(
+        &self,
+        caller: &Caller,
+        req: &api::TasksRequest,
+    ) -> Result<api::TasksPage, ApiError> {
+        let job = self.job(caller, &req.job)?;
         let limit = req.limit.min(api::MAX_TASKS_PAGE) as usize;
         let tasks = job
             .tasks()
@@ -222,7 +246,7 @@ impl Coordinator {
         let job = prepared.job;
         let (tasks, _) = job.counts();
         let (id, state) = (job.rec.rec.id.clone(), job.rec.rec.state);
-        info!(job = %id, name = %job.rec.rec.spec.name, tasks = tasks.total, cached = tasks.cached, "job submitted");
+        info!(job = %id, studio = %job.rec.rec.spec.studio, name = %job.rec.rec.spec.name, tasks = tasks.total, cached = tasks.cached, "job submitted");
         let reply = api::SubmitReply {
             id: id.clone(),
             tasks: tasks.total,

@@ -1,9 +1,10 @@
-//! Operator commands that rewrite a whole job: cancel (every open task canceled, workers told
-//! to stop) and retry (failed and canceled tasks back to the backlog as a new attempt).
+//! Commands that rewrite a whole job, from the operator or the job's own studio: cancel (every
+//! open task canceled, workers told to stop) and retry (failed and canceled tasks back to the
+//! backlog as a new attempt).
 
 use bytes::Bytes;
 use suanli_shared::nats;
-use suanli_shared::protocol::api::ApiError;
+use suanli_shared::protocol::api::{ApiError, Caller};
 use suanli_shared::protocol::{now_ms, JobState, JobStatus, TaskRecord, TaskState};
 use suanli_shared::JobId;
 use tracing::{info, warn};
@@ -12,11 +13,12 @@ use crate::actor::Coordinator;
 use crate::state::Versioned;
 
 impl Coordinator {
-    pub(crate) async fn cancel(&mut self, id: &JobId) -> Result<JobStatus, ApiError> {
-        let job = self
-            .jobs
-            .get(id)
-            .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    pub(crate) async fn cancel(
+        &mut self,
+        caller: &Caller,
+        id: &JobId,
+    ) -> Result<JobStatus, ApiError> {
+        let job = self.job(caller, id)?;
         if !job.rec.rec.state.is_final() {
             let mut rec = job.rec.rec.clone();
             rec.state = JobState::Canceled;
@@ -53,11 +55,12 @@ impl Coordinator {
         Ok(self.jobs[id].status())
     }
 
-    pub(crate) async fn retry(&mut self, id: &JobId) -> Result<JobStatus, ApiError> {
-        let job = self
-            .jobs
-            .get(id)
-            .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    pub(crate) async fn retry(
+        &mut self,
+        caller: &Caller,
+        id: &JobId,
+    ) -> Result<JobStatus, ApiError> {
+        let job = self.job(caller, id)?;
         let again: Vec<TaskRecord> = job
             .tasks()
             .iter()

@@ -1,6 +1,8 @@
 //! Folding what workers report into the actor's state: task events (applied with
 //! [`crate::state::apply_event`], persisted, then acknowledged), the blocklist they may grow,
-//! what placement learns from a rendered task, and the workers' heartbeat records.
+//! what placement learns from a rendered task, and the workers' heartbeat records. A task event
+//! is folded only when it comes under its job's studio and from the region its task is
+//! released to; anything else is dropped with a warning (a forged or orphaned report).
 
 use std::time::Duration;
 
@@ -16,10 +18,10 @@ use crate::state::{apply_event, Applied, Versioned};
 
 impl Coordinator {
     pub(crate) async fn handle_event(&mut self, msg: async_nats::jetstream::Message) {
-        let ev: TaskEvent = match nats::decode_event(&msg.subject, &msg.payload) {
-            Ok(Event::Task(ev)) => ev,
+        let (subject, ev): (_, TaskEvent) = match nats::decode_event(&msg.subject, &msg.payload) {
+            Ok((subject, Event::Task(ev))) => (subject, ev),
             // Job events are the coordinator's own announcements: nothing to fold.
-            Ok(Event::Job(_)) => {
+            Ok((_, Event::Job(_))) => {
                 let _ = msg.ack().await;
                 return;
             }
@@ -34,6 +36,13 @@ impl Coordinator {
             let _ = msg.ack().await;
             return;
         };
+        // nats-server vouches for the subject (who may publish on it); the rest is checked
+        // here. `decode_event` already refused a body whose region is not the subject's.
+        if subject.studio != job.rec.rec.spec.studio {
+            warn!(job = %ev.job, studio = %subject.studio, owner = %job.rec.rec.spec.studio, "event under another studio than the job's; dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
         let Some(task) = job.task(ev.task) else {
             warn!(job = %ev.job, task = ev.task, "event for an unknown task");
             let _ = msg.ack_with(AckKind::Term).await;
@@ -41,6 +50,11 @@ impl Coordinator {
         };
         if task.rec.key != ev.key {
             warn!(job = %ev.job, task = ev.task, "event's task key does not match the task; dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+        if task.rec.region.as_ref() != Some(&ev.region) {
+            warn!(job = %ev.job, task = ev.task, region = %ev.region, released_to = ?task.rec.region, "event from a region the task is not released to; dropped");
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         }

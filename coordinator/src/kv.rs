@@ -4,9 +4,7 @@
 
 use anyhow::Context as _;
 use suanli_shared::nats;
-use suanli_shared::protocol::{
-    encode, now_ms, EventKind, JobEvent, JobRecord, JobState, TaskRecord,
-};
+use suanli_shared::protocol::{encode, now_ms, JobEvent, JobRecord, JobState, TaskRecord};
 use suanli_shared::JobId;
 use tracing::{info, warn};
 
@@ -20,6 +18,10 @@ impl Coordinator {
         state: JobState,
         reason: Option<String>,
     ) {
+        let Some(studio) = self.jobs.get(job).map(|j| &j.rec.rec.spec.studio) else {
+            return warn!(job = %job, "no job to announce a state change of");
+        };
+        let subject = nats::job_event_subject(studio, job);
         let ev = JobEvent {
             job: job.clone(),
             state,
@@ -30,7 +32,6 @@ impl Coordinator {
             Ok(body) => body,
             Err(e) => return warn!(error = %e, "cannot encode a job event"),
         };
-        let subject = nats::event_subject(job, EventKind::Job);
         match self.farm.js.publish(subject, body).await {
             Ok(ack) => {
                 if let Err(e) = ack.await {

@@ -1,7 +1,15 @@
 //! One dispatch round: from the actor's state and the live workers, which backlog tasks go to
 //! which region's queue now, and publishing them. The planning half ([`Capacity`],
 //! [`plan_round`]) is pure, so the scaling benchmark drives the very code the actor runs; the
-//! actor's half publishes each release and records the task as queued.
+//! actor's half records each task as queued in its region, then publishes it.
+//!
+//! The record comes first because it is what the coordinator checks task events against: a
+//! region's reports of a task are folded only when the record says the task is released there.
+//! Were the message published first, a coordinator that crashed between the two steps could
+//! place the task again elsewhere while the first copy runs, and refuse that copy's reports.
+//! Recorded first, a release is published until a publish is acknowledged (the same message id
+//! each time, so the queue holds it once): after a failed publish on the next round, and after a
+//! restart for every task the records show as queued.
 //!
 //! A round costs what can change in it, not the size of the jobs: free slots and queue
 //! lengths come from each job's index, each job lists only as many ready tasks as the round
@@ -11,7 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use suanli_shared::nats;
-use suanli_shared::protocol::{encode, now_ms, JobRecord, TaskAssignment, WorkerInfo, WorkerState};
+use suanli_shared::protocol::{
+    encode, now_ms, JobRecord, TaskAssignment, TaskState, WorkerInfo, WorkerState,
+};
 use suanli_shared::regions::RegionCatalog;
 use suanli_shared::{JobId, Region, WorkerId};
 use tracing::{debug, warn};
@@ -203,6 +213,9 @@ impl Coordinator {
     /// Releases backlog tasks onto regions with free slots. Runs after every input; notes
     /// which regions have live workers, for region loss.
     pub(crate) async fn dispatch(&mut self) {
+        if !self.publish_unconfirmed().await {
+            return;
+        }
         let now = now_ms();
         let live: BTreeSet<Region> = self.live_workers().map(|w| w.region.clone()).collect();
         for region in live {
@@ -232,14 +245,55 @@ impl Coordinator {
         }
     }
 
-    /// Publishes one task to a region's queue, then records it as queued. The publish carries
-    /// an idempotency key, so publishing again after a crash between the two steps is harmless.
+    /// Records one task as queued in `region`, then publishes it there. A publish that fails
+    /// is repeated before the next round ([`Self::publish_unconfirmed`]).
     async fn release(&mut self, id: &JobId, task: u32, region: &Region) -> anyhow::Result<()> {
+        let next = state::released(&self.jobs[id].tasks()[task as usize].rec, region);
+        debug!(job = %id, task, region = %region, attempt = next.attempt, "task released");
+        self.set_task(id, next).await?;
+        if let Err(e) = self.publish_release(id, task).await {
+            self.unconfirmed.insert((id.clone(), task));
+            return Err(
+                e.context("recorded as queued; it is published again before the next round")
+            );
+        }
+        Ok(())
+    }
+
+    /// Publishes again the releases not known to be on their queue (after a failed publish, or
+    /// all queued tasks after a restart); the message id keeps the queue from holding one
+    /// twice. False while some still cannot be published: the round waits for them.
+    pub(crate) async fn publish_unconfirmed(&mut self) -> bool {
+        while let Some((id, task)) = self.unconfirmed.first().cloned() {
+            let queued = self
+                .jobs
+                .get(&id)
+                .and_then(|j| j.task(task))
+                .is_some_and(|t| t.rec.state == TaskState::Queued && t.rec.region.is_some());
+            if queued {
+                if let Err(e) = self.publish_release(&id, task).await {
+                    warn!(job = %id, task, error = %format!("{e:#}"), "cannot publish a task; will retry");
+                    return false;
+                }
+            }
+            self.unconfirmed.remove(&(id, task));
+        }
+        true
+    }
+
+    /// Publishes a task recorded as queued to its region's queue, with the message id of that
+    /// release.
+    async fn publish_release(&self, id: &JobId, task: u32) -> anyhow::Result<()> {
         let job = &self.jobs[id];
         let spec = &job.rec.rec.spec;
         let rec = &job.tasks()[task as usize].rec;
+        let region = rec
+            .region
+            .as_ref()
+            .context("a queued task names no region")?;
         let assignment = TaskAssignment {
             job: id.clone(),
+            studio: spec.studio.clone(),
             task,
             key: rec.key,
             attempt: rec.attempt,
@@ -253,7 +307,8 @@ impl Coordinator {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            nats::task_msg_id(id, task, rec.attempt, rec.releases).as_str(),
+            // The record counts this release already; the id is the count before it.
+            nats::task_msg_id(id, task, rec.attempt, rec.releases.saturating_sub(1)).as_str(),
         );
         self.farm
             .js
@@ -266,8 +321,6 @@ impl Coordinator {
             .context("cannot publish a task")?
             .await
             .context("task publish not acknowledged")?;
-        let next = state::released(rec, region);
-        debug!(job = %id, task, region = %region, attempt = next.attempt, "task released");
-        self.set_task(id, next).await
+        Ok(())
     }
 }

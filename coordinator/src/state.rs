@@ -211,6 +211,7 @@ impl Job {
         JobStatus {
             id: rec.id.clone(),
             name: rec.spec.name.clone(),
+            studio: rec.spec.studio.clone(),
             state: rec.state,
             priority: rec.spec.priority,
             renderer: rec.spec.renderer.kind().to_string(),
@@ -265,6 +266,7 @@ pub(crate) mod tests {
             id: JobId::generate(),
             spec: JobSpec {
                 name: "j".into(),
+                studio: Default::default(),
                 priority: 0,
                 frames: "1-4".parse().unwrap(),
                 chunk: 1,

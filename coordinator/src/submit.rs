@@ -35,7 +35,7 @@ pub async fn prepare(
     fill_renderer_version(&mut spec, offered)?;
 
     let manifest_bytes = store
-        .get_verified(&layout::input_manifest(&spec.inputs), &spec.inputs)
+        .get_verified(&layout::input_manifest(&spec.studio, &spec.inputs), &spec.inputs)
         .await
         .map_err(|e| match e.kind() {
             StoreErrorKind::NotFound => ApiError::bad_request(format!(
@@ -59,9 +59,10 @@ pub async fn prepare(
         .tasks()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let keys: Vec<_> = tasks.iter().map(|(_, key)| *key).collect();
+    // Memoization is per studio: only outputs committed under the job's studio count.
     let cached: Vec<bool> = futures::stream::iter(keys.into_iter().map(|key| {
-        let store = store.clone();
-        async move { store.exists(&layout::output_manifest(&key)).await }
+        let (store, manifest) = (store.clone(), layout::output_manifest(&spec.studio, &key));
+        async move { store.exists(&manifest).await }
     }))
     .buffered(CONCURRENCY)
     .try_collect()

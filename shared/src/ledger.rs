@@ -91,6 +91,7 @@ mod tests {
         JobStatus {
             id: JobId::generate(),
             name: "shot".into(),
+            studio: Default::default(),
             state: JobState::Done,
             priority: 0,
             renderer: "builtin".into(),

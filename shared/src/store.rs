@@ -39,7 +39,6 @@ use object_store::{
 use tokio::io::AsyncWriteExt;
 
 use crate::hash::ContentHash;
-use crate::layout;
 
 /// Files larger than this go up as multipart uploads; smaller ones with a single put.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 * 1024 * 1024;
@@ -538,8 +537,9 @@ impl Store {
         Ok(())
     }
 
-    /// Upload a local file as the content-addressed blob `cas/<hash>` unless the store already
-    /// has it; returns whether it uploaded. Files above the multipart threshold (64 MiB by
+    /// Upload a local file as the content-addressed blob `key` (a studio's
+    /// [`crate::layout::cas`] key of `hash`) unless the store already has it; returns whether it
+    /// uploaded. Files above the multipart threshold (64 MiB by
     /// default) go up in parts, smaller ones in one put. The file is hashed while it is read,
     /// off the async runtime: if it no longer matches `hash` (it changed since it was hashed)
     /// the result is [`StoreErrorKind::Corrupt`] and nothing is left under the key (a multipart
@@ -547,9 +547,13 @@ impl Store {
     ///
     /// If the future is dropped during a multipart upload, the parts already sent stay as an
     /// incomplete upload: give S3 buckets a lifecycle rule that aborts those.
-    pub async fn upload_blob(&self, hash: &ContentHash, src: &Path) -> Result<bool, StoreError> {
-        let key = layout::cas(hash);
-        if self.exists(&key).await? {
+    pub async fn upload_blob(
+        &self,
+        key: &ObjPath,
+        hash: &ContentHash,
+        src: &Path,
+    ) -> Result<bool, StoreError> {
+        if self.exists(key).await? {
             return Ok(false);
         }
         let size = tokio::fs::metadata(src)
@@ -557,7 +561,7 @@ impl Store {
             .map_err(|e| StoreError::io(format!("cannot read '{}'", src.display()), e))?
             .len();
         if size > self.multipart_threshold {
-            self.upload_multipart(&key, hash, src).await?;
+            self.upload_multipart(key, hash, src).await?;
         } else {
             let path = src.to_path_buf();
             let (bytes, got) = tokio::task::spawn_blocking(move || read_and_hash(&path))
@@ -568,7 +572,7 @@ impl Store {
                 return Err(changed_source(src, hash, &got));
             }
             // Content-addressed: an overwrite by a concurrent uploader writes the same bytes.
-            self.put_bytes(&key, bytes).await?;
+            self.put_bytes(key, bytes).await?;
         }
         Ok(true)
     }
@@ -632,7 +636,7 @@ impl Store {
         Err(failure)
     }
 
-    /// Upload `bytes` to `key` (any key, e.g. from [`layout::output_file`]) after checking they
+    /// Upload `bytes` to `key` (any key, e.g. from [`crate::layout::output_file`]) after checking they
     /// hash to `expected`, the content hash the key was built from; a mismatch is
     /// [`StoreErrorKind::Corrupt`] and nothing is written. Overwrites: the key names the
     /// content, so a second writer writes the same bytes.

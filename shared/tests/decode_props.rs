@@ -33,7 +33,7 @@ use suanli_shared::protocol::{
     WorkerInfo, WorkerState,
 };
 use suanli_shared::regions::{RegionCatalog, RegionProfile};
-use suanli_shared::{ContentHash, FrameChunk, FrameSpec, JobId, Region, WorkerId};
+use suanli_shared::{ContentHash, FrameChunk, FrameSpec, JobId, Region, Studio, WorkerId};
 
 // ---------------------------------------------------------------------------------------------
 // Memory: a counting allocator, per thread, so tests running side by side do not mix.
@@ -106,6 +106,29 @@ fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
 /// is serde's buffering of untyped content for `#[serde(flatten)]` and tagged enums (a 2-byte
 /// `0,` becomes a 32-byte `Content` in a vector that grows by doubling): about 40 measured, for
 /// a task event padded with `[0,0,…]`.
+/// The operator's subject of every endpoint (a studio's are the same under
+/// `suanli.studio.<studio>.`).
+const OPERATOR_SUBJECTS: [&str; 10] = [
+    api::Submit::SUBJECT,
+    api::Status::SUBJECT,
+    api::Jobs::SUBJECT,
+    api::Job::SUBJECT,
+    api::Cancel::SUBJECT,
+    api::Retry::SUBJECT,
+    api::Workers::SUBJECT,
+    api::Tasks::SUBJECT,
+    api::Drain::SUBJECT,
+    api::Regions::SUBJECT,
+];
+
+/// The subject an event of `kind` about `job` arrives on (a task event from region guian).
+fn event_subject(job: &JobId, kind: EventKind) -> String {
+    match kind {
+        EventKind::Job => nats::job_event_subject(&Studio::default(), job),
+        _ => nats::task_event_subject(&Studio::default(), job, kind, &"guian".parse().unwrap()),
+    }
+}
+
 const JSON_PER_BYTE: usize = 64;
 /// Bytes a TOML parse may hold per byte of input: the toml crate keeps an event and a span
 /// per token, about 110 measured for `[1,1,…]`. Files are read only up to 1 MiB.
@@ -165,10 +188,15 @@ fn decoders() -> Vec<Decoder> {
         };
         all.push((name.to_string(), per_byte, f))
     };
-    for subject in api::SUBJECTS {
+    for subject in OPERATOR_SUBJECTS {
         add(
             subject,
             Box::new(move |b| Request::decode(subject, b).is_ok()),
+        );
+        let studio_subject = subject.replace("suanli.api.", "suanli.studio.acme.");
+        add(
+            &studio_subject.clone(),
+            Box::new(move |b| Request::decode(&studio_subject, b).is_ok()),
         );
     }
     add(
@@ -191,7 +219,7 @@ fn decoders() -> Vec<Decoder> {
             &format!("{} event", kind.as_str()),
             Box::new(move |b| Event::decode(kind, b).is_ok()),
         );
-        let subject = nats::event_subject(&job, kind);
+        let subject = event_subject(&job, kind);
         add(
             &subject.clone(),
             Box::new(move |b| nats::decode_event(&subject, b).is_ok()),
@@ -457,6 +485,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 (renderer, inputs, scene, output),
                 placement,
             )| JobSpec {
+                studio: Studio::default(),
                 name,
                 priority,
                 frames,
@@ -702,6 +731,7 @@ fn task_assignment() -> impl Strategy<Value = TaskAssignment> {
                 (job, task, key, attempt, chunk),
                 (renderer, inputs, scene, output, timeout_secs),
             )| TaskAssignment {
+                studio: Studio::default(),
                 job,
                 task,
                 key,
@@ -863,6 +893,7 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 (created_ms, finished_ms, reason, frames, tasks),
                 (regions, failures, failures_total, blocklist, max_retries),
             )| JobStatus {
+                studio: Studio::default(),
                 id,
                 name,
                 state,
@@ -1223,7 +1254,7 @@ proptest! {
             ("[a-z0-9.]{0,30}", prop::sample::select(vec!["started", "progress", "completed", "failed", "job", "x", ""]))
                 .prop_map(|(mid, kind)| format!("suanli.evt.{mid}.{kind}")),
             prop_oneof![
-                prop::sample::select(api::SUBJECTS.to_vec()).prop_map(str::to_string),
+                prop::sample::select(OPERATOR_SUBJECTS.to_vec()).prop_map(str::to_string),
                 "[a-z.>*]{0,10}".prop_map(|token| format!("suanli.api.{token}")),
             ],
         ],
@@ -1240,7 +1271,7 @@ proptest! {
         // A request only on an API subject (a job request is a valid body for several).
         let body = encode(&api::JobRequest { job: ev.job.clone() }, "request").unwrap();
         let request = Request::decode(&subject, &body);
-        if !api::SUBJECTS.contains(&subject.as_str()) {
+        if !OPERATOR_SUBJECTS.contains(&subject.as_str()) && !subject.starts_with("suanli.studio.") {
             let err = request.unwrap_err();
             prop_assert_eq!(err.kind, api::ErrorKind::BadRequest);
             prop_assert!(err.message.contains("unknown API subject"), "{}", err.message);
@@ -1267,9 +1298,9 @@ proptest! {
     fn task_events(ev in task_event(), muts in mutations()) {
         let bytes = encode(&ev, "task event").unwrap();
         let kind = ev.kind.event_kind();
-        let subject = nats::event_subject(&ev.job, kind);
+        let subject = nats::task_event_subject(&Studio::default(), &ev.job, kind, &ev.region);
         prop_assert_eq!(Event::decode(kind, &bytes).unwrap(), Event::Task(ev.clone()));
-        prop_assert_eq!(nats::decode_event(&subject, &bytes).unwrap(), Event::Task(ev));
+        prop_assert_eq!(nats::decode_event(&subject, &bytes).unwrap().1, Event::Task(ev));
         for other in EventKind::ALL.into_iter().filter(|k| *k != kind) {
             prop_assert!(Event::decode(other, &bytes).is_err());
         }
@@ -1284,8 +1315,8 @@ proptest! {
     #[test]
     fn job_events(ev in job_event(), muts in mutations()) {
         let bytes = encode(&ev, "job event").unwrap();
-        let subject = nats::event_subject(&ev.job, EventKind::Job);
-        prop_assert_eq!(nats::decode_event(&subject, &bytes).unwrap(), Event::Job(ev));
+        let subject = nats::job_event_subject(&Studio::default(), &ev.job);
+        prop_assert_eq!(nats::decode_event(&subject, &bytes).unwrap().1, Event::Job(ev));
         mutated_inputs_cope("job event", &bytes, &muts, |b| {
             let _ = nats::decode_event(&subject, b);
         });
@@ -1434,8 +1465,8 @@ fn every_endpoint_is_covered() {
     // `request_parts` matches every `Request` variant (the compiler checks that); this checks
     // the subjects list has no endpoint the properties below leave out.
     assert_eq!(
-        api::SUBJECTS.len(),
-        10,
+        OPERATOR_SUBJECTS.len(),
+        api::TOKENS.len(),
         "a new endpoint needs its properties here"
     );
 }
@@ -1445,15 +1476,15 @@ proptest! {
 
     #[test]
     fn api_requests((subject, body) in request(), muts in mutations()) {
-        let decoded = Request::decode(subject, &body).unwrap();
+        let (_, decoded) = Request::decode(subject, &body).unwrap();
         prop_assert_eq!(request_parts(&decoded), (subject, body.clone()));
-        for other in api::SUBJECTS.iter().filter(|s| **s != subject) {
+        for other in OPERATOR_SUBJECTS.iter().filter(|s| **s != subject) {
             // The body of one endpoint on another's subject: refused or decoded, never a panic
             // (an `Empty` body is the same JSON as any object without fields).
             let _ = Request::decode(other, &body);
         }
         mutated_inputs_cope(subject, &body, &muts, |b| {
-            for s in api::SUBJECTS {
+            for s in OPERATOR_SUBJECTS {
                 let _ = Request::decode(s, b);
             }
         });
@@ -1757,7 +1788,8 @@ fn an_oversized_message_is_refused_with_its_size() {
     };
     let mut bytes = encode(&ev, "task event").unwrap().to_vec();
     bytes.resize(3 * 1024 * 1024, b' ');
-    let subject = nats::event_subject(&ev.job, EventKind::Started);
+    let subject =
+        nats::task_event_subject(&Studio::default(), &ev.job, EventKind::Started, &ev.region);
     let (err, peak) = peak_during(|| nats::decode_event(&subject, &bytes).unwrap_err());
     assert_eq!(
         err.to_string(),
@@ -1786,7 +1818,7 @@ fn an_oversized_message_is_refused_with_its_size() {
     // The same message without the padding decodes.
     let trimmed = bytes.trim_ascii_end();
     assert_eq!(
-        nats::decode_event(&subject, trimmed).unwrap(),
+        nats::decode_event(&subject, trimmed).unwrap().1,
         Event::Task(ev)
     );
 }

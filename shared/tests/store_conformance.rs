@@ -15,7 +15,7 @@ use bytes::Bytes;
 use object_store::path::Path as ObjPath;
 use suanli_shared::layout;
 use suanli_shared::store::{Commit, Store, StoreErrorKind};
-use suanli_shared::ContentHash;
+use suanli_shared::{ContentHash, Studio};
 
 const MIB: usize = 1024 * 1024;
 const BUCKET: &str = "suanli-test";
@@ -266,6 +266,11 @@ fn raw_request(port: u16, request: &str) -> std::io::Result<(u16, String)> {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
+/// The studio whose prefix the layout keys in these tests use.
+fn studio() -> Studio {
+    "acme".parse().unwrap()
+}
+
 fn key(s: &str) -> ObjPath {
     ObjPath::from(s)
 }
@@ -360,7 +365,7 @@ async fn get_missing_is_not_found(b: &Backend) {
 
 async fn put_if_absent_creates_once(b: &Backend) {
     let store = b.store();
-    let k = layout::output_manifest(&ContentHash::of(b"task"));
+    let k = layout::output_manifest(&studio(), &ContentHash::of(b"task"));
     let first = store
         .put_if_absent(&k, Bytes::from_static(b"first"))
         .await
@@ -407,7 +412,7 @@ async fn get_verified_checks_hash(b: &Backend) {
     let store = b.store();
     let data = content(300_000, 2);
     let hash = ContentHash::of(&data);
-    let k = layout::cas(&hash);
+    let k = layout::cas(&studio(), &hash);
     store
         .put_bytes(&k, Bytes::from(data.clone()))
         .await
@@ -424,7 +429,7 @@ async fn download_verified_writes_only_good_content(b: &Backend) {
     let store = b.store();
     let data = content(2 * MIB + 123, 3);
     let hash = ContentHash::of(&data);
-    let k = layout::cas(&hash);
+    let k = layout::cas(&studio(), &hash);
     store
         .put_bytes(&k, Bytes::from(data.clone()))
         .await
@@ -492,11 +497,17 @@ async fn upload_blob_skips_existing(b: &Backend) {
     let data = content(10_000, 4);
     let hash = ContentHash::of(&data);
     let src = b.scratch_file("small.bin", &data);
-    assert!(store.upload_blob(&hash, &src).await.unwrap());
-    assert!(!store.upload_blob(&hash, &src).await.unwrap());
+    assert!(store
+        .upload_blob(&layout::cas(&studio(), &hash), &hash, &src)
+        .await
+        .unwrap());
+    assert!(!store
+        .upload_blob(&layout::cas(&studio(), &hash), &hash, &src)
+        .await
+        .unwrap());
     assert_eq!(
         store
-            .get_verified(&layout::cas(&hash), &hash)
+            .get_verified(&layout::cas(&studio(), &hash), &hash)
             .await
             .unwrap(),
         data
@@ -509,11 +520,17 @@ async fn upload_blob_multipart_round_trips(b: &Backend) {
     let data = content(12 * MIB + 4321, 5);
     let src = b.scratch_file("large.bin", &data);
     let (hash, size) = ContentHash::of_file(&src).unwrap();
-    assert!(store.upload_blob(&hash, &src).await.unwrap());
-    assert!(!store.upload_blob(&hash, &src).await.unwrap());
+    assert!(store
+        .upload_blob(&layout::cas(&studio(), &hash), &hash, &src)
+        .await
+        .unwrap());
+    assert!(!store
+        .upload_blob(&layout::cas(&studio(), &hash), &hash, &src)
+        .await
+        .unwrap());
     let dest = b.scratch_dir("large-out").join("large.bin");
     store
-        .download_verified(&layout::cas(&hash), &hash, size, &dest)
+        .download_verified(&layout::cas(&studio(), &hash), &hash, size, &dest)
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -524,16 +541,32 @@ async fn upload_blob_refuses_changed_file(b: &Backend) {
     let store = b.store().with_multipart(5 * MIB as u64, 5 * MIB);
     let claimed = ContentHash::of(b"what the manifest says");
     let src = b.scratch_file("changed.bin", b"what is on disk now");
-    let err = store.upload_blob(&claimed, &src).await.unwrap_err();
+    let err = store
+        .upload_blob(&layout::cas(&studio(), &claimed), &claimed, &src)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err:#}");
-    assert!(!store.exists(&layout::cas(&claimed)).await.unwrap());
+    assert!(!store
+        .exists(&layout::cas(&studio(), &claimed))
+        .await
+        .unwrap());
 
     // Multipart: parts went up before the mismatch was known; the upload must be aborted.
     let big = b.scratch_file("changed-big.bin", &content(11 * MIB, 6));
-    let err = store.upload_blob(&claimed, &big).await.unwrap_err();
+    let err = store
+        .upload_blob(&layout::cas(&studio(), &claimed), &claimed, &big)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err:#}");
-    assert!(!store.exists(&layout::cas(&claimed)).await.unwrap());
-    assert!(store.list(&key("cas")).await.unwrap().is_empty());
+    assert!(!store
+        .exists(&layout::cas(&studio(), &claimed))
+        .await
+        .unwrap());
+    assert!(store
+        .list(&layout::studio_prefix(&studio()))
+        .await
+        .unwrap()
+        .is_empty());
     // Aborted, not just left incomplete: no staging file, no pending upload with parts.
     match &b.kind {
         Kind::File(dir) => assert!(
@@ -553,12 +586,12 @@ async fn put_content_checks_hash(b: &Backend) {
     let task = ContentHash::of(b"task key");
     let data = Bytes::from(content(50_000, 7));
     let hash = ContentHash::of(&data);
-    let k = layout::output_file(&task, &hash, "frame_0001.png");
+    let k = layout::output_file(&studio(), &task, &hash, "frame_0001.png");
     store.put_content(&k, &hash, data.clone()).await.unwrap();
     assert_eq!(store.get_verified(&k, &hash).await.unwrap(), data);
 
     let wrong = ContentHash::of(b"not it");
-    let k2 = layout::output_file(&task, &wrong, "frame_0002.png");
+    let k2 = layout::output_file(&studio(), &task, &wrong, "frame_0002.png");
     let err = store.put_content(&k2, &wrong, data).await.unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err:#}");
     assert!(!store.exists(&k2).await.unwrap());

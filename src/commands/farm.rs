@@ -4,13 +4,13 @@ use suanli_shared::ledger::Ledger;
 use suanli_shared::protocol::WorkerInfo;
 use suanli_shared::JobId;
 
-use crate::client::Client;
+use crate::client::ClientConfig;
 use crate::exit::BadInput;
 use crate::print;
 
 /// `suanli workers`.
-pub async fn workers(nats: &str, json: bool) -> anyhow::Result<u8> {
-    let list = Client::connect(nats).await?.workers().await?;
+pub async fn workers(api: &ClientConfig, json: bool) -> anyhow::Result<u8> {
+    let list = api.connect().await?.workers().await?;
     if json {
         print::json(&list);
     } else {
@@ -20,8 +20,8 @@ pub async fn workers(nats: &str, json: bool) -> anyhow::Result<u8> {
 }
 
 /// `suanli ledger [JOB]`: one job's figures per region, or the whole farm's.
-pub async fn ledger(nats: &str, job: Option<JobId>, json: bool) -> anyhow::Result<u8> {
-    let client = Client::connect(nats).await?;
+pub async fn ledger(api: &ClientConfig, job: Option<JobId>, json: bool) -> anyhow::Result<u8> {
+    let client = api.connect().await?;
     let statuses = match job {
         Some(job) => vec![client.status(&job).await?],
         None => client.jobs().await?,
@@ -37,8 +37,8 @@ pub async fn ledger(nats: &str, job: Option<JobId>, json: bool) -> anyhow::Resul
 
 /// `suanli worker drain NAME`: finds the worker (by name, or REGION.NAME) and asks the
 /// coordinator to drain it.
-pub async fn drain_worker(nats: &str, worker: &str, json: bool) -> anyhow::Result<u8> {
-    let client = Client::connect(nats).await?;
+pub async fn drain_worker(api: &ClientConfig, worker: &str, json: bool) -> anyhow::Result<u8> {
+    let client = api.connect().await?;
     let workers = client.workers().await?;
     let matches: Vec<&WorkerInfo> = workers
         .iter()

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use suanli_shared::store::Store;
 use suanli_shared::JobId;
 
-use crate::client::Client;
+use crate::client::ClientConfig;
 use crate::exit::{self, BadInput, EXIT_ERROR, EXIT_JOB_FAILED, EXIT_TIMEOUT};
 use crate::jobfile::{self, JobFile, Overrides};
 use crate::print;
@@ -28,7 +28,12 @@ pub struct SubmitArgs {
 
 /// `suanli submit`: resolves and checks the job, uploads its inputs, submits it and, with
 /// `--wait`, follows it to the end.
-pub async fn submit(args: SubmitArgs, nats: &str, store_url: &str) -> anyhow::Result<u8> {
+pub async fn submit(
+    mut args: SubmitArgs,
+    api: &ClientConfig,
+    store_url: &str,
+) -> anyhow::Result<u8> {
+    args.flags.studio = api.caller.studio().cloned();
     let (file, base) = match &args.job_file {
         Some(path) => {
             let file = jobfile::read_job_file(path).map_err(|e| BadInput(format!("{e:#}")))?;
@@ -49,7 +54,7 @@ pub async fn submit(args: SubmitArgs, nats: &str, store_url: &str) -> anyhow::Re
     let mut resolved =
         jobfile::resolve(file, args.flags, &base).map_err(|e| BadInput(format!("{e:#}")))?;
     // Check the coordinator is there before uploading anything.
-    let client = Client::connect(nats).await?;
+    let client = api.connect().await?;
     let store = Store::open(store_url)?;
     let upload = jobfile::upload_inputs(&store, &mut resolved).await?;
     let reply = client.submit(resolved.spec).await.context("job refused")?;
@@ -101,8 +106,8 @@ pub async fn submit(args: SubmitArgs, nats: &str, store_url: &str) -> anyhow::Re
 }
 
 /// `suanli status [JOB]`: one job in full, or the list of jobs.
-pub async fn status(nats: &str, job: Option<JobId>, json: bool) -> anyhow::Result<u8> {
-    let client = Client::connect(nats).await?;
+pub async fn status(api: &ClientConfig, job: Option<JobId>, json: bool) -> anyhow::Result<u8> {
+    let client = api.connect().await?;
     match job {
         Some(job) => {
             let s = client.status(&job).await?;
@@ -126,12 +131,12 @@ pub async fn status(nats: &str, job: Option<JobId>, json: bool) -> anyhow::Resul
 
 /// `suanli wait JOB`: until the job ends (exit 0 only when done) or `timeout` passes (exit 4).
 pub async fn wait(
-    nats: &str,
+    api: &ClientConfig,
     job: JobId,
     timeout: Option<Duration>,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let client = Client::connect(nats).await?;
+    let client = api.connect().await?;
     let end = client.wait(&job, timeout, |_| {}).await?;
     match end {
         Some(s) => {
@@ -152,13 +157,13 @@ pub async fn wait(
 /// `suanli fetch JOB --out DIR`: exit 1 when a stored frame is damaged, 3 when frames are
 /// missing.
 pub async fn fetch(
-    nats: &str,
+    api: &ClientConfig,
     store: &str,
     job: JobId,
     out: &Path,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let client = Client::connect(nats).await?;
+    let client = api.connect().await?;
     let rec = client.job(&job).await?;
     let store = Store::open(store)?;
     let report = crate::client::fetch(&rec, &store, out).await?;
@@ -177,8 +182,8 @@ pub async fn fetch(
 }
 
 /// `suanli cancel JOB`.
-pub async fn cancel(nats: &str, job: JobId, json: bool) -> anyhow::Result<u8> {
-    let s = Client::connect(nats).await?.cancel(&job).await?;
+pub async fn cancel(api: &ClientConfig, job: JobId, json: bool) -> anyhow::Result<u8> {
+    let s = api.connect().await?.cancel(&job).await?;
     if json {
         print::json(&s);
     } else {
@@ -188,8 +193,8 @@ pub async fn cancel(nats: &str, job: JobId, json: bool) -> anyhow::Result<u8> {
 }
 
 /// `suanli retry JOB`.
-pub async fn retry(nats: &str, job: JobId, json: bool) -> anyhow::Result<u8> {
-    let s = Client::connect(nats).await?.retry(&job).await?;
+pub async fn retry(api: &ClientConfig, job: JobId, json: bool) -> anyhow::Result<u8> {
+    let s = api.connect().await?.retry(&job).await?;
     if json {
         print::json(&s);
     } else {

@@ -14,6 +14,7 @@ use suanli::localfarm::NatsServer;
 use suanli_shared::layout;
 use suanli_shared::protocol::{InputManifest, JobSpec};
 use suanli_shared::store::Store;
+use suanli_shared::Studio;
 
 pub fn write(path: &Path, text: &str) -> PathBuf {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -30,11 +31,19 @@ pub async fn prepare(store: &Store, flags: Overrides, base: &Path) -> JobSpec {
     resolved.spec
 }
 
-/// The empty input manifest, stored (builtin jobs need no inputs).
+/// The empty input manifest, stored for the default studio (builtin jobs need no inputs).
 pub async fn empty_inputs(store: &Store) -> InputManifest {
+    empty_inputs_of(store, &Studio::default()).await
+}
+
+/// The empty input manifest, stored for `studio`.
+pub async fn empty_inputs_of(store: &Store, studio: &Studio) -> InputManifest {
     let m = InputManifest::default();
     store
-        .put_if_absent(&layout::input_manifest(&m.hash()), m.to_bytes().into())
+        .put_if_absent(
+            &layout::input_manifest(studio, &m.hash()),
+            m.to_bytes().into(),
+        )
         .await
         .unwrap();
     m

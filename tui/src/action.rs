@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use suanli_shared::protocol::api::TasksPage;
 use suanli_shared::protocol::{JobStatus, OutputFile, WorkerInfo};
 use suanli_shared::regions::RegionProfile;
-use suanli_shared::{ContentHash, JobId, Region, WorkerId};
+use suanli_shared::{ContentHash, JobId, Region, Studio, WorkerId};
 
 use crate::api::FarmEvent;
 use crate::preview::Thumb;
@@ -101,9 +101,23 @@ pub struct Snapshot {
 /// Work the runtime does for `update`; each ends in an action.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Cancel { job: JobId, name: String },
-    Retry { job: JobId, name: String },
-    Drain { region: Region, worker: WorkerId },
-    LoadPreview { key: ContentHash, file: OutputFile },
+    Cancel {
+        job: JobId,
+        name: String,
+    },
+    Retry {
+        job: JobId,
+        name: String,
+    },
+    Drain {
+        region: Region,
+        worker: WorkerId,
+    },
+    /// Download a frame of a task of `studio`'s job (outputs live under the studio's prefix).
+    LoadPreview {
+        studio: Studio,
+        key: ContentHash,
+        file: OutputFile,
+    },
     Quit,
 }

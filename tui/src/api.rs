@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use suanli_shared::protocol::api::TasksPage;
 use suanli_shared::protocol::{JobStatus, OutputFile, WorkerInfo};
 use suanli_shared::regions::RegionProfile;
-use suanli_shared::{ContentHash, JobId, Region, WorkerId};
+use suanli_shared::{ContentHash, JobId, Region, Studio, WorkerId};
 
 /// Whether a failed call means the farm is out of reach (show the banner, keep retrying) or
 /// that the coordinator answered and said no (show the message).
@@ -83,10 +83,11 @@ pub trait FarmApi: Send + Sync + 'static {
     fn events(
         &self,
     ) -> impl Future<Output = Result<BoxStream<'static, FarmEvent>, FarmError>> + Send;
-    /// The bytes of one output file of a task (for the frame preview). The caller checks the
-    /// hash.
+    /// The bytes of one output file of a task of `studio`'s (for the frame preview). The
+    /// caller checks the hash.
     fn read_output(
         &self,
+        studio: &Studio,
         task_key: &ContentHash,
         file: &OutputFile,
     ) -> impl Future<Output = Result<Vec<u8>, FarmError>> + Send;

@@ -4,6 +4,16 @@
 /// "—": a figure the terminal does not know (no catalog, nothing measured yet).
 pub const UNKNOWN: &str = "—";
 
+/// A job's name as the job lists show it: `studio/name`, or the bare name for the default
+/// studio (a farm of one studio shows no prefix).
+pub fn job_name(job: &suanli_shared::protocol::JobStatus) -> String {
+    if job.studio == suanli_shared::Studio::default() {
+        job.name.clone()
+    } else {
+        format!("{}/{}", job.studio, job.name)
+    }
+}
+
 /// Seconds as `45s`, `12m03s`, `3h12m`, `2d04h`.
 pub fn duration(secs: f64) -> String {
     if !secs.is_finite() || secs < 0.0 {

@@ -10,7 +10,7 @@ use suanli_shared::nats;
 use suanli_shared::protocol::api::TasksPage;
 use suanli_shared::protocol::{EventKind, JobEvent, JobState, JobStatus, OutputFile, WorkerInfo};
 use suanli_shared::regions::RegionProfile;
-use suanli_shared::{ContentHash, JobId, Region, WorkerId};
+use suanli_shared::{ContentHash, JobId, Region, Studio, WorkerId};
 use suanli_tui::fixtures::{self, NOW};
 use suanli_tui::{
     perform, poll_once, Action, Effect, FarmApi, FarmError, FarmErrorKind, FarmEvent,
@@ -23,7 +23,8 @@ struct FakeFarm {
     hang: bool,
     refuse: bool,
     depths_fail: bool,
-    files: BTreeMap<String, Vec<u8>>,
+    /// Output files by studio and name.
+    files: BTreeMap<(String, String), Vec<u8>>,
     calls: Mutex<Vec<String>>,
 }
 
@@ -100,11 +101,12 @@ impl FarmApi for FakeFarm {
 
     async fn read_output(
         &self,
+        studio: &Studio,
         _task_key: &ContentHash,
         file: &OutputFile,
     ) -> Result<Vec<u8>, FarmError> {
         self.files
-            .get(&file.name)
+            .get(&(studio.to_string(), file.name.clone()))
             .cloned()
             .ok_or_else(|| FarmError::unreachable("not in the store"))
     }
@@ -211,13 +213,16 @@ async fn operator_actions_report_how_they_went() {
 async fn previews_are_verified_and_shrunk() {
     let good = png(640, 360);
     let mut farm = FakeFarm::default();
-    farm.files.insert("frame_0001.png".into(), good.clone());
+    let acme: Studio = "acme".parse().unwrap();
+    let stored = |name: &str| ("acme".to_string(), name.to_string());
+    farm.files.insert(stored("frame_0001.png"), good.clone());
     farm.files
-        .insert("frame_0002.png".into(), b"tampered".to_vec());
+        .insert(stored("frame_0002.png"), b"tampered".to_vec());
     let key = ContentHash::of(b"task");
     let ok = perform(
         &farm,
         Effect::LoadPreview {
+            studio: acme.clone(),
             key,
             file: file("frame_0001.png", &good),
         },
@@ -240,6 +245,7 @@ async fn previews_are_verified_and_shrunk() {
     let bad = perform(
         &farm,
         Effect::LoadPreview {
+            studio: acme.clone(),
             key,
             file: file("frame_0002.png", &good),
         },
@@ -252,6 +258,7 @@ async fn previews_are_verified_and_shrunk() {
     let exr = perform(
         &farm,
         Effect::LoadPreview {
+            studio: acme.clone(),
             key,
             file: file("frame_0001.exr", &good),
         },
@@ -261,16 +268,36 @@ async fn previews_are_verified_and_shrunk() {
         matches!(&exr, Action::Preview { result: Err(e), .. } if e.contains("only PNG")),
         "{exr:?}"
     );
+    // Frames are read under the job's studio, not another's.
+    let elsewhere = perform(
+        &farm,
+        Effect::LoadPreview {
+            studio: "blue".parse().unwrap(),
+            key,
+            file: file("frame_0001.png", &good),
+        },
+    )
+    .await;
+    assert!(
+        matches!(&elsewhere, Action::Preview { result: Err(e), .. } if e.contains("not in the store")),
+        "{elsewhere:?}"
+    );
 }
 
 #[test]
 fn events_decode_from_their_wire_form() {
     // The terminal reads events through the farm's one decoder (subject kind, then body).
-    let decode = |subject: &str, bytes: &[u8]| nats::decode_event(subject, bytes).ok();
+    let decode = |subject: &str, bytes: &[u8]| nats::decode_event(subject, bytes).ok().map(|d| d.1);
     let id = fixtures::job_id(3);
+    let studio = suanli_shared::Studio::default();
     let ev = fixtures::completed(&id, 4, "guian", "guian-1", NOW, 1_000);
     let bytes = serde_json::to_vec(&ev).unwrap();
-    let completed = nats::event_subject(&id, EventKind::Completed);
+    let completed = nats::task_event_subject(
+        &studio,
+        &id,
+        EventKind::Completed,
+        &"guian".parse().unwrap(),
+    );
     assert_eq!(decode(&completed, &bytes), Some(FarmEvent::Task(ev)));
     let job = JobEvent {
         job: id.clone(),
@@ -279,7 +306,7 @@ fn events_decode_from_their_wire_form() {
         reason: None,
     };
     let bytes = serde_json::to_vec(&job).unwrap();
-    let job_subject = nats::event_subject(&id, EventKind::Job);
+    let job_subject = nats::job_event_subject(&studio, &id);
     assert_eq!(decode(&job_subject, &bytes), Some(FarmEvent::Job(job)));
     assert_eq!(decode(&completed, b"{\"heartbeat\": 1}"), None);
     assert_eq!(decode(&completed, b"not json"), None);

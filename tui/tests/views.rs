@@ -120,6 +120,25 @@ fn overview_shows_regions_jobs_throughput_and_events() {
 }
 
 #[test]
+fn job_lists_name_the_studio_of_jobs_not_in_the_default_one() {
+    let mut s = farm((80, 24));
+    s.jobs[1].studio = "acme".parse().unwrap();
+    let lines = screen(&s);
+    assert!(
+        lines.iter().any(|l| l.starts_with("acme/shot009 ")),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("shot010-lig… ")));
+    update(&mut s, Action::Down);
+    update(&mut s, Action::Enter);
+    let lines = screen(&s);
+    assert!(
+        lines.iter().any(|l| l.starts_with(" acme/shot009 done")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
 fn overview_without_a_catalog_shows_dashes_for_price_pue_and_cost() {
     let s = fixtures::farm_state(Theme::plain(), (80, 24), false);
     let lines = screen(&s);

@@ -1,11 +1,14 @@
-//! The worker's local content cache: a size-bounded, read-through copy of `cas/<hash>` blobs,
-//! so a region downloads each input once, not once per task.
+//! The worker's local content cache: a size-bounded, read-through copy of each studio's
+//! `studios/<studio>/cas/<hash>` blobs, so a region downloads each input once, not once per
+//! task.
 //!
-//! Blobs are stored read-only at `<dir>/cas/<hash>` after their hash is verified, and are
-//! hard-linked (or copied, across file systems) into each task's input tree: a running task
-//! keeps its inputs even if the cache evicts them. Concurrent requests for one blob wait for a
-//! single download. Eviction removes the least recently used blobs once the cache is over its
-//! bound.
+//! Blobs are stored read-only at `<dir>/cas/<studio>/<hash>` after their hash is verified, and
+//! are hard-linked (or copied, across file systems) into each task's input tree: a running task
+//! keeps its inputs even if the cache evicts them. Blobs are kept per studio like the store
+//! keeps them: a task of one studio gets only blobs found under its own studio's prefix, never
+//! one that another studio's task brought in (knowing a hash must not be enough to read
+//! another studio's file). Concurrent requests for one blob wait for a single download.
+//! Eviction removes the least recently used blobs once the cache is over its bound.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,7 @@ use std::time::SystemTime;
 use suanli_shared::layout;
 use suanli_shared::protocol::InputManifest;
 use suanli_shared::store::{Store, StoreError, StoreErrorKind};
-use suanli_shared::ContentHash;
+use suanli_shared::{ContentHash, Studio};
 use tracing::{debug, warn};
 
 /// Why inputs could not be prepared.
@@ -52,13 +55,16 @@ impl CacheError {
     }
 }
 
+/// A blob as the cache keeps it: a studio's copy of some content.
+type BlobId = (Studio, ContentHash);
+
 pub struct Cache {
     dir: PathBuf,
     max_bytes: u64,
     store: Store,
     used: AtomicU64,
     /// One lock per blob being downloaded, so concurrent tasks fetch it once.
-    inflight: Mutex<HashMap<ContentHash, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: Mutex<HashMap<BlobId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Cache {
@@ -91,34 +97,53 @@ impl Cache {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn blob_path(&self, hash: &ContentHash) -> PathBuf {
-        self.dir.join("cas").join(hash.to_hex())
+    fn blob_path(&self, studio: &Studio, hash: &ContentHash) -> PathBuf {
+        self.dir
+            .join("cas")
+            .join(studio.as_str())
+            .join(hash.to_hex())
     }
 
-    /// The local path of a verified blob, downloading it on a miss. Returns the path and the
-    /// bytes downloaded (0 on a hit).
-    pub async fn blob(&self, hash: &ContentHash, size: u64) -> Result<(PathBuf, u64), CacheError> {
-        let path = self.blob_path(hash);
+    /// The local path of a verified blob of `studio`, downloading it on a miss. Returns the
+    /// path and the bytes downloaded (0 on a hit).
+    pub async fn blob(
+        &self,
+        studio: &Studio,
+        hash: &ContentHash,
+        size: u64,
+    ) -> Result<(PathBuf, u64), CacheError> {
+        let path = self.blob_path(studio, hash);
         if let Some(hit) = self.hit(&path, size).await {
             return Ok((hit, 0));
         }
+        let flight = (studio.clone(), *hash);
         let lock = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(*hash).or_default().clone()
+            map.entry(flight.clone()).or_default().clone()
         };
         let _guard = lock.lock().await;
         // Someone else may have fetched it while we waited.
         if let Some(hit) = self.hit(&path, size).await {
             return Ok((hit, 0));
         }
-        debug!(blob = %hash.short(), size, "cache miss");
-        let result = self
-            .store
-            .download_verified(&layout::cas(hash), hash, size, &path)
-            .await;
+        debug!(%studio, blob = %hash.short(), size, "cache miss");
+        let result = async {
+            if let Some(folder) = path.parent() {
+                tokio::fs::create_dir_all(folder)
+                    .await
+                    .map_err(|e| CacheError::io(folder, e))?;
+            }
+            let key = layout::cas(studio, hash);
+            Ok::<_, CacheError>(
+                self.store
+                    .download_verified(&key, hash, size, &path)
+                    .await?,
+            )
+        }
+        .await;
         {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            map.remove(hash);
+            map.remove(&flight);
         }
         result?;
         set_read_only(&path);
@@ -147,24 +172,30 @@ impl Cache {
         .flatten()
     }
 
-    /// Fetches and parses an input manifest (cached like any blob).
-    pub async fn manifest(&self, hash: &ContentHash) -> Result<InputManifest, CacheError> {
+    /// Fetches and parses an input manifest of `studio`.
+    pub async fn manifest(
+        &self,
+        studio: &Studio,
+        hash: &ContentHash,
+    ) -> Result<InputManifest, CacheError> {
         let bytes = self
             .store
-            .get_verified(&layout::input_manifest(hash), hash)
+            .get_verified(&layout::input_manifest(studio, hash), hash)
             .await?;
         InputManifest::parse(&bytes).map_err(|e| CacheError::Manifest(e.to_string()))
     }
 
-    /// Lays out every input of a manifest under `dest`; returns the bytes downloaded.
+    /// Lays out every input of a manifest of `studio` under `dest`; returns the bytes
+    /// downloaded.
     pub async fn materialize(
         &self,
+        studio: &Studio,
         manifest: &InputManifest,
         dest: &Path,
     ) -> Result<u64, CacheError> {
         let mut downloaded = 0;
         for (rel, entry) in &manifest.files {
-            let (blob, n) = self.blob(&entry.hash, entry.size).await?;
+            let (blob, n) = self.blob(studio, &entry.hash, entry.size).await?;
             downloaded += n;
             let target = dest.join(rel);
             let executable = entry.mode & 0o111 != 0;
@@ -217,21 +248,35 @@ struct BlobFile {
     modified: SystemTime,
 }
 
+/// Every blob under `dir` (`<dir>/<studio>/<hash>`). Files directly in `dir` are blobs of a
+/// cache written before blobs were kept per studio: counted and evicted like the others, never
+/// served.
 fn list_blobs(dir: &Path) -> Vec<BlobFile> {
+    let mut blobs = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return vec![];
+        return blobs;
     };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            meta.is_file().then(|| BlobFile {
-                path: e.path(),
-                size: meta.len(),
-                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            })
-        })
-        .collect()
+    for e in entries.flatten() {
+        let Ok(meta) = e.metadata() else { continue };
+        if meta.is_dir() {
+            let Ok(studio) = std::fs::read_dir(e.path()) else {
+                continue;
+            };
+            blobs.extend(studio.flatten().filter_map(|b| blob_file(&b)));
+        } else if let Some(b) = blob_file(&e) {
+            blobs.push(b);
+        }
+    }
+    blobs
+}
+
+fn blob_file(e: &std::fs::DirEntry) -> Option<BlobFile> {
+    let meta = e.metadata().ok()?;
+    meta.is_file().then(|| BlobFile {
+        path: e.path(),
+        size: meta.len(),
+        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+    })
 }
 
 fn set_read_only(path: &Path) {
@@ -258,6 +303,11 @@ mod tests {
     use super::*;
     use suanli_shared::protocol::InputEntry;
 
+    fn acme() -> Studio {
+        "acme".parse().unwrap()
+    }
+
+    /// A store holding `blobs` under studio acme's prefix.
     async fn store_with(blobs: &[&[u8]]) -> (tempfile::TempDir, Store, Vec<ContentHash>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
@@ -265,7 +315,7 @@ mod tests {
         for b in blobs {
             let h = ContentHash::of(b);
             store
-                .put_bytes(&layout::cas(&h), bytes::Bytes::copy_from_slice(b))
+                .put_bytes(&layout::cas(&acme(), &h), bytes::Bytes::copy_from_slice(b))
                 .await
                 .unwrap();
             hashes.push(h);
@@ -279,22 +329,64 @@ mod tests {
         let cache = Cache::open(&dir.path().join("cache"), 1 << 20, store.clone())
             .await
             .unwrap();
-        let (a, b) = tokio::join!(cache.blob(&h[0], 10), cache.blob(&h[0], 10));
+        let acme = acme();
+        let (a, b) = tokio::join!(cache.blob(&acme, &h[0], 10), cache.blob(&acme, &h[0], 10));
         let downloaded = a.unwrap().1 + b.unwrap().1;
         assert_eq!(downloaded, 10, "two concurrent requests download once");
-        assert_eq!(cache.blob(&h[0], 10).await.unwrap().1, 0);
+        assert_eq!(cache.blob(&acme, &h[0], 10).await.unwrap().1, 0);
         // A corrupted blob in the store is refused and not cached.
         let bad = ContentHash::of(b"other");
         store
-            .put_bytes(&layout::cas(&bad), bytes::Bytes::from_static(b"evil!"))
+            .put_bytes(
+                &layout::cas(&acme, &bad),
+                bytes::Bytes::from_static(b"evil!"),
+            )
             .await
             .unwrap();
-        let err = cache.blob(&bad, 5).await.unwrap_err();
+        let err = cache.blob(&acme, &bad, 5).await.unwrap_err();
         assert!(
             matches!(err, CacheError::Store(ref e) if e.kind() == StoreErrorKind::Corrupt),
             "{err}"
         );
-        assert!(!cache.blob_path(&bad).exists());
+        assert!(!cache.blob_path(&acme, &bad).exists());
+    }
+
+    #[tokio::test]
+    async fn a_studio_gets_only_blobs_from_its_own_prefix() {
+        let (dir, store, h) = store_with(&[b"acme's secret texture"]).await;
+        let cache = Cache::open(&dir.path().join("cache"), 1 << 20, store)
+            .await
+            .unwrap();
+        let (acme, blue): (Studio, Studio) = (acme(), "blue".parse().unwrap());
+        assert_eq!(cache.blob(&acme, &h[0], 21).await.unwrap().1, 21);
+        // blue names the same hash: the cache holds it for acme, the store not for blue.
+        let err = cache.blob(&blue, &h[0], 21).await.unwrap_err();
+        assert!(
+            matches!(err, CacheError::Store(ref e) if e.kind() == StoreErrorKind::NotFound),
+            "{err}"
+        );
+        assert!(!cache.blob_path(&blue, &h[0]).exists());
+    }
+
+    #[tokio::test]
+    async fn blobs_of_a_cache_from_before_studios_are_counted_and_evicted() {
+        let (dir, store, h) = store_with(&[&[3u8; 600]]).await;
+        let cache_dir = dir.path().join("cache");
+        let legacy = cache_dir.join("cas").join(ContentHash::of(b"old").to_hex());
+        std::fs::create_dir_all(legacy.parent().unwrap()).unwrap();
+        std::fs::write(&legacy, [0u8; 600]).unwrap();
+        let long_ago = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&legacy)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let cache = Cache::open(&cache_dir, 1000, store).await.unwrap();
+        assert_eq!(cache.used_bytes(), 600);
+        assert_eq!(cache.blob(&acme(), &h[0], 600).await.unwrap().1, 600);
+        assert!(!legacy.exists(), "the older, untouched blob was evicted");
+        assert_eq!(cache.used_bytes(), 600);
     }
 
     #[tokio::test]
@@ -321,7 +413,7 @@ mod tests {
             },
         );
         let out = dir.path().join("task");
-        assert_eq!(cache.materialize(&m, &out).await.unwrap(), 1200);
+        assert_eq!(cache.materialize(&acme(), &m, &out).await.unwrap(), 1200);
         assert_eq!(std::fs::read(out.join("a/x.bin")).unwrap(), vec![1u8; 600]);
         assert_eq!(std::fs::read(out.join("y.bin")).unwrap(), vec![2u8; 600]);
         assert!(cache.used_bytes() <= 1000, "evicted down to its bound");

@@ -1,5 +1,5 @@
-//! A task's outputs in the store: each frame uploaded under its content key, then the output
-//! manifest committed create-if-absent, so that exactly one run's outputs stand for a task key
+//! A task's outputs in the store, under its job's studio's prefix: each frame uploaded under
+//! its content key, then the output manifest committed create-if-absent, so that exactly one run's outputs stand for a task key
 //! however many runs finish. It exists apart from the task's life because the same manifest
 //! read serves the cache hit before a render and the conflict after one.
 
@@ -9,17 +9,18 @@ use bytes::Bytes;
 use suanli_shared::layout;
 use suanli_shared::protocol::{now_ms, OutputFile, OutputManifest, TaskAssignment};
 use suanli_shared::store::{Commit, Store, StoreErrorKind};
-use suanli_shared::ContentHash;
+use suanli_shared::{ContentHash, Studio};
 use tracing::info;
 
 use crate::state::Shared;
 
-/// Reads a committed output manifest, if any.
+/// Reads a committed output manifest of `studio`, if any.
 pub(crate) async fn committed(
     store: &Store,
+    studio: &Studio,
     key: &ContentHash,
 ) -> Result<Option<OutputManifest>, String> {
-    match store.get_bytes(&layout::output_manifest(key)).await {
+    match store.get_bytes(&layout::output_manifest(studio, key)).await {
         Ok(bytes) => OutputManifest::parse(&bytes, key)
             .map(Some)
             .map_err(|e| e.to_string()),
@@ -52,7 +53,7 @@ pub(crate) async fn commit(
     let body = Bytes::from(serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?);
     match sh
         .store
-        .put_if_absent(&layout::output_manifest(&task.key), body)
+        .put_if_absent(&layout::output_manifest(&task.studio, &task.key), body)
         .await
     {
         Ok(Commit::Created) => {
@@ -62,7 +63,7 @@ pub(crate) async fn commit(
         }
         Ok(Commit::AlreadyExisted) => {
             info!(job = %task.job, task = task.task, "another run committed this task first; using its outputs");
-            match committed(&sh.store, &task.key).await? {
+            match committed(&sh.store, &task.studio, &task.key).await? {
                 Some(m) => Ok((m.files, m.job != task.job)),
                 None => Err("output manifest vanished after a commit conflict".into()),
             }
@@ -96,7 +97,7 @@ async fn upload_frame(
     };
     sh.store
         .put_content(
-            &layout::output_file(&task.key, &hash, &name),
+            &layout::output_file(&task.studio, &task.key, &hash, &name),
             &hash,
             bytes.clone(),
         )

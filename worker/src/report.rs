@@ -32,7 +32,12 @@ fn encode_event(
     task: &TaskAssignment,
     kind: TaskEventKind,
 ) -> Option<(String, Bytes)> {
-    let subject = nats::event_subject(&task.job, kind.event_kind());
+    let subject = nats::task_event_subject(
+        &task.studio,
+        &task.job,
+        kind.event_kind(),
+        &sh.config.region,
+    );
     match encode(&event(sh, task, kind), "task event") {
         Ok(body) => Some((subject, body)),
         Err(e) => {

@@ -133,7 +133,9 @@ async fn blocklisted(sh: &Shared, job: &JobId) -> bool {
     }
 }
 
-/// Whether the coordinator still wants this run: not settled, not superseded by a retry.
+/// Whether the coordinator still wants this run: not settled, not superseded by a retry, not
+/// released to another region since it was queued here (the coordinator would refuse this
+/// region's reports of it).
 async fn still_wanted(sh: &Shared, task: &TaskAssignment) -> bool {
     match sh
         .farm
@@ -142,7 +144,10 @@ async fn still_wanted(sh: &Shared, task: &TaskAssignment) -> bool {
         .await
     {
         Ok(Some(bytes)) => match serde_json::from_slice::<TaskRecord>(&bytes) {
-            Ok(rec) => !(rec.state.is_final() || rec.attempt > task.attempt),
+            Ok(rec) => {
+                let elsewhere = rec.region.is_some_and(|r| r != sh.config.region);
+                !(rec.state.is_final() || rec.attempt > task.attempt || elsewhere)
+            }
             Err(_) => true,
         },
         _ => true,
@@ -191,7 +196,7 @@ async fn execute(
     let started_ms = now_ms();
     let t0 = Instant::now();
     publish_event(sh, task, TaskEventKind::Started).await;
-    match committed(&sh.store, &task.key).await {
+    match committed(&sh.store, &task.studio, &task.key).await {
         Ok(Some(m)) => {
             info!(job = %task.job, task = task.task, "output already committed: cache hit");
             return Outcome::Completed(TaskEventKind::Completed {
@@ -288,11 +293,11 @@ async fn fetch_inputs(
 ) -> Result<u64, String> {
     let manifest = sh
         .cache
-        .manifest(&task.inputs)
+        .manifest(&task.studio, &task.inputs)
         .await
         .map_err(|e| format!("cannot fetch the input manifest: {e}"))?;
     sh.cache
-        .materialize(&manifest, input_dir)
+        .materialize(&task.studio, &manifest, input_dir)
         .await
         .map_err(|e| format!("cannot fetch inputs: {e}"))
 }

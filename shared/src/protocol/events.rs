@@ -55,7 +55,8 @@ impl TaskEventKind {
     }
 }
 
-/// The last token of an event subject (`suanli.evt.<job>.<kind>`): which event it carries.
+/// The kind token of an event subject (`suanli.evt.<studio>.<job>.<kind>.<source>`): which
+/// event it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
     Started,
@@ -120,7 +121,8 @@ impl Event {
     }
 }
 
-/// An event about one task run, published by workers on `suanli.evt.<job>.<kind>`.
+/// An event about one task run, published by a worker of `region` on
+/// `suanli.evt.<studio>.<job>.<kind>.<region>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
     pub job: JobId,
@@ -134,7 +136,7 @@ pub struct TaskEvent {
     pub kind: TaskEventKind,
 }
 
-/// A job state change, published by the coordinator on `suanli.evt.<job>.job`.
+/// A job state change, published by the coordinator on `suanli.evt.<studio>.<job>.job._`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
     pub job: JobId,

@@ -8,12 +8,15 @@ use super::renderer::RendererSpec;
 use super::spec::validate_output_pattern;
 use crate::frames::FrameChunk;
 use crate::hash::ContentHash;
-use crate::names::{validate_rel_path, JobId};
+use crate::names::{validate_rel_path, JobId, Studio};
 
 /// A task on the queue (`suanli.task.<region>`): everything a worker needs, no lookups.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskAssignment {
     pub job: JobId,
+    /// The job's studio: where the worker reads inputs and commits outputs, and the subject
+    /// its events go to.
+    pub studio: Studio,
     /// Index of the task in its job.
     pub task: u32,
     pub key: ContentHash,
@@ -59,6 +62,7 @@ mod tests {
         let (chunk, key) = s.tasks().unwrap()[0];
         let t = TaskAssignment {
             job: JobId::generate(),
+            studio: "acme".parse().unwrap(),
             task: 0,
             key,
             attempt: 0,

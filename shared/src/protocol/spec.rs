@@ -7,7 +7,7 @@ use super::renderer::RendererSpec;
 use super::task_key::task_key;
 use crate::frames::{FrameChunk, FrameSpec};
 use crate::hash::ContentHash;
-use crate::names::{validate_file_name, validate_rel_path, NameError, Region};
+use crate::names::{validate_file_name, validate_rel_path, NameError, Region, Studio};
 
 /// How placement weighs a job's regions (the formula is in `docs/SCHEDULING.md`).
 #[derive(
@@ -100,6 +100,11 @@ const DEADLINE_RANGE_MS: std::ops::Range<u64> = 946_684_800_000..32_503_680_000_
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub name: String,
+    /// The studio that owns the job: only it (and the operator) may see or act on it, its
+    /// events are published under it and its inputs and outputs live under its prefixes. Not
+    /// part of the task key: isolation comes from the prefixes, not from the key.
+    #[serde(default)]
+    pub studio: Studio,
     #[serde(default)]
     pub priority: i32,
     pub frames: FrameSpec,
@@ -249,6 +254,7 @@ pub(crate) mod tests {
     pub(crate) fn spec() -> JobSpec {
         JobSpec {
             name: "shot010".into(),
+            studio: Studio::default(),
             priority: 0,
             frames: "1-8".parse().unwrap(),
             chunk: 2,
@@ -283,10 +289,11 @@ pub(crate) mod tests {
         b.name = "renamed".into();
         b.priority = 9;
         b.max_retries = 0;
+        b.studio = "acme".parse().unwrap();
         assert_eq!(
             keys(&b),
             base,
-            "name, priority and retries do not change pixels"
+            "name, priority, retries and studio do not change pixels"
         );
         b.placement = Placement {
             policy: Some(Policy::Greenest),
@@ -352,11 +359,13 @@ pub(crate) mod tests {
     #[test]
     fn placement_fields_default_validate_and_stay_flat() {
         let s = spec();
-        let json = serde_json::to_value(&s).unwrap();
+        let mut json = serde_json::to_value(&s).unwrap();
         assert!(json.get("policy").is_none() && json.get("placement").is_none());
-        // A record written before placement existed still decodes.
+        // A record written before placement and studios existed still decodes.
+        json.as_object_mut().unwrap().remove("studio");
         let old: JobSpec = serde_json::from_value(json).unwrap();
         assert_eq!(old.placement, Placement::default());
+        assert_eq!(old.studio, Studio::default());
         let mut p = spec();
         p.placement = Placement {
             policy: Some(Policy::Cheapest),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::events::Failure;
 use super::records::{Blocklisted, JobState, TaskState};
-use crate::names::JobId;
+use crate::names::{JobId, Studio};
 
 /// Counts per task state, as shown by `status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -65,6 +65,9 @@ pub struct TaskFailure {
 pub struct JobStatus {
     pub id: JobId,
     pub name: String,
+    /// The studio that owns the job (the subject its events go to).
+    #[serde(default)]
+    pub studio: Studio,
     pub state: JobState,
     pub priority: i32,
     pub renderer: String,

@@ -8,8 +8,9 @@ use crate::hash::ContentHash;
 
 /// Task key: BLAKE3 over a canonical encoding of everything that changes a task's pixels:
 /// renderer kind, version and settings, the input manifest, the scene path, the frame chunk
-/// and the output naming. The job's name, priority, regions, retries and timeout are left out
-/// on purpose: changing them must not re-render anything.
+/// and the output naming. The job's name, studio, priority, regions, retries and timeout are
+/// left out on purpose: changing them must not re-render anything (a studio's outputs are kept
+/// apart by its object-store prefix, not by its keys).
 pub fn task_key(spec: &JobSpec, chunk: &FrameChunk) -> ContentHash {
     let mut enc = KeyEncoder::new();
     let r = &spec.renderer;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use suanli_shared::protocol::api::MAX_TASKS_PAGE;
 use suanli_shared::protocol::now_ms;
-use suanli_shared::{ContentHash, JobId, Region};
+use suanli_shared::{ContentHash, JobId, Region, Studio};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
@@ -311,9 +311,9 @@ pub async fn perform<A: FarmApi>(api: &A, effect: Effect) -> Action {
                 Err(e) => Action::Failed(format!("cannot drain worker {region}/{worker}: {e}")),
             }
         }
-        Effect::LoadPreview { key, file } => {
+        Effect::LoadPreview { studio, key, file } => {
             let name = file.name.clone();
-            let result = load_preview(api, key, file).await;
+            let result = load_preview(api, &studio, key, file).await;
             Action::Preview { key, name, result }
         }
         // The loop ends itself on Quit and never sends it here; a tick is harmless anyway.
@@ -323,13 +323,14 @@ pub async fn perform<A: FarmApi>(api: &A, effect: Effect) -> Action {
 
 async fn load_preview<A: FarmApi>(
     api: &A,
+    studio: &Studio,
     key: ContentHash,
     file: suanli_shared::protocol::OutputFile,
 ) -> Result<crate::preview::Thumb, String> {
     if !file.name.to_ascii_lowercase().ends_with(".png") {
         return Err("only PNG frames can be previewed".into());
     }
-    let bytes = call(ACTION_TIMEOUT, api.read_output(&key, &file))
+    let bytes = call(ACTION_TIMEOUT, api.read_output(studio, &key, &file))
         .await
         .map_err(|e| e.to_string())?;
     tokio::task::spawn_blocking(move || {
@@ -417,7 +418,12 @@ mod tests {
         async fn events(&self) -> Result<BoxStream<'static, FarmEvent>, FarmError> {
             nothing()
         }
-        async fn read_output(&self, _: &ContentHash, _: &OutputFile) -> Result<Vec<u8>, FarmError> {
+        async fn read_output(
+            &self,
+            _: &Studio,
+            _: &ContentHash,
+            _: &OutputFile,
+        ) -> Result<Vec<u8>, FarmError> {
             nothing()
         }
     }

@@ -10,7 +10,7 @@ use suanli_shared::fold::{self, AfterFailure, Applied};
 use suanli_shared::protocol::{
     JobState, JobStatus, TaskEvent, TaskEventKind, TaskRecord, TaskState,
 };
-use suanli_shared::JobId;
+use suanli_shared::{JobId, Studio};
 
 use super::series::Mean;
 
@@ -46,6 +46,8 @@ impl Tally {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobView {
     pub job: JobId,
+    /// The job's studio: where its frames are stored (the preview reads them there).
+    pub studio: Studio,
     /// Indexed by task number; `None` until its page arrives.
     pub tasks: Vec<Option<TaskRecord>>,
     pub tally: Tally,
@@ -59,9 +61,10 @@ pub struct JobView {
 }
 
 impl JobView {
-    pub fn new(job: JobId, total: u32) -> Self {
+    pub fn new(job: JobId, studio: Studio, total: u32) -> Self {
         Self {
             job,
+            studio,
             tasks: vec![None; total as usize],
             tally: Tally {
                 loaded: fold::Tally::default(),

@@ -13,7 +13,7 @@ use suanli_shared::protocol::{
     WorkerInfo, WorkerState,
 };
 use suanli_shared::regions::RegionProfile;
-use suanli_shared::{ContentHash, JobId, Region, WorkerId};
+use suanli_shared::{ContentHash, JobId, Region, Studio, WorkerId};
 
 use crate::action::{Action, Effect, Snapshot};
 use crate::api::FarmEvent;
@@ -418,9 +418,9 @@ impl State {
         }
     }
 
-    /// The frame the preview should show: the selected task's last frame when it has one,
-    /// else the last frame rendered.
-    fn preview_target(&self) -> Option<(ContentHash, OutputFile)> {
+    /// The frame the preview should show, with the studio it is stored under: the selected
+    /// task's last frame when it has one, else the last frame rendered.
+    fn preview_target(&self) -> Option<(Studio, ContentHash, OutputFile)> {
         let jv = self.job_view.as_ref()?;
         let with_outputs = |r: &&TaskRecord| {
             matches!(r.state, TaskState::Done | TaskState::Cached) && !r.outputs.is_empty()
@@ -431,14 +431,14 @@ impl State {
                 .filter(with_outputs)
         })?;
         let file = rec.outputs.last()?.clone();
-        Some((rec.key, file))
+        Some((jv.studio.clone(), rec.key, file))
     }
 
     fn follow_preview(&mut self, fx: &mut Vec<Effect>) {
         if self.view != View::Job {
             return;
         }
-        let Some((key, file)) = self.preview_target() else {
+        let Some((studio, key, file)) = self.preview_target() else {
             return;
         };
         if let Some(p) = &self.preview {
@@ -457,7 +457,7 @@ impl State {
             requested_ms: self.now_ms,
             image: None,
         });
-        fx.push(Effect::LoadPreview { key, file });
+        fx.push(Effect::LoadPreview { studio, key, file });
     }
 }
 

@@ -48,9 +48,9 @@ impl State {
         let Some(job) = self.selected_job_status() else {
             return;
         };
-        let (id, total) = (job.id.clone(), job.tasks.total);
+        let (id, studio, total) = (job.id.clone(), job.studio.clone(), job.tasks.total);
         if self.job_view.as_ref().is_none_or(|jv| jv.job != id) {
-            self.job_view = Some(JobView::new(id, total));
+            self.job_view = Some(JobView::new(id, studio, total));
             self.preview = None;
         }
         self.view = View::Job;

@@ -54,7 +54,7 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
             let eta = figures::eta_secs(state, job)
                 .map_or(UNKNOWN.to_string(), |s| format!("~{}", fmt::duration(s)));
             lines.push(Line::from(vec![
-                Span::styled(format!(" {} ", job.name), t.title()),
+                Span::styled(format!(" {} ", fmt::job_name(job)), t.title()),
                 Span::styled(job.state.as_str(), t.job_state(job.state)),
                 Span::raw(format!(
                     "  eta {eta} · elapsed {} · {} core-h · cost {} · {} ",

@@ -164,7 +164,7 @@ fn draw_jobs(frame: &mut Frame, state: &State, area: Rect) {
         let eta = figures::eta_secs(state, job)
             .map_or(UNKNOWN.to_string(), |s| format!("~{}", fmt::duration(s)));
         let mut line = cols.line(vec![
-            (job.name.clone(), t.normal()),
+            (fmt::job_name(job), t.normal()),
             (job.state.as_str().to_string(), t.job_state(job.state)),
             (job.priority.to_string(), t.normal()),
             (
