@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A farm on the topology real deployments use, on this machine: a hub nats-server with
 # JetStream (deploy/nats/hub.conf) and one leaf-node nats-server per region
-# (deploy/nats/leaf.conf), each on its own free 127.0.0.1 port. The coordinator and the CLI talk
+# (deploy/nats/leaf.conf), each on its own free 127.0.0.1 port (with --secure, the TLS configs
+# `suanli auth init` writes, every process with its own identity). The coordinator and the CLI talk
 # to the hub; each region's workers connect only to their region's leaf, so every JetStream,
 # KV and request/reply call a worker makes crosses a leaf-node link. It renders a builtin job
 # to completion, checks every region rendered frames through its leaf, fetches and verifies
@@ -9,11 +10,21 @@
 #
 #   scripts/cluster.sh                       # guian and ulanqab, 2 workers each, frames 1-48
 #   scripts/cluster.sh --frames 1-24         # the short form, for CI
+#   scripts/cluster.sh --secure --frames 1-24   # the same over TLS, every role with an identity
 #   scripts/cluster.sh --regions guian,ulanqab,zhongwei --workers 1 --keep
 #   scripts/cluster.sh --netns --rate guian=40,ulanqab=10 --frames 1-24   # as root
 #
 # Options: --regions A,B,...  --workers N (per region)  --slots N  --frames SPEC
 #          --timeout SECS (the whole job)  --dir DIR  --keep  --catalog FILE (for the coordinator)
+# --secure: the farm `suanli auth init` writes into DIR/auth instead of deploy/nats: the hub
+#   from hub.conf, each leaf from leaf-<region>.conf with its link's NKey seed in
+#   SUANLI_LEAF_SEED, TLS everywhere (tls:// URLs, --ca DIR/auth/ca.pem) and every process with
+#   its own identity (--identity coordinator.nk, worker-<region>.nk, operator.nk for the CLI),
+#   so each role and each leaf link is held to the permissions that config grants. Before the
+#   job it checks the links are encrypted and authorized: the hub's leaf-node port demands
+#   TLS and an identity, /leafz lists each region's leaf, and the hub refuses a leaf linking
+#   with a worker's identity and a leaf refuses another region's worker. After the job, no
+#   server logged a permissions violation.
 # --netns (root; Linux network namespaces): each region's leaf and workers run in a network
 #   namespace of their own (suanli-<region>-<pid>), joined to this one by a veth pair on a
 #   private /30 (10.213.<n>.0/30: .1 on this side, .2 inside) that a tc token bucket caps in
@@ -30,7 +41,8 @@
 #              SUANLI_NATS_SERVER (default .tools/bin/nats-server, then PATH),
 #              SUANLI_MOTO_SERVER (--netns; default .tools/bin/moto_server, then PATH).
 # Exits 0 only when the job is done, every region rendered (with --catalog placement may leave
-# a region out: it is reported), and every frame verified.
+# a region out: it is reported), and every frame verified; with --secure, also only when the
+# hub and the leaves turned the wrong identities away and no server logged a permissions violation.
 set -euo pipefail
 here=$PWD
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +59,7 @@ catalog=""
 netns=0
 rates=""
 input_mb=8
+secure=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --regions) regions=$2; shift 2 ;;
@@ -60,7 +73,8 @@ while [ $# -gt 0 ]; do
     --netns) netns=1; shift ;;
     --rate) rates=$2; shift 2 ;;
     --input-mb) input_mb=$2; shift 2 ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --secure) secure=1; shift ;;
+    -h|--help) sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "cluster: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -285,11 +299,32 @@ fi
 hub_port=$(free_port "$hub_host")
 hub_http=$(free_port "$hub_host")
 leaf_port=$(free_port "$hub_host")
-hub_url="nats://$hub_host:$hub_port"
 
-SUANLI_HUB_NAME=hub SUANLI_HUB_HOST=$hub_host SUANLI_HUB_PORT=$hub_port \
-  SUANLI_HUB_HTTP=$hub_http SUANLI_LEAF_PORT=$leaf_port SUANLI_HUB_STORE="$dir/hub-js" \
-  "$nats_bin" -c deploy/nats/hub.conf >>"$dir/logs/hub.log" 2>&1 &
+# --secure: the farm's CA, certificates, identities and configs, for these addresses.
+auth="$dir/auth"
+# as_role ROLE: sets role_flags to what makes a process ROLE on a --secure farm (its identity
+# and the farm's CA); to nothing on a plain one.
+as_role() {
+  role_flags=()
+  if [ "$secure" = 1 ]; then
+    role_flags=(--identity "$auth/$1.nk" --ca "$auth/ca.pem")
+  fi
+}
+as_role operator
+operator=("${role_flags[@]}")  # every CLI call
+if [ "$secure" = 1 ]; then
+  rm -rf "$auth"
+  "$bin" auth init --out "$auth" --regions "$regions" --listen "$hub_host:$hub_port" \
+    --leaf-listen "$hub_host:$leaf_port" >"$dir/logs/auth-init.log"
+  hub_url="tls://$hub_host:$hub_port"
+  # The config fixes the addresses; -m adds the monitoring port this script polls.
+  "$nats_bin" -c "$auth/hub.conf" -m "$hub_http" >>"$dir/logs/hub.log" 2>&1 &
+else
+  hub_url="nats://$hub_host:$hub_port"
+  SUANLI_HUB_NAME=hub SUANLI_HUB_HOST=$hub_host SUANLI_HUB_PORT=$hub_port \
+    SUANLI_HUB_HTTP=$hub_http SUANLI_LEAF_PORT=$leaf_port SUANLI_HUB_STORE="$dir/hub-js" \
+    "$nats_bin" -c deploy/nats/hub.conf >>"$dir/logs/hub.log" 2>&1 &
+fi
 pids+=($!)
 wait_for "the hub's JetStream" 20 http "http://$hub_host:$hub_http/healthz?js-enabled-only=true"
 echo "cluster: hub $hub_url (JetStream), leaf-node port $leaf_port, monitoring http://$hub_host:$hub_http" >&2
@@ -327,16 +362,75 @@ for region in "${region_list[@]}"; do
   else
     port=$(free_port)
   fi
-  SUANLI_LEAF_NAME="leaf-$region" SUANLI_LEAF_HOST=127.0.0.1 SUANLI_LEAF_CLIENT=$port \
-    SUANLI_HUB_LEAF_URL="nats-leaf://$hub_host:$leaf_port" \
-    "${run_in[@]}" "$nats_bin" -c deploy/nats/leaf.conf >>"$dir/logs/leaf-$region.log" 2>&1 &
+  if [ "$secure" = 1 ]; then
+    # The link's secret travels in the environment only; the config names it.
+    SUANLI_LEAF_LISTEN="127.0.0.1:$port" SUANLI_LEAF_SEED=$(grep '^SU' "$auth/leaf-$region.nk") \
+      "${run_in[@]}" "$nats_bin" -c "$auth/leaf-$region.conf" >>"$dir/logs/leaf-$region.log" 2>&1 &
+    leaf_url[$region]="tls://127.0.0.1:$port"
+  else
+    SUANLI_LEAF_NAME="leaf-$region" SUANLI_LEAF_HOST=127.0.0.1 SUANLI_LEAF_CLIENT=$port \
+      SUANLI_HUB_LEAF_URL="nats-leaf://$hub_host:$leaf_port" \
+      "${run_in[@]}" "$nats_bin" -c deploy/nats/leaf.conf >>"$dir/logs/leaf-$region.log" 2>&1 &
+    leaf_url[$region]="nats://127.0.0.1:$port"
+  fi
   pids+=($!)
-  leaf_url[$region]="nats://127.0.0.1:$port"
 done
 leaves_connected() {
   [ "$(http "http://$hub_host:$hub_http/leafz" | json "d['leafnodes']")" -eq "${#region_list[@]}" ]
 }
 wait_for "${#region_list[@]} leaf nodes to connect to the hub" 30 leaves_connected
+
+# --secure: the links are encrypted and authorized, and an identity works only where it belongs.
+if [ "$secure" = 1 ]; then
+  # The hub's leaf-node port demands TLS (a leaf without the farm's CA, or without TLS, cannot
+  # link; the identity check follows below).
+  if [ "$(http "http://$hub_host:$hub_http/varz" | json "d['leaf'].get('tls_required', False)")" != True ]; then
+    echo "cluster: the hub's leaf-node port does not demand TLS (/varz leaf.tls_required)" >&2
+    exit 1
+  fi
+  # Each region's leaf linked as itself.
+  leaf_names() { http "http://$hub_host:$hub_http/leafz" | json "' '.join(sorted(l['name'] for l in d['leafs']))"; }
+  want_names=$(printf 'leaf-%s\n' "${region_list[@]}" | sort | paste -sd' ')
+  if [ "$(leaf_names)" != "$want_names" ]; then
+    echo "cluster: the hub's /leafz lists '$(leaf_names)', not '$want_names'" >&2
+    exit 1
+  fi
+  # A leaf linking with a worker's identity is refused by the hub (the hub lets only leaf
+  # link identities in on its leaf-node port), and a worker with one region's identity is
+  # refused by another region's leaf. Both are turned away at connect: wait for the refusal.
+  r0=${region_list[0]}
+  worker_key=$(sed -n 's/.*Public key: //p' "$auth/worker-$r0.nk")
+  refused_by() { grep -qF "authentication error - Nkey \"$worker_key\"" "$1"; }
+  SUANLI_LEAF_LISTEN="127.0.0.1:$(free_port)" SUANLI_LEAF_SEED=$(grep '^SU' "$auth/worker-$r0.nk") \
+    "$nats_bin" -c "$auth/leaf-$r0.conf" >>"$dir/logs/rogue-leaf.log" 2>&1 &
+  rogue=($!)
+  pids+=($!)
+  if [ "${#region_list[@]}" -gt 1 ]; then
+    r1=${region_list[1]}
+    run_in=()
+    if [ "$netns" = 1 ]; then
+      run_in=(ip netns exec "${ns_of[$r1]}")
+    fi
+    as_role "worker-$r0"
+    RUST_LOG=$role_log "${run_in[@]}" "$bin" "${role_flags[@]}" worker --nats "${leaf_url[$r1]}" \
+      --region "$r0" --name rogue --slots 1 --cache-dir "$dir/cache-rogue" \
+      >>"$dir/logs/rogue-worker.log" 2>&1 &
+    rogue+=($!)
+    pids+=($!)
+    wait_for "leaf-$r1 to refuse a worker of $r0" 20 refused_by "$dir/logs/leaf-$r1.log"
+  fi
+  wait_for "the hub to refuse a leaf linking as worker-$r0" 20 refused_by "$dir/logs/hub.log"
+  for p in "${rogue[@]}"; do
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  if [ "$(leaf_names)" != "$want_names" ]; then
+    echo "cluster: after the refusals the hub's /leafz lists '$(leaf_names)', not '$want_names'" >&2
+    exit 1
+  fi
+  echo "cluster: leaf links over TLS as $want_names; worker-$r0's identity refused as a link" \
+    "by the hub${r1:+ and as a worker by leaf-$r1}" >&2
+fi
 for region in "${region_list[@]}"; do
   if [ "$netns" = 1 ]; then
     echo "cluster: region $region: leaf ${leaf_url[$region]} in namespace ${ns_of[$region]}" \
@@ -355,24 +449,27 @@ coordinator_args=()
 if [ -n "$catalog" ]; then
   coordinator_args=(--catalog "$catalog")
 fi
-RUST_LOG=$role_log "$bin" coordinator --nats "$hub_url" "${coordinator_args[@]}" >>"$dir/logs/coordinator.log" 2>&1 &
+as_role coordinator
+RUST_LOG=$role_log "$bin" "${role_flags[@]}" coordinator --nats "$hub_url" "${coordinator_args[@]}" \
+  >>"$dir/logs/coordinator.log" 2>&1 &
 pids+=($!)
-wait_for "the coordinator" 30 "$bin" workers --nats "$hub_url"
+wait_for "the coordinator" 30 "$bin" "${operator[@]}" workers --nats "$hub_url"
 for region in "${region_list[@]}"; do
   run_in=()
   if [ "$netns" = 1 ]; then
     run_in=(ip netns exec "${ns_of[$region]}")
   fi
+  as_role "worker-$region"
   for n in $(seq "$workers"); do
     name="$region-w$n"
-    RUST_LOG=$role_log "${run_in[@]}" "$bin" worker --nats "${leaf_url[$region]}" --region "$region" --name "$name" \
+    RUST_LOG=$role_log "${run_in[@]}" "$bin" "${role_flags[@]}" worker --nats "${leaf_url[$region]}" --region "$region" --name "$name" \
       --slots "$slots" --cache-dir "$dir/cache-$name" >>"$dir/logs/worker-$name.log" 2>&1 &
     pids+=($!)
   done
 done
 want_workers=$((${#region_list[@]} * workers))
 workers_up() {
-  [ "$("$bin" workers --nats "$hub_url" --json | json "len([w for w in d if w['state'] != 'lost'])")" -eq "$want_workers" ]
+  [ "$("$bin" "${operator[@]}" workers --nats "$hub_url" --json | json "len([w for w in d if w['state'] != 'lost'])")" -eq "$want_workers" ]
 }
 wait_for "$want_workers workers to register through their leaves" 60 workers_up
 echo "cluster: coordinator and $want_workers workers up" >&2
@@ -413,7 +510,7 @@ echo "cluster: submitting frames $frames and waiting (at most ${limit_s}s)" >&2
 rc=0
 # In the background, so that a TERM or INT sent to this script alone runs the cleanup now
 # (bash runs traps only between foreground commands; `wait` is interrupted by them).
-(cd "$submit_dir" && exec timeout "$limit_s" "$bin" submit --nats "$hub_url" --frames "$frames" \
+(cd "$submit_dir" && exec timeout "$limit_s" "$bin" "${operator[@]}" submit --nats "$hub_url" --frames "$frames" \
   --renderer builtin --width 96 --height 54 --samples 2 --name cluster-check "${job_args[@]}" \
   --wait --json) >"$dir/status.json" &
 submitter=$!
@@ -508,10 +605,23 @@ for k, (region, cap) in enumerate(links):
 sys.exit(0 if ok else 1)
 PY
 fi
-"$bin" fetch "$job" --nats "$hub_url" --out "$dir/frames" --json >"$dir/fetch.json"
+"$bin" "${operator[@]}" fetch "$job" --nats "$hub_url" --out "$dir/frames" --json >"$dir/fetch.json"
 fetched=$(find "$dir/frames" -name '*.png' | wc -l)
 if [ "$fetched" -ne "$n_frames" ]; then
   echo "cluster: fetched $fetched frames, expected $n_frames" >&2
   exit 1
 fi
-echo "cluster: ok: $n_frames frames rendered through ${#region_list[@]} leaf nodes and verified in $((SECONDS - started))s" >&2
+# --secure: every role did its work within its permissions, and so did every leaf link (a
+# violation on a link would also have cut it for 30 s).
+if [ "$secure" = 1 ]; then
+  if grep -H "Violation" "$dir/logs/hub.log" "$dir"/logs/leaf-*.log >"$dir/violations.txt"; then
+    echo "cluster: the servers refused subjects a role or link used (permissions in src/auth):" >&2
+    head -n 20 "$dir/violations.txt" >&2
+    exit 1
+  fi
+fi
+how=""
+if [ "$secure" = 1 ]; then
+  how=" (TLS, every role with its identity, no permission violations)"
+fi
+echo "cluster: ok: $n_frames frames rendered through ${#region_list[@]} leaf nodes$how and verified in $((SECONDS - started))s" >&2

@@ -20,3 +20,5 @@ echo "test: scripts/tui-e2e.sh" >&2
 scripts/tui-e2e.sh
 echo "test: leaf-node farm (scripts/cluster.sh, short form)" >&2
 SUANLI_BIN="$root/target/debug/suanli" scripts/cluster.sh --frames 1-24
+echo "test: secure leaf-node farm (scripts/cluster.sh --secure, short form)" >&2
+SUANLI_BIN="$root/target/debug/suanli" scripts/cluster.sh --secure --frames 1-24

@@ -347,8 +347,10 @@ pub struct Permissions {
 pub enum Via {
     /// A client of the server that runs JetStream (the single server or the hub).
     Direct,
-    /// A leaf node's link to the hub: the leaf rewrites its clients' `$JS.API.>` and `$KV.>`
-    /// into the hub's JetStream domain (`deploy/nats/leaf.conf`), so the hub sees those.
+    /// Through a region's leaf node: the leaf rewrites its clients' `$JS.API.>` and `$KV.>`
+    /// into the hub's JetStream domain (`deploy/nats/leaf.conf`) before anything checks them,
+    /// so the hub sees those on the link, and the leaf itself checks its workers' rights in
+    /// that spelling too (nats-server applies mappings before publish permissions).
     LeafLink,
 }
 

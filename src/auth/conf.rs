@@ -14,6 +14,8 @@ use suanli_shared::Region;
 pub struct User {
     pub role: Role,
     pub public_key: String,
+    /// How the server that checks this user spells JetStream subjects: a leaf node checks its
+    /// own clients after its mappings, so it spells theirs as the hub's link does.
     pub via: Via,
 }
 
@@ -29,9 +31,10 @@ fn users_block(users: &[User]) -> String {
     let mut out = String::from("authorization {\n  timeout: 5\n  users = [\n");
     for u in users {
         let p = permissions(&u.role, u.via);
-        let kind = match u.via {
-            Via::Direct => "STANDARD",
-            Via::LeafLink => "LEAFNODE",
+        // A leaf link may connect only to a leaf-node port, every other role only as a client.
+        let kind = match u.role {
+            Role::Leaf(_) => "LEAFNODE",
+            _ => "STANDARD",
         };
         let _ = write!(
             out,
@@ -86,11 +89,73 @@ pub fn hub(dir: &Path, listen: &str, leaf_listen: &str, users: &[User]) -> Strin
 /// links to the hub over TLS with the region's link identity.
 pub fn leaf(dir: &Path, region: &Region, hub_leaf_url: &str, users: &[User]) -> String {
     format!(
-        "{HEADER}# Region {region}'s leaf node. Start it with its link identity and address in the environment:\n#   SUANLI_LEAF_LISTEN=0.0.0.0:4222 SUANLI_LEAF_SEED=$(grep '^SU' {seed}) nats-server -c {conf}\nserver_name: leaf-{region}\nlisten: $SUANLI_LEAF_LISTEN\nmax_payload: 1MB\n\n# The hub runs JetStream in domain {JS_DOMAIN}: workers' JetStream API and KV writes are\n# rewritten into it and cross the link (see deploy/nats/hub.conf).\nmappings {{\n  \"$JS.API.>\": \"$JS.{JS_DOMAIN}.API.>\"\n  \"$KV.>\": \"$JS.{JS_DOMAIN}.API.$KV.>\"\n}}\n\n{tls}\nleafnodes {{\n  remotes: [\n    {{\n      urls: [{hub_leaf_url:?}]\n      nkey: $SUANLI_LEAF_SEED\n      tls {{\n        ca_file: {ca:?}\n        timeout: 5\n      }}\n    }}\n  ]\n}}\n\n{users}",
+        "{HEADER}# Region {region}'s leaf node. Start it with its link identity and address in the environment:\n#   SUANLI_LEAF_LISTEN=0.0.0.0:4222 SUANLI_LEAF_SEED=$(grep '^SU' {seed}) nats-server -c {conf}\nserver_name: leaf-{region}\nlisten: $SUANLI_LEAF_LISTEN\nmax_payload: 1MB\n\n# The hub runs JetStream in domain {JS_DOMAIN}: workers' JetStream API and KV writes are\n# rewritten into it and cross the link (see deploy/nats/hub.conf). The rewrite comes first, so\n# the workers' permissions below name the rewritten subjects.\nmappings {{\n  \"$JS.API.>\": \"$JS.{JS_DOMAIN}.API.>\"\n  \"$KV.>\": \"$JS.{JS_DOMAIN}.API.$KV.>\"\n}}\n\n{tls}\nleafnodes {{\n  remotes: [\n    {{\n      urls: [{hub_leaf_url:?}]\n      nkey: $SUANLI_LEAF_SEED\n      tls {{\n        ca_file: {ca:?}\n        timeout: 5\n      }}\n    }}\n  ]\n}}\n\n{users}",
         seed = dir.join(Role::Leaf(region.clone()).file_name()).display(),
         conf = dir.join(format!("leaf-{region}.conf")).display(),
         tls = tls_block(dir, &format!("leaf-{region}"), ""),
         ca = dir.join("ca.pem").display().to_string(),
         users = users_block(users),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::auth::{init, InitArgs};
+
+    /// The entry of `role` in a config's users: from its `# <role>:` line to the next entry.
+    fn entry<'a>(conf: &'a str, role: &str) -> &'a str {
+        let start = conf
+            .find(&format!("    # {role}:"))
+            .unwrap_or_else(|| panic!("no user {role} in\n{conf}"));
+        let rest = &conf[start + 4..];
+        &rest[..rest.find("    # ").unwrap_or(rest.len())]
+    }
+
+    /// A leaf node checks its workers' publishes after its mappings have rewritten `$JS.API.>`
+    /// and `$KV.>` into the hub's domain (nats-server refused a worker's `$JS.API.INFO` as
+    /// `Publish Violation - Subject "$JS.suanli.API.INFO"`), so it must spell their rights that
+    /// way; the hub, which sees them unmapped from its own clients, spells them plainly.
+    #[test]
+    fn a_leaf_spells_its_workers_rights_in_the_hub_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm = dir.path().join("farm");
+        init(InitArgs::new(
+            &farm,
+            &["guian".parse().unwrap()],
+            &[],
+            "127.0.0.1:4222",
+            7422,
+        ))
+        .unwrap();
+        let read = |name: &str| std::fs::read_to_string(farm.join(name)).unwrap();
+
+        let leaf = read("leaf-guian.conf");
+        let on_leaf = entry(&leaf, "worker-guian");
+        for right in [
+            "$JS.suanli.API.INFO",
+            "$JS.suanli.API.CONSUMER.MSG.NEXT.SUANLI_TASKS.region-guian",
+            "$JS.suanli.API.$KV.suanli_workers.guian.*",
+            "$JS.ACK.SUANLI_TASKS.region-guian.>",
+        ] {
+            assert!(
+                on_leaf.contains(&format!("{right:?}")),
+                "{right}: {on_leaf}"
+            );
+        }
+        assert!(!on_leaf.contains("\"$JS.API."), "{on_leaf}");
+        assert!(!on_leaf.contains("\"$KV."), "{on_leaf}");
+        assert!(on_leaf.contains(r#"allowed_connection_types: ["STANDARD"]"#));
+
+        let hub = read("hub.conf");
+        let on_hub = entry(&hub, "worker-guian");
+        assert!(on_hub.contains(r#""$JS.API.INFO""#), "{on_hub}");
+        assert!(
+            on_hub.contains(r#""$KV.suanli_workers.guian.*""#),
+            "{on_hub}"
+        );
+        assert!(on_hub.contains(r#"allowed_connection_types: ["STANDARD"]"#));
+        let link = entry(&hub, "leaf-guian");
+        assert!(link.contains(r#""$JS.suanli.API.INFO""#), "{link}");
+        assert!(link.contains(r#"allowed_connection_types: ["LEAFNODE"]"#));
+    }
 }

@@ -430,7 +430,11 @@ fn write_configs(dir: &Path, farm: &FarmFile) -> anyhow::Result<()> {
     )?;
     let hub_leaf_url = format!("tls://{}", farm.leaf_listen);
     for r in &farm.regions {
-        let workers: Vec<conf::User> = user(&Role::Worker(r.clone()), Via::Direct)
+        // The leaf rewrites its workers' `$JS.API.>` and `$KV.>` into the hub's domain before
+        // it checks their permissions (nats-server applies mappings first: a worker's
+        // `$JS.API.INFO` is refused as "Publish Violation - Subject "$JS.suanli.API.INFO"" when
+        // only the first is allowed), so their rights are spelled as the link's are.
+        let workers: Vec<conf::User> = user(&Role::Worker(r.clone()), Via::LeafLink)
             .into_iter()
             .collect();
         write(
