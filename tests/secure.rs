@@ -658,7 +658,7 @@ async fn a_secure_farm_renders_two_studios_jobs_and_keeps_them_apart() {
         .into_iter()
         .map(|s| s.id)
         .collect();
-    assert_eq!(listed, [b.id.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&b.id));
     // The operator sees both.
     let operator = Client::connect_with(&farm.nats_url, &farm.access(&Role::Operator))
         .await
