@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use futures::{StreamExt, TryStreamExt};
+use suanli_shared::protocol::decode;
 use suanli_shared::nats::{self, Farm};
 use suanli_shared::protocol::api;
 use suanli_shared::protocol::{now_ms, JobRecord, TaskRecord, TaskState, WorkerInfo};
@@ -143,7 +144,7 @@ impl Coordinator {
             else {
                 continue;
             };
-            let rec: JobRecord = match serde_json::from_slice(&entry.value) {
+            let rec: JobRecord = match decode(&entry.value, "job record") {
                 Ok(rec) => rec,
                 Err(e) => {
                     warn!(key, error = %e, "skipping unreadable job record");
@@ -159,7 +160,7 @@ impl Coordinator {
                             .entry(&key)
                             .await?
                             .ok_or_else(|| anyhow::anyhow!("task record {key} is missing"))?;
-                        let rec: TaskRecord = serde_json::from_slice(&entry.value)?;
+                        let rec: TaskRecord = decode(&entry.value, "task record")?;
                         anyhow::Ok(Versioned {
                             rec,
                             rev: entry.revision,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::{Entry, Operation};
 use async_nats::jetstream::AckKind;
+use suanli_shared::protocol::decode;
 use suanli_shared::nats;
 use suanli_shared::protocol::{now_ms, Event, TaskEvent, TaskEventKind, WorkerInfo};
 use suanli_shared::{JobId, Region};
@@ -145,7 +146,7 @@ impl Coordinator {
 
     pub(crate) fn handle_worker(&mut self, entry: Entry) {
         match entry.operation {
-            Operation::Put => match serde_json::from_slice::<WorkerInfo>(&entry.value) {
+            Operation::Put => match decode::<WorkerInfo>(&entry.value, "worker record") {
                 // A worker identity may write only its own region's keys (nats-server enforces
                 // that); the record inside must name the same region and worker, or a worker
                 // of one region could pose as another region's.

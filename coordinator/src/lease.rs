@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
+use suanli_shared::protocol::decode;
 use suanli_shared::nats::LEASE_KEY;
 use suanli_shared::protocol::{encode, now_ms};
 use tokio::time::Instant;
@@ -97,7 +98,7 @@ pub async fn acquire(
                 .await
                 .ok(),
             Ok(Some(entry)) => {
-                let holder = serde_json::from_slice::<Holder>(&entry.value).ok();
+                let holder = decode::<Holder>(&entry.value, "lease record").ok();
                 let fresh = match seen {
                     Some((rev, _)) if rev == entry.revision => false,
                     _ => {
@@ -178,7 +179,7 @@ impl Lease {
                 // Our last write may have landed with its ack lost: still ours if it says so.
                 let entry = self.kv.entry(LEASE_KEY).await.ok().flatten();
                 match entry.and_then(|e| {
-                    serde_json::from_slice::<Holder>(&e.value)
+                    decode::<Holder>(&e.value, "lease record")
                         .ok()
                         .filter(|h| h.same(&self.me) && e.operation == Operation::Put)
                         .map(|_| e.revision)

@@ -385,6 +385,18 @@ pub async fn open(url: &str, name: &str, access: &Access) -> Result<Connection, 
         let js = jetstream::new(client.clone());
         let answered = tokio::time::timeout(Duration::from_secs(5), js.query_account()).await;
         if !matches!(answered, Ok(Ok(_))) {
+            // Asked through a leaf node whose permissions refuse the question, the server says
+            // so: that is the identity's (or the leaf config's) fault, not a missing JetStream.
+            if let Some(why) = denied.borrow().clone() {
+                return Err(NatsError::Refused {
+                    url: url.to_string(),
+                    who: match &access.identity {
+                        Some(id) => format!("identity {} ({})", id.role, id.path.display()),
+                        None => "this connection".into(),
+                    },
+                    why,
+                });
+            }
             return Err(NatsError::NoJetStream {
                 url: url.to_string(),
             });

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+use suanli_shared::protocol::decode;
 use suanli_shared::nats;
 use suanli_shared::protocol::{encode, now_ms, CurrentTask, WorkerInfo, WorkerState};
 use suanli_shared::sys::{hostname, pid_alive};
@@ -65,7 +66,7 @@ pub(crate) async fn register(sh: &Shared, key: &str) -> anyhow::Result<u64> {
                 .entry(key)
                 .await?
                 .context("worker record vanished while registering; try again")?;
-            if let Ok(old) = serde_json::from_slice::<WorkerInfo>(&entry.value) {
+            if let Ok(old) = decode::<WorkerInfo>(&entry.value, "worker record") {
                 let lost = sh.config.lost_after.as_millis() as u64;
                 // A process restarted after a crash (systemd, a chaos test) takes its name back
                 // at once when the old one provably died on this host.
@@ -117,7 +118,7 @@ pub(crate) async fn heartbeats(
                 // Either our last write landed but its ack was lost, or another process took
                 // our name. Only the first is ours to continue.
                 match sh.farm.workers_kv.entry(&key).await {
-                    Ok(Some(entry)) => match serde_json::from_slice::<WorkerInfo>(&entry.value) {
+                    Ok(Some(entry)) => match decode::<WorkerInfo>(&entry.value, "worker record") {
                         Ok(w)
                             if w.pid == rec.pid
                                 && w.host == rec.host

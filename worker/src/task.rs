@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::AckKind;
+use suanli_shared::protocol::decode;
 use suanli_shared::nats;
 use suanli_shared::protocol::{
     now_ms, CurrentTask, Failure, JobRecord, RendererSpec, TaskAssignment, TaskEventKind,
@@ -124,7 +125,7 @@ pub(crate) async fn handle(
 /// Whether the coordinator barred this worker from the job after repeated failures.
 async fn blocklisted(sh: &Shared, job: &JobId) -> bool {
     match sh.farm.jobs_kv.get(job.as_str()).await {
-        Ok(Some(bytes)) => serde_json::from_slice::<JobRecord>(&bytes).is_ok_and(|rec| {
+        Ok(Some(bytes)) => decode::<JobRecord>(&bytes, "job record").is_ok_and(|rec| {
             rec.blocklist
                 .iter()
                 .any(|b| b.region == sh.config.region && b.worker == sh.config.name)
@@ -143,7 +144,7 @@ async fn still_wanted(sh: &Shared, task: &TaskAssignment) -> bool {
         .get(nats::task_kv_key(&task.job, task.task))
         .await
     {
-        Ok(Some(bytes)) => match serde_json::from_slice::<TaskRecord>(&bytes) {
+        Ok(Some(bytes)) => match decode::<TaskRecord>(&bytes, "task record") {
             Ok(rec) => {
                 let elsewhere = rec.region.is_some_and(|r| r != sh.config.region);
                 !(rec.state.is_final() || rec.attempt > task.attempt || elsewhere)
