@@ -132,7 +132,9 @@ pub enum Command {
 
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // The client library logs a refused connection itself; the command's own error line
+        // says it better, once.
+        0 => "warn,async_nats=off",
         1 => "info",
         _ => "debug",
     };

@@ -345,7 +345,7 @@ pub async fn open(url: &str, name: &str, access: &Access) -> Result<Connection, 
                     async_nats::Event::ServerError(async_nats::ServerError::Other(e))
                         if e.to_ascii_lowercase().contains("permissions violation") =>
                     {
-                        tracing::warn!(error = %e, "nats-server refused an action");
+                        tracing::info!(error = %e, "nats-server refused an action");
                         denied_tx.send_replace(Some(e));
                     }
                     _ => {}
