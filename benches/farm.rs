@@ -11,8 +11,9 @@
 //! 3. resubmitting the same 200 tasks: every task is a cache hit, nothing renders;
 //! 4. section 2's farm runs again with the store on tmpfs (`/dev/shm`), where fsync is free:
 //!    the difference is what the store's durable writes cost;
-//! 5. sections 1 and 2 again on a secure farm (`suanli auth init`: TLS on every connection,
-//!    NKey identities, per-role permissions), beside the plain figures of this same run.
+//! 5. a secure farm (`suanli auth init`: TLS on every connection, NKey identities, per-role
+//!    permissions) beside a plain one, both up at once, the same jobs alternating between
+//!    them: section 1's submit+enqueue and section 2's 200 tasks.
 //!
 //! Each figure is the median of 3 runs; the CPU line under each farm run says how much of the
 //! machine the farm, the disk (iowait) and other processes took, so a disturbed run shows.
@@ -87,7 +88,7 @@ async fn run() -> anyhow::Result<()> {
     let client = Client::connect(&farm.nats_url).await?;
     let result = bench_submit(&farm, &client).await;
     farm.stop().await;
-    let plain_submit = result?;
+    result?;
 
     println!("\n# 2. orchestration overhead: {SMALL_JOB_FRAMES} tasks of one {WIDTH}x{HEIGHT} frame, {SAMPLES} sample, {SLOTS} slots");
     let render_secs = bench_render_in_process().await?;
@@ -100,7 +101,6 @@ async fn run() -> anyhow::Result<()> {
     let result = bench_overhead(&farm, tmp.path(), render_secs).await;
     farm.stop().await;
     let (xargs, on_disk) = result?;
-    let plain_overhead = on_disk;
 
     // The same farm with its store on tmpfs, where fsync is free.
     let shm = Path::new("/dev/shm");
@@ -124,61 +124,134 @@ async fn run() -> anyhow::Result<()> {
         farm.stop().await;
         result?;
     }
-    bench_secure(tmp.path(), plain_submit, plain_overhead).await?;
+    bench_secure(tmp.path()).await?;
     println!("\nbenchmark took {:.1} s", total.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// Section 5: sections 1 and 2 on a secure farm; `plain_submit` and `plain_overhead` are
-/// their medians on the plain farms of this same run.
-async fn bench_secure(tmp: &Path, plain_submit: f64, plain_overhead: f64) -> anyhow::Result<()> {
-    println!(
-        "\n# 5. secure farm (TLS, NKey identities, per-role permissions) beside the plain one"
-    );
-    let mut options = FarmOptions::new(tmp.join("secure-enqueue"), &[])?;
-    options.secure = true;
-    let farm = LocalFarm::start(options)
-        .await
-        .context("cannot start the secure farm with no workers")?;
-    let client = Client::connect_with(&farm.nats_url, &farm.access(&Role::Operator)).await?;
-    let result = bench_submit(&farm, &client).await;
-    farm.stop().await;
-    let secure_submit = result?;
+/// Rounds of section 5: each round runs the same work once on the plain farm and once on the
+/// secure one, alternating which goes first, so drift in the machine's load hits both alike.
+const SIDE_BY_SIDE_ROUNDS: u32 = 6;
 
-    let mut options = FarmOptions::new(tmp.join("secure-overhead"), &REGIONS)?;
-    options.secure = true;
-    let farm = LocalFarm::start(options)
-        .await
-        .context("cannot start the secure two-region farm")?;
-    let client = Client::connect_with(&farm.nats_url, &farm.access(&Role::Operator)).await?;
-    let store = Store::open(&farm.store_url)?;
-    let inputs = empty_inputs(&store).await?;
-    let mut secs = Vec::new();
-    let result = async {
-        for run in 1..=RUNS {
-            let spec = builtin_job(&format!("secure-{run}"), &frames_arg(run), &inputs)?;
-            let (status, _, makespan) = submit_and_wait(&client, spec).await?;
+/// Section 5: a plain and a secure farm side by side, alternating the same jobs between them:
+/// submit+enqueue of the 10,000-frame job (no workers), then the 200-task job (2 regions).
+async fn bench_secure(tmp: &Path) -> anyhow::Result<()> {
+    println!("\n# 5. secure farm (TLS, NKey identities, per-role permissions) beside a plain one, alternating, {SIDE_BY_SIDE_ROUNDS} rounds");
+    let farms = |name: &str, regions: &'static [&'static str]| {
+        let dir = tmp.join(name);
+        async move {
+            let mut plain = FarmOptions::new(dir.join("plain"), regions)?;
+            plain.workers_per_region = 1;
+            let mut secure = FarmOptions::new(dir.join("secure"), regions)?;
+            secure.workers_per_region = 1;
+            secure.secure = true;
+            let plain = LocalFarm::start(plain).await.context("plain farm")?;
+            let secure = LocalFarm::start(secure).await.context("secure farm")?;
+            let pc = Client::connect(&plain.nats_url).await?;
+            let sc =
+                Client::connect_with(&secure.nats_url, &secure.access(&Role::Operator)).await?;
+            anyhow::Ok([(plain, pc), (secure, sc)])
+        }
+    };
+    let [plain, secure] = farms("side-enqueue", &[]).await?;
+    let result = side_by_side(
+        &plain,
+        &secure,
+        "submit+enqueue",
+        |farm, client, round| async move {
+            let store = Store::open(&farm.store_url)?;
+            let inputs = empty_inputs(&store).await?;
+            let spec = builtin_job(
+                &format!("enqueue-{round}"),
+                &format!("1-{BIG_JOB_FRAMES}"),
+                &inputs,
+            )?;
+            let started = Instant::now();
+            let reply = client
+                .submit(spec)
+                .await
+                .context("the 10,000-frame job was refused")?;
+            ensure!(
+                reply.tasks == BIG_JOB_FRAMES,
+                "expected {BIG_JOB_FRAMES} tasks"
+            );
+            Ok(started.elapsed().as_secs_f64())
+        },
+    )
+    .await;
+    plain.0.stop().await;
+    secure.0.stop().await;
+    result?;
+
+    let [plain, secure] = farms("side-overhead", &REGIONS).await?;
+    let result = side_by_side(
+        &plain,
+        &secure,
+        &format!("{SMALL_JOB_FRAMES} tasks, {SLOTS} slots"),
+        |farm, client, round| async move {
+            let store = Store::open(&farm.store_url)?;
+            let inputs = empty_inputs(&store).await?;
+            // A new range each round: every task renders.
+            let frames = format!(
+                "{}-{}",
+                round * SMALL_JOB_FRAMES + 1,
+                (round + 1) * SMALL_JOB_FRAMES
+            );
+            let spec = builtin_job(&format!("side-{round}"), &frames, &inputs)?;
+            let (status, _, makespan) = submit_and_wait(client, spec).await?;
             ensure!(
                 status.tasks.total == SMALL_JOB_FRAMES && status.tasks.cached == 0,
                 "expected {SMALL_JOB_FRAMES} rendered tasks: {:?}",
                 status.tasks
             );
-            println!("  run {run}: secure farm {makespan:.2} s");
-            secs.push(makespan);
-        }
-        anyhow::Ok(())
-    }
+            Ok(makespan)
+        },
+    )
     .await;
-    farm.stop().await;
-    result?;
-    let secure_overhead = median(&secs);
+    plain.0.stop().await;
+    secure.0.stop().await;
+    result
+}
+
+/// Runs `work` on the plain and the secure farm in alternating order for
+/// [`SIDE_BY_SIDE_ROUNDS`] rounds and prints both medians and their ratio.
+async fn side_by_side<'a, F, Fut>(
+    plain: &'a (LocalFarm, Client),
+    secure: &'a (LocalFarm, Client),
+    what: &str,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(&'a LocalFarm, &'a Client, u32) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    let (mut p, mut s) = (Vec::new(), Vec::new());
+    for round in 0..SIDE_BY_SIDE_ROUNDS {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for is_secure in order {
+            let (farm, client) = if is_secure { secure } else { plain };
+            let secs = work(farm, client, round).await?;
+            if is_secure {
+                s.push(secs)
+            } else {
+                p.push(secs)
+            }
+        }
+        println!(
+            "  round {}: plain {:.3} s, secure {:.3} s",
+            round + 1,
+            p[p.len() - 1],
+            s[s.len() - 1]
+        );
+    }
+    let (pm, sm) = (median(&p), median(&s));
     println!(
-        "submit+enqueue {BIG_JOB_FRAMES} frames: plain {plain_submit:.2} s, secure {secure_submit:.2} s = {:+.1}%",
-        (secure_submit / plain_submit - 1.0) * 100.0
-    );
-    println!(
-        "{SMALL_JOB_FRAMES} tasks, {SLOTS} slots: plain {plain_overhead:.2} s, secure {secure_overhead:.2} s = {:+.1}%",
-        (secure_overhead / plain_overhead - 1.0) * 100.0
+        "{what}: plain {pm:.3} s, secure {sm:.3} s (medians of {SIDE_BY_SIDE_ROUNDS}) = {:+.1}%",
+        (sm / pm - 1.0) * 100.0
     );
     Ok(())
 }
