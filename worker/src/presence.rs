@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
-use suanli_shared::protocol::decode;
 use suanli_shared::nats;
+use suanli_shared::protocol::decode;
 use suanli_shared::protocol::{encode, now_ms, CurrentTask, WorkerInfo, WorkerState};
 use suanli_shared::sys::{hostname, pid_alive};
 use tokio_util::sync::CancellationToken;

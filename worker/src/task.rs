@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::AckKind;
-use suanli_shared::protocol::decode;
 use suanli_shared::nats;
+use suanli_shared::protocol::decode;
 use suanli_shared::protocol::{
     now_ms, CurrentTask, Failure, JobRecord, RendererSpec, TaskAssignment, TaskEventKind,
     TaskRecord,
