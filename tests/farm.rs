@@ -590,3 +590,40 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_is_enqueued() {
     }
     farm.stop().await;
 }
+
+/// A farm upgraded from a version whose event subjects had no studio: `setup` brings the
+/// event stream's subjects up to date (otherwise today's events would match no stream and never
+/// reach the coordinator), keeping what it stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_of_an_older_version_gets_todays_subjects() {
+    use async_nats::jetstream::{self, stream};
+    let dir = tempfile::tempdir().unwrap();
+    let server = suanli::localfarm::NatsServer::start(&dir.path().join("nats"), 0).unwrap();
+    let client =
+        suanli_shared::nats::connect(&server.url(), "t", &suanli_shared::access::Access::none())
+            .await
+            .unwrap();
+    let js = jetstream::new(client.clone());
+    let old = js
+        .create_stream(stream::Config {
+            name: suanli_shared::nats::EVENTS_STREAM.into(),
+            subjects: vec!["suanli.evt.*.started".into(), "suanli.evt.*.job".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js.publish("suanli.evt.x.job", "old".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    drop(old);
+    suanli_shared::nats::setup(client).await.unwrap();
+    let mut events = js
+        .get_stream(suanli_shared::nats::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let info = events.info().await.unwrap();
+    assert_eq!(info.config.subjects, suanli_shared::nats::stored_events());
+    assert_eq!(info.state.messages, 1, "the stored event is kept");
+}

@@ -482,7 +482,7 @@ pub async fn setup(client: async_nats::Client) -> Result<Farm, NatsError> {
         })
         .await
         .map_err(|e| setup_err(TASKS_STREAM, e))?;
-    js.get_or_create_stream(stream::Config {
+    let events_config = stream::Config {
         name: EVENTS_STREAM.to_string(),
         subjects: stored_events(),
         retention: stream::RetentionPolicy::Limits,
@@ -490,9 +490,26 @@ pub async fn setup(client: async_nats::Client) -> Result<Farm, NatsError> {
         max_age: Duration::from_secs(7 * 24 * 3600),
         duplicate_window: Duration::from_secs(3600),
         ..Default::default()
-    })
-    .await
-    .map_err(|e| setup_err(EVENTS_STREAM, e))?;
+    };
+    let mut events = js
+        .get_or_create_stream(events_config.clone())
+        .await
+        .map_err(|e| setup_err(EVENTS_STREAM, e))?;
+    // A stream made by an older version keeps the event subjects of its day, and events on
+    // today's subjects would match no stream (and never reach the coordinator): bring them up to
+    // date. Only the subjects change; the stored events stay.
+    let info = events
+        .info()
+        .await
+        .map_err(|e| setup_err(EVENTS_STREAM, e))?;
+    if info.config.subjects != events_config.subjects {
+        let mut updated = info.config.clone();
+        updated.subjects = events_config.subjects.clone();
+        js.update_stream(updated)
+            .await
+            .map_err(|e| setup_err(EVENTS_STREAM, e))?;
+        tracing::info!(subjects = ?events_config.subjects, "updated the event stream's subjects");
+    }
     let jobs_kv = bucket(&js, JOBS_BUCKET, Duration::ZERO).await?;
     let tasks_kv = bucket(&js, TASKS_BUCKET, Duration::ZERO).await?;
     let workers_kv = bucket(&js, WORKERS_BUCKET, Duration::from_secs(24 * 3600)).await?;
