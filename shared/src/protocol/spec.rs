@@ -143,6 +143,8 @@ pub enum SpecError {
         "output pattern '{0}' needs exactly one run of '#' for the frame number, e.g. 'frame_####'"
     )]
     OutputPattern(String),
+    #[error("output pattern of {0} bytes is too long: at most {MAX_OUTPUT_PATTERN} leave room in a file name for the frame number and the extension")]
+    OutputPatternLength(usize),
     #[error("renderer '{0}' needs a scene file: pass --scene FILE")]
     MissingScene(&'static str),
     #[error("max_retries {0} is out of range (0 to 100)")]
@@ -217,7 +219,14 @@ impl JobSpec {
     }
 }
 
+/// Longest output pattern: the names made from it (frame digits beyond its `#` run, and the
+/// extension) must still be file names the output manifest accepts (200 bytes).
+pub const MAX_OUTPUT_PATTERN: usize = 180;
+
 pub(crate) fn validate_output_pattern(pattern: &str) -> Result<(), SpecError> {
+    if pattern.len() > MAX_OUTPUT_PATTERN {
+        return Err(SpecError::OutputPatternLength(pattern.len()));
+    }
     validate_file_name(pattern)?;
     let runs = pattern
         .as_bytes()
@@ -247,6 +256,16 @@ pub fn output_file_name(pattern: &str, frame: u32, ext: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_output_pattern_still_makes_valid_file_names() {
+        let pattern = format!("{}#", "x".repeat(MAX_OUTPUT_PATTERN - 1));
+        validate_output_pattern(&pattern).unwrap();
+        let name = output_file_name(&pattern, u32::MAX, "jpeg");
+        crate::names::validate_file_name(&name).unwrap();
+        let err = validate_output_pattern(&format!("x{pattern}")).unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+    }
     use crate::protocol::manifest::InputManifest;
     use crate::protocol::renderer::RendererSpec;
 
