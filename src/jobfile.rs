@@ -59,6 +59,11 @@ pub struct RendererFile {
     pub version: Option<String>,
     pub format: Option<String>,
     pub argv: Option<Vec<String>>,
+    /// A command profile of the workers (instead of `argv`).
+    pub profile: Option<String>,
+    /// Values of the profile's `{arg.NAME}` placeholders.
+    #[serde(default)]
+    pub args: std::collections::BTreeMap<String, String>,
     pub ext: Option<String>,
 }
 
@@ -128,7 +133,15 @@ pub struct Overrides {
     /// the farm's, doubled every 5 points of priority).
     #[arg(long)]
     pub value_of_hour: Option<f64>,
-    /// Command renderer argv, after `--`: placeholders {frame} {start} {end} {step} {output} {scene}.
+    /// Command renderer: the workers' command profile to run (instead of an argv after `--`).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Command renderer: a value for the profile's {arg.NAME} placeholder, NAME=VALUE;
+    /// repeatable.
+    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+    /// Command renderer argv, after `--`: placeholders {frame} {start} {end} {step} {output}
+    /// {scene}. Only workers started with --allow-any-command run a job's own argv.
     #[arg(last = true)]
     pub argv: Vec<String>,
     /// The studio the command acts as (the global `--studio`): the job's studio unless the
@@ -299,11 +312,21 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
             } else {
                 flags.argv.clone()
             };
-            if argv.is_empty() {
-                bail!("the command renderer needs its argv: `suanli submit --renderer command ... -- PROGRAM ARGS` (or renderer.argv in the job file)");
+            let profile = flags.profile.clone().or(file_renderer.profile.clone());
+            let mut args = file_renderer.args.clone();
+            for flag in &flags.args {
+                let (name, value) = flag
+                    .split_once('=')
+                    .with_context(|| format!("--arg '{flag}' must be NAME=VALUE"))?;
+                args.insert(name.to_string(), value.to_string());
+            }
+            if argv.is_empty() && profile.is_none() {
+                bail!("the command renderer needs a profile of the workers (`--profile NAME`, or renderer.profile in the job file) or its own argv: `suanli submit --renderer command ... -- PROGRAM ARGS` (or renderer.argv)");
             }
             RendererSpec::Command {
                 argv,
+                profile,
+                args,
                 version: version(),
                 ext: flags
                     .ext

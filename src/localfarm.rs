@@ -247,6 +247,9 @@ pub struct FarmOptions {
     pub secure: bool,
     /// Studios given identities on a secure farm.
     pub studios: Vec<suanli_shared::Studio>,
+    /// What the farm's workers run: every renderer, raw commands included, by default (a
+    /// local farm is one trusted machine).
+    pub renderers: suanli_worker::RendererPolicy,
 }
 
 impl FarmOptions {
@@ -266,6 +269,7 @@ impl FarmOptions {
             catalog: Default::default(),
             secure: false,
             studios: Vec::new(),
+            renderers: suanli_worker::RendererPolicy::trusting(),
         })
     }
 }
@@ -359,6 +363,7 @@ impl LocalFarm {
         config.slots = self.options.slots;
         config.ack_wait = self.options.ack_wait;
         config.access = self.access(&Role::Worker(region.clone()));
+        config.renderers = self.options.renderers.clone();
         let token = self.shutdown.child_token();
         self.workers.push((name, token.clone()));
         self.tracker.spawn(async move {

@@ -395,7 +395,13 @@ fn renderer() -> impl Strategy<Value = RendererSpec> {
             any_text(),
             any_text()
         )
-            .prop_map(|(argv, version, ext)| RendererSpec::Command { argv, version, ext }),
+            .prop_map(|(argv, version, ext)| RendererSpec::Command {
+                argv,
+                profile: None,
+                args: Default::default(),
+                version,
+                ext,
+            }),
     ]
 }
 
@@ -443,7 +449,13 @@ fn valid_renderer() -> impl Strategy<Value = RendererSpec> {
                 let argv = std::iter::once(program)
                     .chain(args.into_iter().map(str::to_string))
                     .collect();
-                RendererSpec::Command { argv, version, ext }
+                RendererSpec::Command {
+                    argv,
+                    profile: None,
+                    args: Default::default(),
+                    version,
+                    ext,
+                }
             }),
     ]
 }
@@ -687,6 +699,7 @@ fn worker_info() -> impl Strategy<Value = WorkerInfo> {
                 busy,
                 state,
                 renderers,
+                profiles: Vec::new(),
                 host,
                 pid,
                 started_ms,
@@ -909,6 +922,7 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 failures_total,
                 blocklist,
                 max_retries,
+                waiting: None,
             },
         )
 }

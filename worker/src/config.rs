@@ -8,6 +8,8 @@ use std::time::Duration;
 use suanli_shared::access::Access;
 use suanli_shared::{nats, Region, WorkerId};
 
+use crate::policy::RendererPolicy;
+
 /// Worker settings, resolved once by the binary.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,6 +34,8 @@ pub struct Config {
     pub threads_per_slot: u32,
     /// Heartbeat age after which a record with this worker's name counts as dead.
     pub lost_after: Duration,
+    /// The renderers and command profiles this worker runs; anything else is refused.
+    pub renderers: RendererPolicy,
 }
 
 impl Config {
@@ -59,6 +63,7 @@ impl Config {
             drain_grace: Duration::from_secs(30),
             threads_per_slot: cores,
             lost_after: Duration::from_secs(10),
+            renderers: RendererPolicy::default(),
         }
     }
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
-use suanli_shared::protocol::decode;
 use suanli_shared::nats;
+use suanli_shared::protocol::decode;
 use suanli_shared::protocol::{encode, now_ms, CurrentTask, WorkerInfo, WorkerState};
 use suanli_shared::sys::{hostname, pid_alive};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,7 @@ fn info_record(sh: &Shared) -> WorkerInfo {
             WorkerState::Rendering
         },
         renderers: sh.renderers.clone(),
+        profiles: sh.config.renderers.profile_names(),
         host: hostname(),
         pid: std::process::id(),
         started_ms: sh.started_ms,

@@ -44,7 +44,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let cache = Cache::open(&config.cache_dir, config.cache_max_bytes, store.clone())
         .await
         .context("cannot open the input cache")?;
-    let renderers = render::detect_versions().await;
+    config.renderers.check()?;
+    let renderers = config
+        .renderers
+        .advertised(&render::detect_versions().await);
     let shared = Arc::new(Shared {
         farm,
         store,

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::AckKind;
-use suanli_shared::protocol::decode;
 use suanli_shared::nats;
+use suanli_shared::protocol::decode;
 use suanli_shared::protocol::{
     now_ms, CurrentTask, Failure, JobRecord, RendererSpec, TaskAssignment, TaskEventKind,
     TaskRecord,
@@ -212,6 +212,13 @@ async fn execute(
         Err(e) => return failed(sh, task, e),
     }
 
+    // The worker, not the job, decides what runs: a renderer or profile it does not allow
+    // fails the task with the reason (a retry may land on a worker that allows it).
+    let renderer = match sh.config.renderers.resolve(&task.renderer) {
+        Ok(r) => r,
+        Err(reason) => return failed(sh, task, reason),
+    };
+
     let work_root = sh.cache.dir().join("work");
     let workdir = match tokio::fs::create_dir_all(&work_root).await.and_then(|_| {
         tempfile::Builder::new()
@@ -249,7 +256,7 @@ async fn execute(
         progress_cell.store(f.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
     });
     let job = RenderJob {
-        renderer: &task.renderer,
+        renderer: &renderer,
         chunk: task.chunk,
         scene: task.scene.as_ref().map(|s| input_dir.join(s)),
         input_dir: input_dir.clone(),

@@ -338,6 +338,8 @@ pub(crate) mod tests {
         let mut s = spec();
         s.renderer = RendererSpec::Command {
             argv: vec!["render".into(), "{frames}".into()],
+            profile: None,
+            args: Default::default(),
             version: String::new(),
             ext: "png".into(),
         };
@@ -350,6 +352,8 @@ pub(crate) mod tests {
         s.scene = None;
         s.renderer = RendererSpec::Command {
             argv: vec!["render".into(), "{frame:04}".into()],
+            profile: None,
+            args: Default::default(),
             version: String::new(),
             ext: "png".into(),
         };

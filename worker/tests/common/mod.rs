@@ -53,6 +53,8 @@ pub fn job<'a>(renderer: &'a RendererSpec, chunk: FrameChunk, dirs: &Dirs) -> Re
 pub fn command(argv: &[&str]) -> RendererSpec {
     RendererSpec::Command {
         argv: argv.iter().map(|s| s.to_string()).collect(),
+        profile: None,
+        args: Default::default(),
         version: String::new(),
         ext: "png".into(),
     }

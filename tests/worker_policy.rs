@@ -1,0 +1,240 @@
+//! Workers that decide what runs on them, end to end: a real nats-server, coordinator and
+//! worker, jobs submitted as `suanli submit` does. A command job names one of the worker's
+//! profiles; a profile or renderer the worker does not allow fails with the reason, and
+//! `status` says when no live worker would run a job at all.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{prepare, write};
+use suanli::client::Client;
+use suanli::jobfile::Overrides;
+use suanli::localfarm::{FarmOptions, LocalFarm};
+use suanli_shared::protocol::{JobSpec, JobState, JobStatus};
+use suanli_shared::store::Store;
+use suanli_worker::RendererPolicy;
+
+const JOB_LIMIT: Duration = Duration::from_secs(120);
+
+/// A worker that runs builtin and two command profiles, and no job's own argv.
+fn policy() -> RendererPolicy {
+    let mut p = RendererPolicy::default()
+        .with_kinds(&["builtin", "command"])
+        .unwrap();
+    // `$0` and `$1` keep the job's argument a plain value, never shell code.
+    p.profiles.insert(
+        "write".into(),
+        [
+            "sh",
+            "-c",
+            "printf %s \"$0\" > \"$1\"",
+            "{arg.word}",
+            "{output}/frame_{frame:04}.txt",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    p.profiles.insert(
+        "hold".into(),
+        [
+            "sh",
+            "-c",
+            "while [ ! -e \"$0\" ]; do sleep 0.05; done; echo held > \"$1\"",
+            "{arg.file}",
+            "{output}/frame_{frame:04}.txt",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    p.check().unwrap();
+    p
+}
+
+async fn farm(dir: &Path) -> LocalFarm {
+    let mut options = FarmOptions::new(dir, &["guian"]).expect("regions");
+    options.renderers = policy();
+    LocalFarm::start(options).await.expect("farm starts")
+}
+
+fn profile_job(frames: &str, profile: &str, args: &[(&str, &str)]) -> Overrides {
+    Overrides {
+        frames: Some(frames.into()),
+        scene: Some("scene.txt".into()),
+        renderer: Some("command".into()),
+        ext: Some("txt".into()),
+        max_retries: Some(0),
+        profile: Some(profile.into()),
+        args: args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        ..Default::default()
+    }
+}
+
+async fn run_to_end(client: &Client, spec: JobSpec) -> JobStatus {
+    let reply = client.submit(spec).await.expect("job accepted");
+    client
+        .wait(&reply.id, Some(JOB_LIMIT), |_| {})
+        .await
+        .expect("wait works")
+        .expect("job finished in time")
+}
+
+fn failure_reason(status: &JobStatus) -> String {
+    status
+        .failures
+        .first()
+        .map(|f| f.failure.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_jobs_run_only_the_workers_profiles_and_others_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let farm = farm(dir.path()).await;
+    let client = Client::connect(&farm.nats_url).await.unwrap();
+    let store = Store::open(&farm.store_url).unwrap();
+    let shot = dir.path().join("shot");
+    write(&shot.join("scene.txt"), "a scene");
+
+    // The worker advertises what it allows, profiles included.
+    let workers = client.workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].profiles, ["hold", "write"]);
+    assert_eq!(
+        workers[0].renderers.get("command").map(String::as_str),
+        Some("profiles")
+    );
+    assert!(!workers[0].renderers.contains_key("blender"));
+
+    // A profile the worker defines renders, the job's value landing in the frame as text.
+    let spec = prepare(
+        &store,
+        profile_job("1-2", "write", &[("word", "hello; rm -rf /")]),
+        &shot,
+    )
+    .await;
+    let status = run_to_end(&client, spec).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert_eq!(status.frames.done, 2);
+
+    // A profile it does not define fails, saying which profiles it has.
+    let spec = prepare(&store, profile_job("3", "other", &[]), &shot).await;
+    let status = run_to_end(&client, spec).await;
+    assert_eq!(status.state, JobState::Failed, "{status:?}");
+    let reason = failure_reason(&status);
+    assert!(
+        reason.contains("no command profile 'other'") && reason.contains("hold, write"),
+        "{reason}"
+    );
+
+    // Arguments the profile does not take are refused, not ignored.
+    let spec = prepare(
+        &store,
+        profile_job("4", "write", &[("word", "x"), ("extra", "y")]),
+        &shot,
+    )
+    .await;
+    let status = run_to_end(&client, spec).await;
+    assert_eq!(status.state, JobState::Failed, "{status:?}");
+    assert!(
+        failure_reason(&status).contains("takes no argument 'extra'"),
+        "{status:?}"
+    );
+
+    // A job's own argv runs only on workers started with --allow-any-command.
+    let spec = prepare(
+        &store,
+        Overrides {
+            profile: None,
+            args: vec![],
+            argv: ["sh", "-c", "echo pwned > {output}/frame_{frame:04}.txt"]
+                .map(String::from)
+                .to_vec(),
+            ..profile_job("5", "x", &[])
+        },
+        &shot,
+    )
+    .await;
+    let status = run_to_end(&client, spec).await;
+    assert_eq!(status.state, JobState::Failed, "{status:?}");
+    assert!(
+        failure_reason(&status).contains("--allow-any-command"),
+        "{status:?}"
+    );
+    farm.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_when_no_live_worker_would_run_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let farm = farm(dir.path()).await;
+    let client = Client::connect(&farm.nats_url).await.unwrap();
+    let store = Store::open(&farm.store_url).unwrap();
+    let shot = dir.path().join("shot");
+    write(&shot.join("scene.txt"), "a scene");
+
+    // Keep the worker's one slot busy, so the next jobs wait for it.
+    let go = dir.path().join("go");
+    let go_arg = go.to_str().unwrap();
+    let hold = prepare(&store, profile_job("1", "hold", &[("file", go_arg)]), &shot).await;
+    let hold = client.submit(hold).await.expect("accepted").id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while client.status(&hold).await.unwrap().tasks.running == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holding task never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let other = prepare(&store, profile_job("2", "other", &[]), &shot).await;
+    let other = client.submit(other).await.expect("accepted").id;
+    let status = client.status(&other).await.unwrap();
+    let waiting = status.waiting.clone().unwrap_or_default();
+    assert!(
+        waiting.contains("no live worker has the command profile 'other'"),
+        "{status:?}"
+    );
+    let blender = prepare(
+        &store,
+        Overrides {
+            renderer: Some("blender".into()),
+            scene: Some("scene.txt".into()),
+            frames: Some("1".into()),
+            renderer_version: Some("4.0.0".into()),
+            ..Default::default()
+        },
+        &shot,
+    )
+    .await;
+    let blender = client.submit(blender).await.expect("accepted").id;
+    let waiting = client.status(&blender).await.unwrap().waiting;
+    assert!(
+        waiting
+            .as_deref()
+            .is_some_and(|w| w.contains("no live worker allows the blender renderer")),
+        "{waiting:?}"
+    );
+    // A job the worker would run waits without such a line.
+    let write_job = prepare(&store, profile_job("3", "write", &[("word", "w")]), &shot).await;
+    let write_job = client.submit(write_job).await.expect("accepted").id;
+    assert_eq!(client.status(&write_job).await.unwrap().waiting, None);
+
+    std::fs::write(&go, "").unwrap();
+    let done = client
+        .wait(&hold, Some(JOB_LIMIT), |_| {})
+        .await
+        .unwrap()
+        .expect("the holding job ends");
+    assert_eq!(done.state, JobState::Done, "{done:?}");
+    let status = client
+        .wait(&other, Some(JOB_LIMIT), |_| {})
+        .await
+        .unwrap()
+        .expect("the job ends");
+    assert_eq!(status.state, JobState::Failed);
+    assert_eq!(status.waiting, None, "a finished job waits for nothing");
+    let _ = client.cancel(&blender).await;
+    farm.stop().await;
+}
