@@ -46,6 +46,10 @@ pub struct JobFile {
     pub patience: Option<f64>,
     /// balanced: what an hour of this job's delay is worth, in the farm's currency.
     pub value_of_hour: Option<f64>,
+    /// `[limits]`: memory_mib, processes, file_mib for each render, capped by each worker's
+    /// maxima.
+    #[serde(default)]
+    pub limits: suanli_shared::protocol::RenderLimits,
 }
 
 /// The `[renderer]` table.
@@ -345,6 +349,7 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
         inputs::gather(base, scene_path.as_deref(), &input_paths)?;
 
     let spec = JobSpec {
+        limits: file.limits,
         name: flags.name.or(file.name).unwrap_or_else(|| {
             scene_rel
                 .as_deref()

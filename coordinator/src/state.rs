@@ -266,6 +266,7 @@ pub(crate) mod tests {
         JobRecord {
             id: JobId::generate(),
             spec: JobSpec {
+                limits: Default::default(),
                 name: "j".into(),
                 studio: Default::default(),
                 priority: 0,

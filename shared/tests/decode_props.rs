@@ -497,6 +497,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 (renderer, inputs, scene, output),
                 placement,
             )| JobSpec {
+                limits: Default::default(),
                 studio: Studio::default(),
                 name,
                 priority,

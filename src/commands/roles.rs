@@ -75,6 +75,31 @@ pub struct WorkerArgs {
     /// this machine. Only for a farm whose studios are trusted (a single studio).
     #[arg(long)]
     pub allow_any_command: bool,
+    /// Run renders in bubblewrap (no network, inputs read-only, only the task's folder
+    /// writable, the cache and identity out of sight): off, auto (where bwrap works) or
+    /// required (refuse to start without it).
+    #[arg(long, default_value = "auto", value_parser = parse_sandbox_mode)]
+    pub sandbox: suanli_worker::render::sandbox::SandboxMode,
+    /// Run renders as this unprivileged user (the worker must start as root).
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Another path a sandboxed render must not see (the cache folder and the identity are
+    /// always hidden); repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub sandbox_hide: Vec<PathBuf>,
+    /// Most memory (address space) a render process may take, MiB; jobs may ask for less.
+    #[arg(long, value_name = "MIB")]
+    pub max_memory_mib: Option<u64>,
+    /// Most processes a render may run (counted per render user), jobs may ask for less.
+    #[arg(long, value_name = "N")]
+    pub max_processes: Option<u64>,
+    /// Largest file a render may write, MiB; jobs may ask for less.
+    #[arg(long, value_name = "MIB")]
+    pub max_file_mib: Option<u64>,
+}
+
+fn parse_sandbox_mode(s: &str) -> Result<suanli_worker::render::sandbox::SandboxMode, String> {
+    s.parse()
 }
 
 impl WorkerArgs {
@@ -221,6 +246,17 @@ pub async fn worker(
     config.ack_wait = args.ack_wait.max(Duration::from_secs(1));
     config.threads_per_slot = (config.threads_per_slot / config.slots).max(1);
     config.renderers = renderers;
+    let mib = |v: Option<u64>| v.map(|v| v.saturating_mul(1 << 20));
+    config.sandbox = suanli_worker::render::sandbox::SandboxSettings {
+        mode: args.sandbox,
+        run_as: args.run_as,
+        hide: args.sandbox_hide,
+        max: suanli_worker::render::sandbox::Limits {
+            memory_bytes: mib(args.max_memory_mib),
+            processes: args.max_processes,
+            file_bytes: mib(args.max_file_mib),
+        },
+    };
     suanli_worker::run(config, shutdown_on_signals()).await?;
     Ok(0)
 }

@@ -9,6 +9,7 @@ use suanli_shared::access::Access;
 use suanli_shared::{nats, Region, WorkerId};
 
 use crate::policy::RendererPolicy;
+use crate::render::sandbox::{SandboxMode, SandboxSettings};
 
 /// Worker settings, resolved once by the binary.
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct Config {
     pub lost_after: Duration,
     /// The renderers and command profiles this worker runs; anything else is refused.
     pub renderers: RendererPolicy,
+    /// How renders are confined: bubblewrap, the user they run as, the worker's maximum
+    /// limits, extra paths to hide. The cache folder and the identity file are always hidden.
+    pub sandbox: SandboxSettings,
 }
 
 impl Config {
@@ -64,6 +68,10 @@ impl Config {
             threads_per_slot: cores,
             lost_after: Duration::from_secs(10),
             renderers: RendererPolicy::default(),
+            sandbox: SandboxSettings {
+                mode: SandboxMode::Off,
+                ..Default::default()
+            },
         }
     }
 }

@@ -23,12 +23,15 @@ use crate::config::Config;
 use crate::control::{cancel_listener, drain_listener};
 use crate::presence::{heartbeats, register};
 use crate::render;
+use crate::render::sandbox::Confinement;
 use crate::state::{lock, Shared};
 use crate::task::handle;
 
 /// Runs a worker until `shutdown` fires, then drains: no new tasks, running ones finish within
 /// the grace period or go back to the queue, and the worker's record is removed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.renderers.check()?;
+    let confinement = Arc::new(confinement(&config)?);
     let (client, mut reconnects) = nats::connect_watched(
         &config.nats_url,
         &format!("suanli-worker-{}", config.name),
@@ -54,6 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         cache,
         config,
         renderers,
+        confinement,
         running: Mutex::new(HashMap::new()),
         totals: Mutex::new((0, 0.0)),
         draining: AtomicBool::new(false),
@@ -132,6 +136,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     info!(worker = %shared.config.name, "worker stopped");
     Ok(())
+}
+
+/// How this worker confines renders: its settings, with the cache folder and the identity
+/// file added to what a sandboxed render must not see. Refuses `--sandbox required` without
+/// a working bwrap, and `--run-as` in a worker that is not root.
+fn confinement(config: &Config) -> anyhow::Result<Confinement> {
+    let mut settings = config.sandbox.clone();
+    settings.hide.push(absolute(&config.cache_dir));
+    if let Some(id) = &config.access.identity {
+        settings.hide.push(absolute(&id.path));
+    }
+    let c = Confinement::resolve(&settings, None)?;
+    info!(
+        sandbox = c.sandboxed(),
+        run_as = c.run_as.as_ref().map(|u| u.name.as_str()),
+        "renders confined"
+    );
+    Ok(c)
+}
+
+/// `path` made absolute against the current directory (a sandbox names host paths).
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The region's durable pull consumer, shared by every worker of the region. On a secure farm

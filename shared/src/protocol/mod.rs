@@ -26,7 +26,7 @@ pub use records::{
 };
 pub use renderer::{
     check_arg_value, check_command_template, check_profile_name, template_arg_names, ImageFormat,
-    RendererSpec, ARG_PLACEHOLDER_PREFIX, BUILTIN_VERSION, COMMAND_PLACEHOLDERS,
+    RenderLimits, RendererSpec, ARG_PLACEHOLDER_PREFIX, BUILTIN_VERSION, COMMAND_PLACEHOLDERS,
 };
 pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
 pub use status::{

@@ -87,6 +87,45 @@ pub enum RendererSpec {
     },
 }
 
+/// Resource limits a job asks for each of its renders; a worker applies each capped by its own
+/// maximum (`suanli worker --max-memory …`). Unset: the worker's maximum, if any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderLimits {
+    /// Address space of each renderer process, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Processes the render may run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// Largest file the render may write, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_mib: Option<u64>,
+}
+
+impl RenderLimits {
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let mib = 1u64 << 20;
+        for (name, value, least) in [
+            ("memory_mib", self.memory_mib, 16),
+            ("processes", self.processes, 1),
+            ("file_mib", self.file_mib, 1),
+        ] {
+            if let Some(v) = value {
+                if v < least || v > u64::MAX / mib {
+                    return Err(format!(
+                        "limit {name} = {v} is out of range (at least {least})"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn default_ext() -> String {
     "png".to_string()
 }
@@ -330,7 +369,11 @@ mod tests {
     use super::*;
     use crate::protocol::spec::tests::spec;
 
-    fn profile_job(profile: &str, argv: &[&str], args: &[(&str, &str)]) -> crate::protocol::JobSpec {
+    fn profile_job(
+        profile: &str,
+        argv: &[&str],
+        args: &[(&str, &str)],
+    ) -> crate::protocol::JobSpec {
         let mut s = spec();
         s.scene = Some("a.scn".into());
         s.renderer = RendererSpec::Command {

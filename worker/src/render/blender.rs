@@ -51,6 +51,7 @@ pub async fn local_version() -> Result<String, String> {
         program: program(),
         args: vec!["--version".into()],
         cwd: None,
+        sandbox: None,
     };
     let mut first_line = None;
     let mut on_line = |stream: Stream, line: &str| {
@@ -244,6 +245,7 @@ pub(super) async fn render(
         program: program(),
         args,
         cwd: Some(job.input_dir.clone()),
+        sandbox: job.sandbox(),
     };
 
     let mut parser = ProgressParser::new(chunk.len());

@@ -194,6 +194,7 @@ pub(super) async fn render(
             program,
             args,
             cwd: Some(job.input_dir.clone()),
+            sandbox: job.sandbox(),
         })
     };
 

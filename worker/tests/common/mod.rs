@@ -47,6 +47,7 @@ pub fn job<'a>(renderer: &'a RendererSpec, chunk: FrameChunk, dirs: &Dirs) -> Re
         output_pattern: "frame_####",
         threads: 2,
         timeout: Duration::from_secs(120),
+        confinement: None,
     }
 }
 
