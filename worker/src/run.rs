@@ -148,6 +148,19 @@ fn confinement(config: &Config) -> anyhow::Result<Confinement> {
         settings.hide.push(absolute(&id.path));
     }
     let c = Confinement::resolve(&settings, None)?;
+    if c.run_as.is_some() {
+        // The render user may reach its own task's folder, not the blobs of every studio nor
+        // a list of the other tasks (without bwrap these permissions are all that hides them).
+        use std::os::unix::fs::PermissionsExt;
+        for (dir, mode) in [("cas", 0o700), ("work", 0o711)] {
+            let dir = config.cache_dir.join(dir);
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                })
+                .with_context(|| format!("cannot restrict {}", dir.display()))?;
+        }
+    }
     info!(
         sandbox = c.sandboxed(),
         run_as = c.run_as.as_ref().map(|u| u.name.as_str()),
