@@ -238,3 +238,147 @@ async fn status_says_when_no_live_worker_would_run_a_job() {
     let _ = client.cancel(&blender).await;
     farm.stop().await;
 }
+
+/// Probes the network and the file system from inside a render and writes what it got into
+/// the frame (argv: port, a path outside, the frame to write).
+const PROBE: &str = r##"
+import socket, sys
+port, outside, frame = sys.argv[1:4]
+report = []
+try:
+    socket.create_connection(("127.0.0.1", int(port)), 3).close()
+    report.append("tcp=ok")
+except OSError as e:
+    report.append(f"tcp=blocked {type(e).__name__}")
+try:
+    open(outside, "w").write("pwned")
+    report.append("write_outside=ok")
+except OSError as e:
+    report.append(f"write_outside=blocked {type(e).__name__}")
+open(frame, "w").write("\n".join(report) + "\n")
+"##;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_only_their_folder() {
+    use suanli_worker::render::sandbox::{Confinement, SandboxMode, SandboxSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let required = SandboxSettings {
+        mode: SandboxMode::Required,
+        ..Default::default()
+    };
+    if let Err(e) = Confinement::resolve(&required, None) {
+        eprintln!("NOTE: no working bwrap here; the refusal is checked by `required_sandbox_without_bwrap_refuses_to_start`: {e}");
+        return;
+    }
+    let mut options = FarmOptions::new(dir.path(), &["guian"]).expect("regions");
+    let mut policy = policy();
+    policy.profiles.insert(
+        "probe".into(),
+        [
+            "python3",
+            "{scene}",
+            "{arg.port}",
+            "{arg.outside}",
+            "{output}/frame_{frame:04}.txt",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    options.renderers = policy;
+    options.sandbox = required;
+    let farm = LocalFarm::start(options).await.expect("farm starts");
+    let client = Client::connect(&farm.nats_url).await.unwrap();
+    let store = Store::open(&farm.store_url).unwrap();
+    let shot = dir.path().join("shot");
+    write(&shot.join("scene.txt"), PROBE);
+
+    // A normal render passes.
+    let spec = prepare(
+        &store,
+        profile_job("1", "write", &[("word", "fine")]),
+        &shot,
+    )
+    .await;
+    let status = run_to_end(&client, spec).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+
+    // The probe reaches neither a listener on this machine nor a folder beside the test.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let outside = dir.path().join("pwned.txt");
+    let spec = prepare(
+        &store,
+        profile_job(
+            "1",
+            "probe",
+            &[("port", &port), ("outside", outside.to_str().unwrap())],
+        ),
+        &shot,
+    )
+    .await;
+    let id = client.submit(spec).await.expect("accepted").id;
+    let status = client
+        .wait(&id, Some(JOB_LIMIT), |_| {})
+        .await
+        .unwrap()
+        .expect("the probe ends");
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let record = client.job(&id).await.unwrap();
+    let frames = dir.path().join("frames");
+    suanli::client::fetch(&record, &store, &frames)
+        .await
+        .unwrap();
+    let report = std::fs::read_to_string(frames.join("frame_0001.txt")).unwrap();
+    assert!(report.contains("tcp=blocked"), "{report}");
+    assert!(report.contains("write_outside=blocked"), "{report}");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a connection reached the listener"
+    );
+    assert!(!outside.exists());
+    farm.stop().await;
+}
+
+#[test]
+fn required_sandbox_without_bwrap_refuses_to_start() {
+    // No bwrap on this PATH: a worker that requires the sandbox must not start.
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args([
+            "worker",
+            "--region",
+            "guian",
+            "--sandbox",
+            "required",
+            "--nats",
+            "nats://127.0.0.1:9",
+        ])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--sandbox required but bwrap"), "{stderr}");
+
+    // Bad flags are refused with the reason too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args([
+            "worker",
+            "--region",
+            "guian",
+            "--renderers",
+            "builtin,povray",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unknown renderer 'povray'"), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["worker", "--region", "guian", "--sandbox", "maybe"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("off, auto, required"));
+}

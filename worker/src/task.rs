@@ -291,7 +291,7 @@ async fn execute(
         confinement: Some(TaskConfinement {
             confinement: sh.confinement.clone(),
             limits: limits.within(&sh.confinement.max),
-            scratch: scratch_dir,
+            task_dir: workdir.path().to_path_buf(),
         }),
     };
     let outcome = render::render(job, progress, cancel).await;

@@ -165,7 +165,7 @@ async fn render_with(
         confinement: confinement.map(|c| TaskConfinement {
             confinement: Arc::new(c.clone()),
             limits: limits.within(&c.max),
-            scratch: farm.scratch.clone(),
+            task_dir: farm.task.clone(),
         }),
     };
     render::render(job, no_progress(), CancellationToken::new()).await

@@ -7,8 +7,9 @@
 //! With `bwrap` (Debian's bubblewrap) a render sees:
 //! - the host's file system read-only (`--ro-bind / /`), a fresh `/dev` and `/proc`, an empty
 //!   `/run`;
-//! - its task's input folder read-only, its output folder writable, and `/tmp` as the task's
-//!   own scratch folder: nothing else is writable;
+//! - its task's work folder as `/tmp`, read-only except the task's output folder and its
+//!   scratch folder (`TMPDIR`): nothing else is writable, and the host's `/tmp` is out of
+//!   sight (the renderer is given the task's paths as they appear there);
 //! - nothing of the worker's cache (blobs, index, other tasks' folders) or of its identity (the
 //!   identity's folder, or the file alone when it sits at the top of the tree), nor any path
 //!   the operator adds (`--sandbox-hide`);
@@ -264,17 +265,30 @@ pub struct SandboxSpec {
     pub confinement: Arc<Confinement>,
     /// This task's limits (already within the worker's maxima).
     pub limits: Limits,
-    /// Folders the render reads (the task's inputs), bound read-only.
+    /// Folders the render reads (the task's inputs), inside `task_dir`, mounted read-only.
     pub read_only: Vec<PathBuf>,
-    /// Folders the render writes (the task's outputs), bound writable.
+    /// Folders the render writes (the task's outputs), inside `task_dir`, mounted writable.
     pub writable: Vec<PathBuf>,
-    /// The task's scratch folder, mounted as the render's `/tmp`.
-    pub scratch: PathBuf,
+    /// The task's work folder, mounted as the render's `/tmp`: the host's `/tmp` is out of
+    /// sight, and every path the render is given lies under it.
+    pub task_dir: PathBuf,
 }
 
+/// Where the task's work folder appears inside the sandbox.
+pub const SANDBOX_TASK_DIR: &str = "/tmp";
+
 impl SandboxSpec {
+    /// `path` (on the worker) as the render sees it: under [`SANDBOX_TASK_DIR`] when it lies
+    /// in the task's folder and the render is sandboxed; unchanged otherwise.
+    pub fn seen(&self, path: &Path) -> PathBuf {
+        match (&self.confinement.bwrap, path.strip_prefix(&self.task_dir)) {
+            (Some(_), Ok(rel)) => Path::new(SANDBOX_TASK_DIR).join(rel),
+            _ => path.to_path_buf(),
+        }
+    }
+
     /// The program and arguments to start: `bwrap … -- program args` in a sandbox, the
-    /// program itself otherwise.
+    /// program itself otherwise. `cwd` is the worker's path of the working folder.
     pub fn wrap(
         &self,
         program: &OsString,
@@ -290,8 +304,7 @@ impl SandboxSpec {
         push(&["--dev".as_ref(), "/dev".as_ref()]);
         push(&["--proc".as_ref(), "/proc".as_ref()]);
         push(&["--tmpfs".as_ref(), "/run".as_ref()]);
-        push(&["--bind".as_ref(), self.scratch.as_os_str(), "/tmp".as_ref()]);
-        // The host's /tmp is already out of sight; hide what is elsewhere.
+        // Hide what must not be seen (the host's /tmp goes as a whole, below).
         for path in self.hidden() {
             if path.starts_with("/tmp") {
                 continue;
@@ -302,14 +315,25 @@ impl SandboxSpec {
                 push(&["--ro-bind".as_ref(), "/dev/null".as_ref(), path.as_os_str()]);
             }
         }
-        for dir in &self.read_only {
-            push(&["--ro-bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
-        }
+        // The task's folder read-only as /tmp, then its writable folders over it.
+        let task = Path::new(SANDBOX_TASK_DIR);
+        push(&[
+            "--ro-bind".as_ref(),
+            self.task_dir.as_os_str(),
+            task.as_os_str(),
+        ]);
         for dir in &self.writable {
-            push(&["--bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
+            let seen = self.seen(dir);
+            push(&["--bind".as_ref(), dir.as_os_str(), seen.as_os_str()]);
         }
         if let Some(cwd) = cwd {
-            push(&["--chdir".as_ref(), cwd.as_os_str()]);
+            let seen = self.seen(cwd);
+            push(&["--chdir".as_ref(), seen.as_os_str()]);
+        }
+        let scratch = self.task_dir.join("tmp");
+        if self.writable.contains(&scratch) {
+            let seen = self.seen(&scratch);
+            push(&["--setenv".as_ref(), "TMPDIR".as_ref(), seen.as_os_str()]);
         }
         push(&[
             "--unshare-net".as_ref(),
