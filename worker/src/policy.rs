@@ -319,6 +319,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_profiles_file_loads() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/command-profiles.example.toml");
+        let mut p = RendererPolicy::default().with_kinds(&["command"]).unwrap();
+        p.add_profiles_file(&path).unwrap();
+        assert_eq!(p.profile_names(), ["copy", "denoise"]);
+    }
+
+    #[test]
     fn profiles_files_keep_arguments_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("profiles.toml");

@@ -6,7 +6,7 @@
 //!
 //! With `bwrap` (Debian's bubblewrap) a render sees:
 //! - the host's file system read-only (`--ro-bind / /`), a fresh `/dev` and `/proc`, an empty
-//!   `/run`;
+//!   read-only `/run`;
 //! - its task's work folder as `/tmp`, read-only except the task's output folder and its
 //!   scratch folder (`TMPDIR`): nothing else is writable, and the host's `/tmp` is out of
 //!   sight (the renderer is given the task's paths as they appear there);
@@ -304,6 +304,7 @@ impl SandboxSpec {
         push(&["--dev".as_ref(), "/dev".as_ref()]);
         push(&["--proc".as_ref(), "/proc".as_ref()]);
         push(&["--tmpfs".as_ref(), "/run".as_ref()]);
+        push(&["--remount-ro".as_ref(), "/run".as_ref()]);
         // Hide what must not be seen (the host's /tmp goes as a whole, below).
         for path in self.hidden() {
             if path.starts_with("/tmp") {
