@@ -402,6 +402,18 @@ fn renderer() -> impl Strategy<Value = RendererSpec> {
                 version,
                 ext,
             }),
+        (
+            prop::option::of(any_text()),
+            prop::collection::btree_map(any_text(), any_text(), 0..3),
+            any_text()
+        )
+            .prop_map(|(profile, args, ext)| RendererSpec::Command {
+                argv: vec![],
+                profile,
+                args,
+                version: String::new(),
+                ext,
+            }),
     ]
 }
 
@@ -456,6 +468,19 @@ fn valid_renderer() -> impl Strategy<Value = RendererSpec> {
                     version,
                     ext,
                 }
+            }),
+        (
+            "[a-z][a-z0-9_-]{0,31}",
+            prop::collection::btree_map("[a-z][a-z0-9_]{0,8}", "[a-zA-Z0-9 ./][ -z|~]{0,40}", 0..4),
+            "[ -~]{0,64}",
+            "[a-z0-9]{1,10}"
+        )
+            .prop_map(|(profile, args, version, ext)| RendererSpec::Command {
+                argv: vec![],
+                profile: Some(profile),
+                args,
+                version,
+                ext,
             }),
     ]
 }
