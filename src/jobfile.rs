@@ -603,6 +603,59 @@ mod tests {
     }
 
     #[test]
+    fn command_profiles_and_limits_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.exr"), "scene").unwrap();
+        let text = "frames = '1'\nscene = 's.exr'\n[renderer]\nkind = 'command'\nprofile = 'denoise'\nargs = { quality = 'low', mode = 'hdr' }\n[limits]\nmemory_mib = 4096\nprocesses = 64\n";
+        let file: JobFile = toml::from_str(text).unwrap();
+        let r = resolve(
+            file,
+            Overrides {
+                args: vec!["quality=high".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        )
+        .unwrap();
+        let RendererSpec::Command {
+            argv,
+            profile,
+            args,
+            ..
+        } = &r.spec.renderer
+        else {
+            panic!("a command job: {:?}", r.spec.renderer)
+        };
+        assert!(argv.is_empty());
+        assert_eq!(profile.as_deref(), Some("denoise"));
+        assert_eq!(args["quality"], "high", "flags win");
+        assert_eq!(args["mode"], "hdr");
+        assert_eq!(r.spec.limits.memory_mib, Some(4096));
+        assert_eq!(r.spec.limits.processes, Some(64));
+
+        let bad = |text: &str, flags: Overrides| {
+            let file: JobFile = toml::from_str(text).unwrap();
+            format!("{:#}", resolve(file, flags, dir.path()).unwrap_err())
+        };
+        let base = "frames = '1'\nscene = 's.exr'\n[renderer]\nkind = 'command'\n";
+        assert!(bad(base, Overrides::default()).contains("needs a profile"));
+        let flags = Overrides {
+            profile: Some("denoise".into()),
+            args: vec!["quality".into()],
+            ..Default::default()
+        };
+        assert!(bad(base, flags).contains("must be NAME=VALUE"));
+        let flags = Overrides {
+            profile: Some("denoise".into()),
+            args: vec!["quality=--exec".into()],
+            ..Default::default()
+        };
+        assert!(bad(base, flags).contains("not starting with '-'"));
+        let limits = "frames = '1'\n[limits]\nmemory_mib = 8\n";
+        assert!(bad(limits, Overrides::default()).contains("memory_mib = 8"));
+    }
+
+    #[test]
     fn placement_from_file_and_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file: JobFile = toml::from_str(
