@@ -240,11 +240,15 @@ async fn status_says_when_no_live_worker_would_run_a_job() {
 }
 
 /// Probes the network and the file system from inside a render and writes what it got into
-/// the frame (argv: port, a path outside, the frame to write).
+/// the frame (argv: port, a path outside, the worker's identity file, the frame to write).
 const PROBE: &str = r##"
 import socket, sys
-port, outside, frame = sys.argv[1:4]
+port, outside, identity, frame = sys.argv[1:5]
 report = []
+try:
+    report.append("identity=ok " + open(identity).read()[:20])
+except OSError as e:
+    report.append(f"identity=blocked {type(e).__name__}")
 try:
     socket.create_connection(("127.0.0.1", int(port)), 3).close()
     report.append("tcp=ok")
@@ -279,6 +283,7 @@ async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_o
             "{scene}",
             "{arg.port}",
             "{arg.outside}",
+            "{arg.identity}",
             "{output}/frame_{frame:04}.txt",
         ]
         .map(String::from)
@@ -286,8 +291,20 @@ async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_o
     );
     options.renderers = policy;
     options.sandbox = required;
+    // A secure farm: the worker holds an identity the render must not read.
+    options.secure = true;
     let farm = LocalFarm::start(options).await.expect("farm starts");
-    let client = Client::connect(&farm.nats_url).await.unwrap();
+    let client = Client::connect_with(
+        &farm.nats_url,
+        &farm.access(&suanli_shared::access::Role::Operator),
+    )
+    .await
+    .unwrap();
+    let identity = farm.access(&suanli_shared::access::Role::Worker(
+        "guian".parse().unwrap(),
+    ));
+    let identity = identity.identity.expect("a worker identity").path;
+    assert!(std::fs::read_to_string(&identity).unwrap().contains("SU"));
     let store = Store::open(&farm.store_url).unwrap();
     let shot = dir.path().join("shot");
     write(&shot.join("scene.txt"), PROBE);
@@ -312,7 +329,11 @@ async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_o
         profile_job(
             "1",
             "probe",
-            &[("port", &port), ("outside", outside.to_str().unwrap())],
+            &[
+                ("port", &port),
+                ("outside", outside.to_str().unwrap()),
+                ("identity", identity.to_str().unwrap()),
+            ],
         ),
         &shot,
     )
@@ -332,6 +353,7 @@ async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_o
     let report = std::fs::read_to_string(frames.join("frame_0001.txt")).unwrap();
     assert!(report.contains("tcp=blocked"), "{report}");
     assert!(report.contains("write_outside=blocked"), "{report}");
+    assert!(report.contains("identity=blocked"), "{report}");
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "a connection reached the listener"
