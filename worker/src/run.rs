@@ -31,7 +31,12 @@ use crate::task::handle;
 /// the grace period or go back to the queue, and the worker's record is removed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.renderers.check()?;
-    let confinement = Arc::new(confinement(&config)?);
+    // Looking bwrap up and trying it runs processes: off the async threads.
+    let settings = config.clone();
+    let confinement = tokio::task::spawn_blocking(move || confinement(&settings))
+        .await
+        .context("the sandbox check stopped")??;
+    let confinement = Arc::new(confinement);
     let (client, mut reconnects) = nats::connect_watched(
         &config.nats_url,
         &format!("suanli-worker-{}", config.name),

@@ -225,12 +225,20 @@ impl Confinement {
             "--proc",
             "/proc",
             "--unshare-net",
+            "--unshare-ipc",
             "--unshare-pid",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--new-session",
             "--die-with-parent",
-            "true",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
+        ]);
+        // SAFETY: geteuid has no preconditions.
+        if self.run_as.is_none() && unsafe { libc::geteuid() } == 0 {
+            cmd.args(["--cap-drop", "ALL"]);
+        }
+        cmd.arg("true")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
         let pre = PreExec::new(self.run_as.as_ref(), &Limits::default());
         // SAFETY: the closure only calls async-signal-safe functions (see PreExec::apply).
         unsafe {
