@@ -403,4 +403,23 @@ fn required_sandbox_without_bwrap_refuses_to_start() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("off, auto, required"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["worker", "--region", "guian", "--max-memory-mib", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-memory-mib"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args([
+            "worker",
+            "--region",
+            "guian",
+            "--command-profile",
+            "x=r {nope}",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unknown placeholder '{nope}'"), "{stderr}");
 }

@@ -88,13 +88,13 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "PATH")]
     pub sandbox_hide: Vec<PathBuf>,
     /// Most memory (address space) a render process may take, MiB; jobs may ask for less.
-    #[arg(long, value_name = "MIB")]
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(16..))]
     pub max_memory_mib: Option<u64>,
     /// Most processes a render may run (counted per render user), jobs may ask for less.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_processes: Option<u64>,
     /// Largest file a render may write, MiB; jobs may ask for less.
-    #[arg(long, value_name = "MIB")]
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_file_mib: Option<u64>,
 }
 
