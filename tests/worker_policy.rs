@@ -240,11 +240,16 @@ async fn status_says_when_no_live_worker_would_run_a_job() {
 }
 
 /// Probes the network and the file system from inside a render and writes what it got into
-/// the frame (argv: port, a path outside, the worker's identity file, the frame to write).
+/// the frame (argv: port, a path outside, the worker's identity file, the store's folder, the
+/// frame to write).
 const PROBE: &str = r##"
-import socket, sys
-port, outside, identity, frame = sys.argv[1:5]
+import os, socket, sys
+port, outside, identity, store, frame = sys.argv[1:6]
 report = []
+try:
+    report.append("store=ok " + ",".join(os.listdir(os.path.join(store, "studios")))[:40])
+except OSError as e:
+    report.append(f"store=blocked {type(e).__name__}")
 try:
     report.append("identity=ok " + open(identity).read()[:20])
 except OSError as e:
@@ -265,7 +270,9 @@ open(frame, "w").write("\n".join(report) + "\n")
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_only_their_folder() {
     use suanli_worker::render::sandbox::{Confinement, SandboxMode, SandboxSettings};
-    let dir = tempfile::tempdir().unwrap();
+    // Outside /tmp, so what keeps the worker's identity, cache and store out of sight is the
+    // worker's own hiding, not the render's private /tmp.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let required = SandboxSettings {
         mode: SandboxMode::Required,
         ..Default::default()
@@ -284,6 +291,7 @@ async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_o
             "{arg.port}",
             "{arg.outside}",
             "{arg.identity}",
+            "{arg.store}",
             "{output}/frame_{frame:04}.txt",
         ]
         .map(String::from)
@@ -324,6 +332,8 @@ async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_o
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let outside = dir.path().join("pwned.txt");
+    let store_dir = store.url().strip_prefix("file://").unwrap().to_string();
+    assert!(std::fs::read_dir(Path::new(&store_dir).join("studios")).is_ok());
     let spec = prepare(
         &store,
         profile_job(
@@ -333,6 +343,7 @@ async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_o
                 ("port", &port),
                 ("outside", outside.to_str().unwrap()),
                 ("identity", identity.to_str().unwrap()),
+                ("store", store_dir.as_str()),
             ],
         ),
         &shot,
@@ -354,6 +365,7 @@ async fn a_sandboxed_worker_renders_and_its_renders_reach_no_network_and_write_o
     assert!(report.contains("tcp=blocked"), "{report}");
     assert!(report.contains("write_outside=blocked"), "{report}");
     assert!(report.contains("identity=blocked"), "{report}");
+    assert!(report.contains("store=blocked"), "{report}");
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "a connection reached the listener"

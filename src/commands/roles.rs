@@ -202,6 +202,13 @@ pub async fn worker(
     access: Access,
 ) -> anyhow::Result<u8> {
     let renderers = args.renderer_policy()?;
+    if let Some(missing) = args.sandbox_hide.iter().find(|p| !p.exists()) {
+        return Err(BadInput(format!(
+            "--sandbox-hide {}: no such file or folder (a path to hide must exist)",
+            missing.display()
+        ))
+        .into());
+    }
     // A worker identity names its region: it is the default, and another one is refused.
     let identity_region = match access.role() {
         Some(Role::Worker(r)) => Some(r.clone()),

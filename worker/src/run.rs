@@ -143,14 +143,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// How this worker confines renders: its settings, with the cache folder and the identity
-/// file added to what a sandboxed render must not see. Refuses `--sandbox required` without
+/// How this worker confines renders: its settings, with the cache folder, the identity file
+/// and a local store's folder added to what a sandboxed render must not see. Refuses `--sandbox required` without
 /// a working bwrap, and `--run-as` in a worker that is not root.
 fn confinement(config: &Config) -> anyhow::Result<Confinement> {
     let mut settings = config.sandbox.clone();
     settings.hide.push(absolute(&config.cache_dir));
     if let Some(id) = &config.access.identity {
         settings.hide.push(absolute(&id.path));
+    }
+    // A store on this machine's disk holds every studio's inputs and outputs.
+    if let Ok(store) = Store::open(&config.store_url) {
+        if let Some(dir) = store.url().strip_prefix("file://") {
+            settings.hide.push(std::path::PathBuf::from(dir));
+        }
     }
     let c = Confinement::resolve(&settings, None)?;
     if c.run_as.is_some() {
