@@ -60,7 +60,7 @@ start_coordinator() {
 workers=(guian.g1 guian.g2 ulanqab.u1 ulanqab.u2)
 start_worker() {
   local region=${1%%.*} name=${1#*.}
-  RUST_LOG=$role_log "$bin" worker --region "$region" --name "$name" --ack-wait 4s --drain-grace 2s \
+  RUST_LOG=$role_log "$bin" worker --region "$region" --name "$name" --ack-wait 4s --drain-grace 2s --allow-any-command --sandbox off \
     --cache-dir "$dir/cache-$name" >>"$dir/logs/worker-$name.log" 2>&1 &
   pids[$name]=$!
 }

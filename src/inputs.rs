@@ -37,6 +37,7 @@ pub fn gather(
             if !scene.is_file() {
                 bail!("scene file {} does not exist", scene.display());
             }
+            check_plain(scene, &std::fs::symlink_metadata(scene)?)?;
             scene
                 .canonicalize()?
                 .parent()
@@ -89,13 +90,33 @@ fn rel_inside(root: &Path, path: &Path) -> anyhow::Result<String> {
     Ok(rel)
 }
 
+/// Refuses what is not a plain file or folder: a symbolic link (which could name any file on
+/// the studio's machine, and which workers would not recreate), a device, a pipe or a socket.
+fn check_plain(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        bail!(
+            "input {} is a symbolic link: a job's inputs are plain files and folders (copy the file it points to in its place)",
+            path.display()
+        );
+    }
+    if !(kind.is_file() || kind.is_dir()) {
+        bail!(
+            "input {} is not a plain file or folder (a device, pipe or socket): a job's inputs are plain files",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn collect_files(
     root: &Path,
     path: &Path,
     out: &mut BTreeSet<(String, PathBuf)>,
 ) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(path)
+    let meta = std::fs::symlink_metadata(path)
         .with_context(|| format!("input {} does not exist", path.display()))?;
+    check_plain(path, &meta)?;
     if meta.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(path)
             .with_context(|| format!("cannot list {}", path.display()))?
@@ -162,4 +183,58 @@ pub async fn upload(
         )
         .await?;
     Ok((hash, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shot folder with a scene and a textures folder.
+    fn shot() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let shot = dir.path().join("shot");
+        std::fs::create_dir_all(shot.join("tex")).unwrap();
+        std::fs::write(shot.join("scene.blend"), "scene").unwrap();
+        std::fs::write(shot.join("tex/wood.png"), "wood").unwrap();
+        (dir, shot)
+    }
+
+    fn refusal(shot: &Path, inputs: &[&str]) -> String {
+        let paths: Vec<PathBuf> = inputs.iter().map(|p| shot.join(p)).collect();
+        format!(
+            "{:#}",
+            gather(shot, Some(&shot.join("scene.blend")), &paths).unwrap_err()
+        )
+    }
+
+    #[test]
+    fn plain_files_and_folders_are_gathered() {
+        let (_dir, shot) = shot();
+        let g = gather(&shot, Some(&shot.join("scene.blend")), &[shot.join("tex")]).unwrap();
+        let names: Vec<&str> = g.files.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(names, ["scene.blend", "tex/wood.png"]);
+    }
+
+    #[test]
+    fn links_sockets_and_escapes_are_refused() {
+        let (dir, shot) = shot();
+        let secret = dir.path().join("secret.txt");
+        std::fs::write(&secret, "outside").unwrap();
+        // A link inside a named folder, pointing out of it.
+        std::os::unix::fs::symlink(&secret, shot.join("tex/link.png")).unwrap();
+        assert!(refusal(&shot, &["tex"]).contains("is a symbolic link"));
+        std::fs::remove_file(shot.join("tex/link.png")).unwrap();
+        // A link named directly, even to a file inside the folder.
+        std::os::unix::fs::symlink(shot.join("tex/wood.png"), shot.join("alias.png")).unwrap();
+        assert!(refusal(&shot, &["alias.png"]).contains("is a symbolic link"));
+        // A linked scene.
+        std::os::unix::fs::symlink(shot.join("scene.blend"), shot.join("linked.blend")).unwrap();
+        let err = gather(&shot, Some(&shot.join("linked.blend")), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("is a symbolic link"), "{err:#}");
+        // A socket (like a device or a pipe, not a plain file).
+        let _sock = std::os::unix::net::UnixListener::bind(shot.join("tex/render.sock")).unwrap();
+        assert!(refusal(&shot, &["tex"]).contains("not a plain file or folder"));
+        // A name that leaves the scene's folder.
+        assert!(refusal(&shot, &["../secret.txt"]).contains("outside the job's folder"));
+    }
 }

@@ -46,6 +46,10 @@ pub struct JobFile {
     pub patience: Option<f64>,
     /// balanced: what an hour of this job's delay is worth, in the farm's currency.
     pub value_of_hour: Option<f64>,
+    /// `[limits]`: memory_mib, processes, file_mib for each render, capped by each worker's
+    /// maxima.
+    #[serde(default)]
+    pub limits: suanli_shared::protocol::RenderLimits,
 }
 
 /// The `[renderer]` table.
@@ -59,6 +63,11 @@ pub struct RendererFile {
     pub version: Option<String>,
     pub format: Option<String>,
     pub argv: Option<Vec<String>>,
+    /// A command profile of the workers (instead of `argv`).
+    pub profile: Option<String>,
+    /// Values of the profile's `{arg.NAME}` placeholders.
+    #[serde(default)]
+    pub args: std::collections::BTreeMap<String, String>,
     pub ext: Option<String>,
 }
 
@@ -128,7 +137,15 @@ pub struct Overrides {
     /// the farm's, doubled every 5 points of priority).
     #[arg(long)]
     pub value_of_hour: Option<f64>,
-    /// Command renderer argv, after `--`: placeholders {frame} {start} {end} {step} {output} {scene}.
+    /// Command renderer: the workers' command profile to run (instead of an argv after `--`).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Command renderer: a value for the profile's {arg.NAME} placeholder, NAME=VALUE;
+    /// repeatable.
+    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+    /// Command renderer argv, after `--`: placeholders {frame} {start} {end} {step} {output}
+    /// {scene}. Only workers started with --allow-any-command run a job's own argv.
     #[arg(last = true)]
     pub argv: Vec<String>,
     /// The studio the command acts as (the global `--studio`): the job's studio unless the
@@ -299,11 +316,21 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
             } else {
                 flags.argv.clone()
             };
-            if argv.is_empty() {
-                bail!("the command renderer needs its argv: `suanli submit --renderer command ... -- PROGRAM ARGS` (or renderer.argv in the job file)");
+            let profile = flags.profile.clone().or(file_renderer.profile.clone());
+            let mut args = file_renderer.args.clone();
+            for flag in &flags.args {
+                let (name, value) = flag
+                    .split_once('=')
+                    .with_context(|| format!("--arg '{flag}' must be NAME=VALUE"))?;
+                args.insert(name.to_string(), value.to_string());
+            }
+            if argv.is_empty() && profile.is_none() {
+                bail!("the command renderer needs a profile of the workers (`--profile NAME`, or renderer.profile in the job file) or its own argv: `suanli submit --renderer command ... -- PROGRAM ARGS` (or renderer.argv)");
             }
             RendererSpec::Command {
                 argv,
+                profile,
+                args,
                 version: version(),
                 ext: flags
                     .ext
@@ -322,6 +349,7 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
         inputs::gather(base, scene_path.as_deref(), &input_paths)?;
 
     let spec = JobSpec {
+        limits: file.limits,
         name: flags.name.or(file.name).unwrap_or_else(|| {
             scene_rel
                 .as_deref()
@@ -572,6 +600,59 @@ mod tests {
             toml::from_str::<JobFile>("framez = '1'").is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn command_profiles_and_limits_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.exr"), "scene").unwrap();
+        let text = "frames = '1'\nscene = 's.exr'\n[renderer]\nkind = 'command'\nprofile = 'denoise'\nargs = { quality = 'low', mode = 'hdr' }\n[limits]\nmemory_mib = 4096\nprocesses = 64\n";
+        let file: JobFile = toml::from_str(text).unwrap();
+        let r = resolve(
+            file,
+            Overrides {
+                args: vec!["quality=high".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        )
+        .unwrap();
+        let RendererSpec::Command {
+            argv,
+            profile,
+            args,
+            ..
+        } = &r.spec.renderer
+        else {
+            panic!("a command job: {:?}", r.spec.renderer)
+        };
+        assert!(argv.is_empty());
+        assert_eq!(profile.as_deref(), Some("denoise"));
+        assert_eq!(args["quality"], "high", "flags win");
+        assert_eq!(args["mode"], "hdr");
+        assert_eq!(r.spec.limits.memory_mib, Some(4096));
+        assert_eq!(r.spec.limits.processes, Some(64));
+
+        let bad = |text: &str, flags: Overrides| {
+            let file: JobFile = toml::from_str(text).unwrap();
+            format!("{:#}", resolve(file, flags, dir.path()).unwrap_err())
+        };
+        let base = "frames = '1'\nscene = 's.exr'\n[renderer]\nkind = 'command'\n";
+        assert!(bad(base, Overrides::default()).contains("needs a profile"));
+        let flags = Overrides {
+            profile: Some("denoise".into()),
+            args: vec!["quality".into()],
+            ..Default::default()
+        };
+        assert!(bad(base, flags).contains("must be NAME=VALUE"));
+        let flags = Overrides {
+            profile: Some("denoise".into()),
+            args: vec!["quality=--exec".into()],
+            ..Default::default()
+        };
+        assert!(bad(base, flags).contains("not starting with '-'"));
+        let limits = "frames = '1'\n[limits]\nmemory_mib = 8\n";
+        assert!(bad(limits, Overrides::default()).contains("memory_mib = 8"));
     }
 
     #[test]

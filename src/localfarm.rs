@@ -247,6 +247,11 @@ pub struct FarmOptions {
     pub secure: bool,
     /// Studios given identities on a secure farm.
     pub studios: Vec<suanli_shared::Studio>,
+    /// What the farm's workers run: every renderer, raw commands included, by default (a
+    /// local farm is one trusted machine).
+    pub renderers: suanli_worker::RendererPolicy,
+    /// How the farm's workers confine renders: not at all by default (one trusted machine).
+    pub sandbox: suanli_worker::render::sandbox::SandboxSettings,
 }
 
 impl FarmOptions {
@@ -266,6 +271,11 @@ impl FarmOptions {
             catalog: Default::default(),
             secure: false,
             studios: Vec::new(),
+            renderers: suanli_worker::RendererPolicy::trusting(),
+            sandbox: suanli_worker::render::sandbox::SandboxSettings {
+                mode: suanli_worker::render::sandbox::SandboxMode::Off,
+                ..Default::default()
+            },
         })
     }
 }
@@ -359,6 +369,8 @@ impl LocalFarm {
         config.slots = self.options.slots;
         config.ack_wait = self.options.ack_wait;
         config.access = self.access(&Role::Worker(region.clone()));
+        config.renderers = self.options.renderers.clone();
+        config.sandbox = self.options.sandbox.clone();
         let token = self.shutdown.child_token();
         self.workers.push((name, token.clone()));
         self.tracker.spawn(async move {

@@ -45,6 +45,9 @@ pub fn status(s: &JobStatus) {
             r.frames_done, r.core_seconds, r.cost, r.energy_kwh, r.carbon_kg, r.bytes_in as f64 / 1e6
         );
     }
+    if let Some(waiting) = &s.waiting {
+        println!("  waiting: {waiting}");
+    }
     if let Some(reason) = &s.reason {
         println!("  reason: {reason}");
     }

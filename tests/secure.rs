@@ -583,6 +583,7 @@ async fn tiny_job(farm: &LocalFarm, studio_name: &str, name: &str) -> JobSpec {
     let store = Store::open(&farm.store_url).unwrap();
     let inputs = common::empty_inputs_of(&store, &studio).await;
     JobSpec {
+        limits: Default::default(),
         name: name.into(),
         studio,
         priority: 0,

@@ -43,6 +43,7 @@ async fn connect_as(url: &str, name: &str) -> Client {
 /// A two-frame builtin job of the default studio (a studio's submit makes it its own).
 fn tiny(inputs: &InputManifest) -> JobSpec {
     JobSpec {
+        limits: Default::default(),
         name: "tiny".into(),
         studio: Studio::default(),
         priority: 0,
@@ -66,6 +67,7 @@ fn tiny(inputs: &InputManifest) -> JobSpec {
 /// A job that stays queued: it may run only in a region with no workers.
 fn parked(inputs: &InputManifest) -> JobSpec {
     JobSpec {
+        limits: Default::default(),
         regions: vec!["nowhere".parse().unwrap()],
         ..tiny(inputs)
     }

@@ -58,6 +58,7 @@ fn workers() -> Vec<WorkerInfo> {
                 busy: 0,
                 state: WorkerState::Idle,
                 renderers: BTreeMap::new(),
+                profiles: Vec::new(),
                 host: "bench".into(),
                 pid: 1,
                 started_ms: 0,

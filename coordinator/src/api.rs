@@ -220,7 +220,44 @@ impl Coordinator {
     fn status_of(&self, job: &Job) -> JobStatus {
         let mut status = job.status();
         suanli_shared::ledger::price_status(&mut status, &self.config.catalog);
+        if !status.state.is_final() && status.tasks.pending + status.tasks.queued > 0 {
+            status.waiting = self.no_worker_runs(&job.rec.rec.spec);
+        }
         status
+    }
+
+    /// Why no live worker would run `spec`'s tasks (its renderer, its command profile, in its
+    /// regions), from the renderers and profiles workers advertise; `None` if one would.
+    fn no_worker_runs(&self, spec: &suanli_shared::protocol::JobSpec) -> Option<String> {
+        use suanli_shared::protocol::RendererSpec;
+        let in_regions =
+            |w: &&WorkerInfo| spec.regions.is_empty() || spec.regions.contains(&w.region);
+        let live: Vec<&WorkerInfo> = self.live_workers().filter(in_regions).collect();
+        if live.is_empty() {
+            return None; // nothing to say about renderers: the farm shows no worker at all
+        }
+        let kind = spec.renderer.kind();
+        let runs = |w: &&WorkerInfo| match &spec.renderer {
+            RendererSpec::Command {
+                profile: Some(p), ..
+            } => w.renderers.contains_key(kind) && w.profiles.contains(p),
+            RendererSpec::Command { profile: None, .. } => {
+                w.renderers.get(kind).is_some_and(|v| v == "any")
+            }
+            _ => w.renderers.contains_key(kind),
+        };
+        if live.iter().any(runs) {
+            return None;
+        }
+        Some(match &spec.renderer {
+            RendererSpec::Command { profile: Some(p), .. } => format!(
+                "no live worker has the command profile '{p}': its tasks wait until one that defines it (--command-profile) joins"
+            ),
+            RendererSpec::Command { profile: None, .. } => "no live worker runs a job's own command (--allow-any-command): name one of the workers' command profiles, or start such a worker".to_string(),
+            _ => format!(
+                "no live worker allows the {kind} renderer: its tasks wait until one that does (--renderers) joins"
+            ),
+        })
     }
 
     /// Renderer versions offered by live workers.

@@ -225,6 +225,7 @@ impl Job {
             failures_total,
             blocklist: rec.blocklist.clone(),
             max_retries: rec.spec.max_retries,
+            waiting: None,
         }
     }
 
@@ -265,6 +266,7 @@ pub(crate) mod tests {
         JobRecord {
             id: JobId::generate(),
             spec: JobSpec {
+                limits: Default::default(),
                 name: "j".into(),
                 studio: Default::default(),
                 priority: 0,

@@ -116,6 +116,7 @@ mod tests {
             failures_total: 0,
             blocklist: vec![],
             max_retries: 0,
+            waiting: None,
         }
     }
 

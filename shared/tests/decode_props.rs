@@ -395,7 +395,25 @@ fn renderer() -> impl Strategy<Value = RendererSpec> {
             any_text(),
             any_text()
         )
-            .prop_map(|(argv, version, ext)| RendererSpec::Command { argv, version, ext }),
+            .prop_map(|(argv, version, ext)| RendererSpec::Command {
+                argv,
+                profile: None,
+                args: Default::default(),
+                version,
+                ext,
+            }),
+        (
+            prop::option::of(any_text()),
+            prop::collection::btree_map(any_text(), any_text(), 0..3),
+            any_text()
+        )
+            .prop_map(|(profile, args, ext)| RendererSpec::Command {
+                argv: vec![],
+                profile,
+                args,
+                version: String::new(),
+                ext,
+            }),
     ]
 }
 
@@ -443,7 +461,26 @@ fn valid_renderer() -> impl Strategy<Value = RendererSpec> {
                 let argv = std::iter::once(program)
                     .chain(args.into_iter().map(str::to_string))
                     .collect();
-                RendererSpec::Command { argv, version, ext }
+                RendererSpec::Command {
+                    argv,
+                    profile: None,
+                    args: Default::default(),
+                    version,
+                    ext,
+                }
+            }),
+        (
+            "[a-z][a-z0-9_-]{0,31}",
+            prop::collection::btree_map("[a-z][a-z0-9_]{0,8}", "[a-zA-Z0-9 ./][ -z|~]{0,40}", 0..4),
+            "[ -~]{0,64}",
+            "[a-z0-9]{1,10}"
+        )
+            .prop_map(|(profile, args, version, ext)| RendererSpec::Command {
+                argv: vec![],
+                profile: Some(profile),
+                args,
+                version,
+                ext,
             }),
     ]
 }
@@ -485,6 +522,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 (renderer, inputs, scene, output),
                 placement,
             )| JobSpec {
+                limits: Default::default(),
                 studio: Studio::default(),
                 name,
                 priority,
@@ -687,6 +725,7 @@ fn worker_info() -> impl Strategy<Value = WorkerInfo> {
                 busy,
                 state,
                 renderers,
+                profiles: Vec::new(),
                 host,
                 pid,
                 started_ms,
@@ -909,6 +948,7 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 failures_total,
                 blocklist,
                 max_retries,
+                waiting: None,
             },
         )
 }

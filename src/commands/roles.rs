@@ -57,6 +57,77 @@ pub struct WorkerArgs {
     /// acks every quarter of it, so it bounds recovery time, not render time.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub ack_wait: Duration,
+    /// Renderers this worker runs, of builtin, blender, command [default: builtin,blender, and
+    /// command when a profile is defined or --allow-any-command is given]. Tasks of any other
+    /// renderer fail with the reason.
+    #[arg(long, value_delimiter = ',')]
+    pub renderers: Option<Vec<String>>,
+    /// A command profile, NAME=TEMPLATE: the argv (split on whitespace, never run through a
+    /// shell) with placeholders {frame}, {start}, {end}, {step}, {output}, {scene} and
+    /// {arg.NAME}, which a job fills in. Jobs name the profile; repeatable.
+    #[arg(long = "command-profile", value_name = "NAME=TEMPLATE")]
+    pub command_profile: Vec<String>,
+    /// A TOML file of command profiles, one `NAME = ["program", "arg", …]` a line (for
+    /// arguments with spaces).
+    #[arg(long = "command-profiles", value_name = "FILE")]
+    pub command_profiles: Option<PathBuf>,
+    /// Also run a job's own argv (a raw command template): any program the job names runs on
+    /// this machine. Only for a farm whose studios are trusted (a single studio).
+    #[arg(long)]
+    pub allow_any_command: bool,
+    /// Run renders in bubblewrap (no network, inputs read-only, only the task's folder
+    /// writable, the cache and identity out of sight): off, auto (where bwrap works) or
+    /// required (refuse to start without it).
+    #[arg(long, default_value = "auto", value_parser = parse_sandbox_mode)]
+    pub sandbox: suanli_worker::render::sandbox::SandboxMode,
+    /// Run renders as this unprivileged user (the worker must start as root).
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Another path a sandboxed render must not see (the cache folder and the identity are
+    /// always hidden); repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub sandbox_hide: Vec<PathBuf>,
+    /// Most memory (address space) a render process may take, MiB; jobs may ask for less.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(16..))]
+    pub max_memory_mib: Option<u64>,
+    /// Most processes a render may run (counted per render user), jobs may ask for less.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_processes: Option<u64>,
+    /// Largest file a render may write, MiB; jobs may ask for less.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_file_mib: Option<u64>,
+}
+
+fn parse_sandbox_mode(s: &str) -> Result<suanli_worker::render::sandbox::SandboxMode, String> {
+    s.parse()
+}
+
+impl WorkerArgs {
+    /// The renderer policy these flags describe.
+    fn renderer_policy(&self) -> Result<suanli_worker::RendererPolicy, BadInput> {
+        let bad = |e: suanli_worker::policy::PolicyError| BadInput(e.to_string());
+        let mut policy = suanli_worker::RendererPolicy::default();
+        for flag in &self.command_profile {
+            policy.add_profile_flag(flag).map_err(bad)?;
+        }
+        if let Some(path) = &self.command_profiles {
+            policy.add_profiles_file(path).map_err(bad)?;
+        }
+        policy.allow_any_command = self.allow_any_command;
+        let kinds = match &self.renderers {
+            Some(kinds) => kinds.clone(),
+            None => {
+                let mut kinds = vec!["builtin".to_string(), "blender".to_string()];
+                if policy.allow_any_command || !policy.profiles.is_empty() {
+                    kinds.push("command".into());
+                }
+                kinds
+            }
+        };
+        policy = policy.with_kinds(&kinds).map_err(bad)?;
+        policy.check().map_err(bad)?;
+        Ok(policy)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -130,6 +201,14 @@ pub async fn worker(
     store: &str,
     access: Access,
 ) -> anyhow::Result<u8> {
+    let renderers = args.renderer_policy()?;
+    if let Some(missing) = args.sandbox_hide.iter().find(|p| !p.exists()) {
+        return Err(BadInput(format!(
+            "--sandbox-hide {}: no such file or folder (a path to hide must exist)",
+            missing.display()
+        ))
+        .into());
+    }
     // A worker identity names its region: it is the default, and another one is refused.
     let identity_region = match access.role() {
         Some(Role::Worker(r)) => Some(r.clone()),
@@ -173,6 +252,18 @@ pub async fn worker(
     config.drain_grace = args.drain_grace;
     config.ack_wait = args.ack_wait.max(Duration::from_secs(1));
     config.threads_per_slot = (config.threads_per_slot / config.slots).max(1);
+    config.renderers = renderers;
+    let mib = |v: Option<u64>| v.map(|v| v.saturating_mul(1 << 20));
+    config.sandbox = suanli_worker::render::sandbox::SandboxSettings {
+        mode: args.sandbox,
+        run_as: args.run_as,
+        hide: args.sandbox_hide,
+        max: suanli_worker::render::sandbox::Limits {
+            memory_bytes: mib(args.max_memory_mib),
+            processes: args.max_processes,
+            file_bytes: mib(args.max_file_mib),
+        },
+    };
     suanli_worker::run(config, shutdown_on_signals()).await?;
     Ok(0)
 }

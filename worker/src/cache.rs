@@ -193,15 +193,23 @@ impl Cache {
         manifest: &InputManifest,
         dest: &Path,
     ) -> Result<u64, CacheError> {
+        // A manifest is untrusted input: checked whole before anything is laid out.
+        for (rel, entry) in &manifest.files {
+            check_input(rel, entry.mode)?;
+        }
         let mut downloaded = 0;
         for (rel, entry) in &manifest.files {
             let (blob, n) = self.blob(studio, &entry.hash, entry.size).await?;
             downloaded += n;
             let target = dest.join(rel);
             let executable = entry.mode & 0o111 != 0;
-            tokio::task::spawn_blocking(move || link_or_copy(&blob, &target, executable))
-                .await
-                .map_err(|e| CacheError::Manifest(format!("input layout task failed: {e}")))??;
+            let root = dest.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                link_or_copy(&blob, &target, executable)?;
+                check_laid_out(&root, &target)
+            })
+            .await
+            .map_err(|e| CacheError::Manifest(format!("input layout task failed: {e}")))??;
         }
         Ok(downloaded)
     }
@@ -282,6 +290,36 @@ fn blob_file(e: &std::fs::DirEntry) -> Option<BlobFile> {
 fn set_read_only(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444));
+}
+
+/// Refuses an input whose path could leave the task's folder (absolute, `..`, empty parts)
+/// or whose mode is more than permission bits (a device, a link, setuid): a scene's inputs
+/// are plain files in plain folders. The submitting CLI refuses them too; this is the worker's
+/// own check, as the manifest may come from anyone who can write the store.
+fn check_input(rel: &str, mode: u32) -> Result<(), CacheError> {
+    suanli_shared::names::validate_rel_path(rel)
+        .map_err(|e| CacheError::Manifest(format!("input '{rel}' refused: {e}")))?;
+    if mode & !0o777 != 0 {
+        return Err(CacheError::Manifest(format!(
+            "input '{rel}' refused: mode {mode:o} is more than permission bits (inputs are plain files: no links, devices, setuid or setgid)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that every part of `target` below `root` is a real folder or file, not a link:
+/// nothing the worker lays out may point outside the task's folder.
+fn check_laid_out(root: &Path, target: &Path) -> Result<(), CacheError> {
+    for part in target.ancestors().take_while(|a| *a != root) {
+        let meta = std::fs::symlink_metadata(part).map_err(|e| CacheError::io(part, e))?;
+        if !(meta.is_file() || meta.is_dir()) {
+            return Err(CacheError::Manifest(format!(
+                "input '{}' is not a plain file or folder once laid out",
+                part.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn link_or_copy(blob: &Path, target: &Path, executable: bool) -> Result<(), CacheError> {
@@ -417,5 +455,33 @@ mod tests {
         assert_eq!(std::fs::read(out.join("a/x.bin")).unwrap(), vec![1u8; 600]);
         assert_eq!(std::fs::read(out.join("y.bin")).unwrap(), vec![2u8; 600]);
         assert!(cache.used_bytes() <= 1000, "evicted down to its bound");
+    }
+
+    #[tokio::test]
+    async fn hostile_manifests_are_refused_before_anything_is_laid_out() {
+        let (dir, store, h) = store_with(&[&[1u8; 10]]).await;
+        let cache = Cache::open(&dir.path().join("cache"), 1 << 20, store)
+            .await
+            .unwrap();
+        let entry = |mode| InputEntry {
+            hash: h[0],
+            size: 10,
+            mode,
+        };
+        for (path, mode, says) in [
+            ("../escape.bin", 0o644, "refused"),
+            ("/etc/passwd", 0o644, "refused"),
+            ("a//b", 0o644, "refused"),
+            ("dev.bin", 0o20644, "more than permission bits"),
+            ("suid.bin", 0o4755, "more than permission bits"),
+        ] {
+            let mut m = InputManifest::default();
+            m.files.insert("ok.bin".into(), entry(0o644));
+            m.files.insert(path.into(), entry(mode));
+            let out = dir.path().join("task");
+            let err = cache.materialize(&acme(), &m, &out).await.unwrap_err();
+            assert!(err.to_string().contains(says), "{path}: {err}");
+            assert!(!out.join("ok.bin").exists(), "{path}: nothing laid out");
+        }
     }
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 use suanli_shared::access::Access;
 use suanli_shared::{nats, Region, WorkerId};
 
+use crate::policy::RendererPolicy;
+use crate::render::sandbox::{SandboxMode, SandboxSettings};
+
 /// Worker settings, resolved once by the binary.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,6 +35,11 @@ pub struct Config {
     pub threads_per_slot: u32,
     /// Heartbeat age after which a record with this worker's name counts as dead.
     pub lost_after: Duration,
+    /// The renderers and command profiles this worker runs; anything else is refused.
+    pub renderers: RendererPolicy,
+    /// How renders are confined: bubblewrap, the user they run as, the worker's maximum
+    /// limits, extra paths to hide. The cache folder and the identity file are always hidden.
+    pub sandbox: SandboxSettings,
 }
 
 impl Config {
@@ -59,6 +67,11 @@ impl Config {
             drain_grace: Duration::from_secs(30),
             threads_per_slot: cores,
             lost_after: Duration::from_secs(10),
+            renderers: RendererPolicy::default(),
+            sandbox: SandboxSettings {
+                mode: SandboxMode::Off,
+                ..Default::default()
+            },
         }
     }
 }

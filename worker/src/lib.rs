@@ -11,6 +11,7 @@ pub mod cache;
 mod commit;
 mod config;
 mod control;
+pub mod policy;
 mod presence;
 pub mod render;
 mod report;
@@ -19,4 +20,5 @@ mod state;
 mod task;
 
 pub use config::Config;
+pub use policy::RendererPolicy;
 pub use run::run;

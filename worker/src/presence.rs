@@ -43,6 +43,7 @@ fn info_record(sh: &Shared) -> WorkerInfo {
             WorkerState::Rendering
         },
         renderers: sh.renderers.clone(),
+        profiles: sh.config.renderers.profile_names(),
         host: hostname(),
         pid: std::process::id(),
         started_ms: sh.started_ms,

@@ -23,12 +23,20 @@ use crate::config::Config;
 use crate::control::{cancel_listener, drain_listener};
 use crate::presence::{heartbeats, register};
 use crate::render;
+use crate::render::sandbox::Confinement;
 use crate::state::{lock, Shared};
 use crate::task::handle;
 
 /// Runs a worker until `shutdown` fires, then drains: no new tasks, running ones finish within
 /// the grace period or go back to the queue, and the worker's record is removed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.renderers.check()?;
+    // Looking bwrap up and trying it runs processes: off the async threads.
+    let settings = config.clone();
+    let confinement = tokio::task::spawn_blocking(move || confinement(&settings))
+        .await
+        .context("the sandbox check stopped")??;
+    let confinement = Arc::new(confinement);
     let (client, mut reconnects) = nats::connect_watched(
         &config.nats_url,
         &format!("suanli-worker-{}", config.name),
@@ -44,13 +52,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let cache = Cache::open(&config.cache_dir, config.cache_max_bytes, store.clone())
         .await
         .context("cannot open the input cache")?;
-    let renderers = render::detect_versions().await;
+    config.renderers.check()?;
+    let renderers = config
+        .renderers
+        .advertised(&render::detect_versions().await);
     let shared = Arc::new(Shared {
         farm,
         store,
         cache,
         config,
         renderers,
+        confinement,
         running: Mutex::new(HashMap::new()),
         totals: Mutex::new((0, 0.0)),
         draining: AtomicBool::new(false),
@@ -129,6 +141,48 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     info!(worker = %shared.config.name, "worker stopped");
     Ok(())
+}
+
+/// How this worker confines renders: its settings, with the cache folder, the identity file
+/// and a local store's folder added to what a sandboxed render must not see. Refuses `--sandbox required` without
+/// a working bwrap, and `--run-as` in a worker that is not root.
+fn confinement(config: &Config) -> anyhow::Result<Confinement> {
+    let mut settings = config.sandbox.clone();
+    settings.hide.push(absolute(&config.cache_dir));
+    if let Some(id) = &config.access.identity {
+        settings.hide.push(absolute(&id.path));
+    }
+    // A store on this machine's disk holds every studio's inputs and outputs.
+    if let Ok(store) = Store::open(&config.store_url) {
+        if let Some(dir) = store.url().strip_prefix("file://") {
+            settings.hide.push(std::path::PathBuf::from(dir));
+        }
+    }
+    let c = Confinement::resolve(&settings, None)?;
+    if c.run_as.is_some() {
+        // The render user may reach its own task's folder, not the blobs of every studio nor
+        // a list of the other tasks (without bwrap these permissions are all that hides them).
+        use std::os::unix::fs::PermissionsExt;
+        for (dir, mode) in [("cas", 0o700), ("work", 0o711)] {
+            let dir = config.cache_dir.join(dir);
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                })
+                .with_context(|| format!("cannot restrict {}", dir.display()))?;
+        }
+    }
+    info!(
+        sandbox = c.sandboxed(),
+        run_as = c.run_as.as_ref().map(|u| u.name.as_str()),
+        "renders confined"
+    );
+    Ok(c)
+}
+
+/// `path` made absolute against the current directory (a sandbox names host paths).
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The region's durable pull consumer, shared by every worker of the region. On a secure farm

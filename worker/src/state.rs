@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::render::sandbox::Confinement;
 
 /// A task being rendered here.
 pub(crate) struct Running {
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     pub config: Config,
     /// Renderer kind to the version this machine runs, reported in the worker record.
     pub renderers: BTreeMap<String, String>,
+    /// How renders are confined, resolved at start.
+    pub confinement: Arc<Confinement>,
     /// Tasks rendering now, by (job, task).
     pub running: Mutex<HashMap<(JobId, u32), Running>>,
     /// Tasks completed and core-seconds spent since the worker started.

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::commit::{commit, committed};
-use crate::render::{self, RenderJob, RenderOutcome};
+use crate::render::sandbox::Limits;
+use crate::render::{self, RenderJob, RenderOutcome, TaskConfinement};
 use crate::report::{failure, publish_event, publish_progress};
 use crate::state::{lock, Running, Shared};
 
@@ -59,7 +60,8 @@ pub(crate) async fn handle(
         let _ = acker.ack().await;
         return;
     }
-    if blocklisted(&sh, &task.job).await {
+    let job = job_record(&sh, &task.job).await;
+    if job.as_ref().is_some_and(|rec| blocklisted(&sh, rec)) {
         debug!(job = %task.job, task = task.task, "blocklisted for this job; handing the task back");
         let _ = acker
             .ack_with(AckKind::Nak(Some(BLOCKLISTED_NAK_DELAY)))
@@ -89,7 +91,8 @@ pub(crate) async fn handle(
         fraction.clone(),
         keepalive.clone(),
     ));
-    let outcome = execute(&sh, &task, fraction, cancel).await;
+    let limits = job.map(|rec| limits_of(&rec)).unwrap_or_default();
+    let outcome = execute(&sh, &task, limits, fraction, cancel).await;
     keepalive.cancel();
     let _ = ticker.await;
     lock(&sh.running).remove(&(task.job.clone(), task.task));
@@ -122,15 +125,29 @@ pub(crate) async fn handle(
     }
 }
 
-/// Whether the coordinator barred this worker from the job after repeated failures.
-async fn blocklisted(sh: &Shared, job: &JobId) -> bool {
+/// The job's record, if it can be read and decoded.
+async fn job_record(sh: &Shared, job: &JobId) -> Option<JobRecord> {
     match sh.farm.jobs_kv.get(job.as_str()).await {
-        Ok(Some(bytes)) => decode::<JobRecord>(&bytes, "job record").is_ok_and(|rec| {
-            rec.blocklist
-                .iter()
-                .any(|b| b.region == sh.config.region && b.worker == sh.config.name)
-        }),
-        _ => false,
+        Ok(Some(bytes)) => decode::<JobRecord>(&bytes, "job record").ok(),
+        _ => None,
+    }
+}
+
+/// Whether the coordinator barred this worker from the job after repeated failures.
+fn blocklisted(sh: &Shared, rec: &JobRecord) -> bool {
+    rec.blocklist
+        .iter()
+        .any(|b| b.region == sh.config.region && b.worker == sh.config.name)
+}
+
+/// The limits the job asks for its renders (before the worker's maxima cap them).
+fn limits_of(rec: &JobRecord) -> Limits {
+    let l = rec.spec.limits;
+    let mib = |v: Option<u64>| v.map(|v| v.saturating_mul(1 << 20));
+    Limits {
+        memory_bytes: mib(l.memory_mib),
+        processes: l.processes,
+        file_bytes: mib(l.file_mib),
     }
 }
 
@@ -191,6 +208,7 @@ async fn keep_alive(
 async fn execute(
     sh: &Arc<Shared>,
     task: &TaskAssignment,
+    limits: Limits,
     fraction: Arc<AtomicU32>,
     cancel: CancellationToken,
 ) -> Outcome {
@@ -212,6 +230,13 @@ async fn execute(
         Err(e) => return failed(sh, task, e),
     }
 
+    // The worker, not the job, decides what runs: a renderer or profile it does not allow
+    // fails the task with the reason (a retry may land on a worker that allows it).
+    let renderer = match sh.config.renderers.resolve(&task.renderer) {
+        Ok(r) => r,
+        Err(reason) => return failed(sh, task, reason),
+    };
+
     let work_root = sh.cache.dir().join("work");
     let workdir = match tokio::fs::create_dir_all(&work_root).await.and_then(|_| {
         tempfile::Builder::new()
@@ -229,9 +254,15 @@ async fn execute(
     };
     let input_dir = workdir.path().join("in");
     let output_dir = workdir.path().join("out");
+    let scratch_dir = workdir.path().join("tmp");
     if let Err(e) = tokio::fs::create_dir_all(&output_dir)
         .await
         .and(tokio::fs::create_dir_all(&input_dir).await)
+        .and(tokio::fs::create_dir_all(&scratch_dir).await)
+        .and(
+            sh.confinement
+                .prepare(workdir.path(), &[&output_dir, &scratch_dir]),
+        )
     {
         return failed(sh, task, format!("cannot create the task folders: {e}"));
     }
@@ -249,7 +280,7 @@ async fn execute(
         progress_cell.store(f.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
     });
     let job = RenderJob {
-        renderer: &task.renderer,
+        renderer: &renderer,
         chunk: task.chunk,
         scene: task.scene.as_ref().map(|s| input_dir.join(s)),
         input_dir: input_dir.clone(),
@@ -257,6 +288,11 @@ async fn execute(
         output_pattern: &task.output,
         threads,
         timeout: Duration::from_secs(task.timeout_secs),
+        confinement: Some(TaskConfinement {
+            confinement: sh.confinement.clone(),
+            limits: limits.within(&sh.confinement.max),
+            task_dir: workdir.path().to_path_buf(),
+        }),
     };
     let outcome = render::render(job, progress, cancel).await;
     let core_seconds = t0.elapsed().as_secs_f64() * threads as f64;

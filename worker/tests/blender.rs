@@ -187,3 +187,57 @@ async fn detect_versions_lists_what_this_machine_runs() {
     assert_eq!(first, format!("Blender {}", versions["blender"]));
     assert!(versions["blender"].starts_with(|c: char| c.is_ascii_digit()));
 }
+
+/// The sandbox a worker with `--sandbox required` (and `run_as`) would use, or `None` after
+/// checking that it refuses to start where bwrap is missing or broken.
+fn sandbox(run_as: Option<&str>) -> Option<std::sync::Arc<render::sandbox::Confinement>> {
+    use render::sandbox::{Confinement, SandboxMode, SandboxSettings};
+    let settings = SandboxSettings {
+        mode: SandboxMode::Required,
+        run_as: run_as.map(str::to_string),
+        ..Default::default()
+    };
+    match Confinement::resolve(&settings, None) {
+        Ok(c) => Some(std::sync::Arc::new(c)),
+        Err(e) => {
+            eprintln!("NOTE: no working bwrap here; checked only the refusal: {e}");
+            assert!(e.0.contains("--sandbox required"), "{e}");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn blender_in_the_sandbox_renders_the_same_pixels() {
+    let dirs = dirs();
+    make_scene(&dirs.input, 1);
+    let spec = blender_spec("", None, None);
+    let mut plain = job(&spec, chunk(1, 1, 1), &dirs);
+    plain.scene = Some(PathBuf::from("scene.blend"));
+    plain.threads = 1;
+    let unconfined = read_frame(&expect_rendered(run(plain.clone()).await)[0].1);
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    for run_as in [None, Some("nobody").filter(|_| as_root)] {
+        let Some(confinement) = sandbox(run_as) else {
+            return;
+        };
+        std::fs::remove_dir_all(&dirs.output).unwrap();
+        std::fs::create_dir(&dirs.output).unwrap();
+        confinement
+            .prepare(dirs.tmp.path(), &[&dirs.output])
+            .unwrap();
+        let mut confined = plain.clone();
+        confined.confinement = Some(render::TaskConfinement {
+            confinement,
+            limits: Default::default(),
+            task_dir: dirs.tmp.path().to_path_buf(),
+        });
+        let frames = expect_rendered(run(confined).await);
+        let ours = read_frame(&frames[0].1);
+        assert!(
+            ours.image == unconfined.image,
+            "sandboxed ({run_as:?}) pixels differ from an unconfined render"
+        );
+    }
+}

@@ -48,6 +48,7 @@ async fn spawn_sleeper(
             output_pattern: "frame_####",
             threads: 1,
             timeout: Duration::from_secs(300),
+            confinement: None,
         };
         render::render(job, no_progress(), cancel).await
     });

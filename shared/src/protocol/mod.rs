@@ -24,7 +24,10 @@ pub use records::{
     Blocklisted, CurrentTask, JobRecord, JobState, LeaseHolder, TaskRecord, TaskState, WorkerInfo,
     WorkerState, BLOCKLIST_AFTER,
 };
-pub use renderer::{ImageFormat, RendererSpec, BUILTIN_VERSION, COMMAND_PLACEHOLDERS};
+pub use renderer::{
+    check_arg_value, check_command_template, check_profile_name, template_arg_names, ImageFormat,
+    RenderLimits, RendererSpec, ARG_PLACEHOLDER_PREFIX, BUILTIN_VERSION, COMMAND_PLACEHOLDERS,
+};
 pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
 pub use status::{
     FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure, MAX_FAILURES_SHOWN,

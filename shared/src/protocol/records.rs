@@ -183,8 +183,12 @@ pub struct WorkerInfo {
     pub slots: u32,
     pub busy: u32,
     pub state: WorkerState,
-    /// Renderer kind -> version this worker can run.
+    /// Renderer kind -> version this worker can run (and allows: `command` is `any` where
+    /// raw commands run, `profiles` where only [`WorkerInfo::profiles`] do).
     pub renderers: BTreeMap<String, String>,
+    /// The command profiles this worker defines (`--command-profile`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
     pub host: String,
     pub pid: u32,
     pub started_ms: u64,

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::renderer::RenderLimits;
 use super::renderer::RendererSpec;
 use super::task_key::task_key;
 use crate::frames::{FrameChunk, FrameSpec};
@@ -126,6 +127,10 @@ pub struct JobSpec {
     /// Policy, deadline and slot cap (flattened: `policy`, `deadline_ms`, `max_slots`).
     #[serde(flatten)]
     pub placement: Placement,
+    /// Resource limits for each render, which workers cap at their own maxima. Not part of
+    /// the task key (they do not change pixels).
+    #[serde(default, skip_serializing_if = "RenderLimits::is_unset")]
+    pub limits: RenderLimits,
 }
 
 /// Why a job spec was refused.
@@ -171,6 +176,7 @@ impl JobSpec {
         }
         self.frames.chunks(self.chunk)?;
         self.renderer.validate()?;
+        self.limits.validate().map_err(SpecError::Renderer)?;
         validate_output_pattern(&self.output)?;
         match (&self.scene, self.renderer.needs_scene()) {
             (Some(scene), _) => validate_rel_path(scene)?,
@@ -272,6 +278,7 @@ pub(crate) mod tests {
     /// A valid builtin job of 8 frames in chunks of 2.
     pub(crate) fn spec() -> JobSpec {
         JobSpec {
+            limits: Default::default(),
             name: "shot010".into(),
             studio: Studio::default(),
             priority: 0,
@@ -357,6 +364,8 @@ pub(crate) mod tests {
         let mut s = spec();
         s.renderer = RendererSpec::Command {
             argv: vec!["render".into(), "{frames}".into()],
+            profile: None,
+            args: Default::default(),
             version: String::new(),
             ext: "png".into(),
         };
@@ -369,6 +378,8 @@ pub(crate) mod tests {
         s.scene = None;
         s.renderer = RendererSpec::Command {
             argv: vec!["render".into(), "{frame:04}".into()],
+            profile: None,
+            args: Default::default(),
             version: String::new(),
             ext: "png".into(),
         };

@@ -88,6 +88,11 @@ pub struct JobStatus {
     /// events can tell a failed attempt that will be retried from a failed task.
     #[serde(default)]
     pub max_retries: u32,
+    /// Why the job's waiting tasks cannot run now: no live worker allows its renderer (or its
+    /// command profile). Set by the coordinator from the workers' records when `status` is
+    /// asked; `None` when some live worker would run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// How many task failures `status` lists.

@@ -39,10 +39,25 @@ pub fn task_key(spec: &JobSpec, chunk: &FrameChunk) -> ContentHash {
                 enc.field("blender.samples", &s.to_string());
             }
         }
-        RendererSpec::Command { argv, ext, .. } => {
+        RendererSpec::Command {
+            argv,
+            profile,
+            args,
+            ext,
+            ..
+        } => {
             enc.field("command.argc", &argv.len().to_string());
             for a in argv {
                 enc.field("command.arg", a);
+            }
+            // Only profile jobs add these fields, so raw-argv keys stay as they were.
+            if let Some(profile) = profile {
+                enc.field("command.profile", profile);
+                enc.field("command.nargs", &args.len().to_string());
+                for (name, value) in args {
+                    enc.field("command.param", name);
+                    enc.field("command.value", value);
+                }
             }
             enc.field("command.ext", ext);
         }

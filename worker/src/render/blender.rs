@@ -51,6 +51,7 @@ pub async fn local_version() -> Result<String, String> {
         program: program(),
         args: vec!["--version".into()],
         cwd: None,
+        sandbox: None,
     };
     let mut first_line = None;
     let mut on_line = |stream: Stream, line: &str| {
@@ -221,13 +222,14 @@ pub(super) async fn render(
         "-b".into(),
         "--factory-startup".into(),
         "-Y".into(),
-        scene.into_os_string(),
+        job.seen(&scene).into_os_string(),
         "--python-exit-code".into(),
         "1".into(),
         "--python-expr".into(),
         override_script(*resolution, *samples).into(),
         "-o".into(),
-        job.output_dir.join(job.output_pattern).into_os_string(),
+        job.seen(&job.output_dir.join(job.output_pattern))
+            .into_os_string(),
         "-F".into(),
         format.blender_name().into(),
         "-x".into(),
@@ -244,6 +246,7 @@ pub(super) async fn render(
         program: program(),
         args,
         cwd: Some(job.input_dir.clone()),
+        sandbox: job.sandbox(),
     };
 
     let mut parser = ProgressParser::new(chunk.len());

@@ -179,11 +179,13 @@ pub(super) async fn render(
         Ok(t) => t,
         Err(reason) => return failed(RenderFailure::new(reason)),
     };
-    let scene = job.scene_path();
+    // The paths as the renderer sees them (in a sandbox, where its folders are mounted).
+    let scene = job.scene_path().map(|s| job.seen(&s));
+    let output = job.seen(&job.output_dir);
     let values = |frame| Values {
         frame,
         chunk: job.chunk,
-        output: &job.output_dir,
+        output: &output,
         scene: scene.as_deref(),
     };
     let spec = |frame| -> Result<ProcessSpec, Stop> {
@@ -194,6 +196,7 @@ pub(super) async fn render(
             program,
             args,
             cwd: Some(job.input_dir.clone()),
+            sandbox: job.sandbox(),
         })
     };
 

@@ -14,6 +14,7 @@
 pub mod blender;
 pub mod command;
 pub mod process;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use suanli_shared::protocol::{self, RendererSpec};
 use tokio_util::sync::CancellationToken;
 
 use self::process::{describe_io_error, describe_status, format_duration, Ending, RunReport};
+use self::sandbox::{Confinement, Limits, SandboxSpec};
 
 /// One render to run: a chunk of frames of one task, in folders the worker prepared.
 #[derive(Debug, Clone)]
@@ -44,6 +46,21 @@ pub struct RenderJob<'a> {
     pub threads: u32,
     /// Wall-clock limit for the whole chunk.
     pub timeout: Duration,
+    /// How external renderers are confined, with this task's limits and work folder;
+    /// `None`: they run as the worker does. (The builtin renderer runs in-process.)
+    pub confinement: Option<TaskConfinement>,
+}
+
+/// A task's confinement: the worker's, with the task's own limits and work folder (which
+/// holds `input_dir`, `output_dir` and, if present, a scratch folder `tmp`).
+#[derive(Debug, Clone)]
+pub struct TaskConfinement {
+    pub confinement: Arc<Confinement>,
+    /// Within the worker's maxima.
+    pub limits: Limits,
+    /// The task's work folder, holding its input and output folders: in a sandbox it is the
+    /// renderer's `/tmp` (writable only where the task's writable folders are).
+    pub task_dir: PathBuf,
 }
 
 impl RenderJob<'_> {
@@ -57,6 +74,28 @@ impl RenderJob<'_> {
                 (f, self.output_dir.join(name))
             })
             .collect()
+    }
+
+    /// How a process of this render is confined: inputs read-only, outputs writable.
+    fn sandbox(&self) -> Option<SandboxSpec> {
+        self.confinement.as_ref().map(|c| SandboxSpec {
+            confinement: c.confinement.clone(),
+            limits: c.limits,
+            read_only: vec![self.input_dir.clone()],
+            writable: std::iter::once(self.output_dir.clone())
+                .chain(Some(c.task_dir.join("tmp")).filter(|t| t.is_dir()))
+                .collect(),
+            task_dir: c.task_dir.clone(),
+        })
+    }
+
+    /// `path` (on the worker) as the renderer sees it: the same path, or in a sandbox its place
+    /// under the renderer's `/tmp`.
+    pub fn seen(&self, path: &std::path::Path) -> PathBuf {
+        match self.sandbox() {
+            Some(sandbox) => sandbox.seen(path),
+            None => path.to_path_buf(),
+        }
     }
 
     fn scene_path(&self) -> Option<PathBuf> {

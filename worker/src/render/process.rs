@@ -27,6 +27,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use super::sandbox::SandboxSpec;
+
 /// Longest line handed to a line callback or kept in a tail; the rest of the line is dropped.
 const MAX_LINE_BYTES: usize = 16 * 1024;
 /// How long output is still read after the process ended (or was killed). Pipes normally
@@ -49,6 +51,8 @@ pub struct ProcessSpec {
     pub args: Vec<OsString>,
     /// Working directory of the process; the worker's own when `None`.
     pub cwd: Option<PathBuf>,
+    /// How the process is confined (sandbox, user, limits); `None`: as the worker runs.
+    pub sandbox: Option<SandboxSpec>,
 }
 
 impl ProcessSpec {
@@ -299,18 +303,28 @@ pub async fn run(
     cancel: &CancellationToken,
     on_line: &mut (dyn FnMut(Stream, &str) + Send),
 ) -> Result<RunReport, SpawnError> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
+    let (program, args) = match &spec.sandbox {
+        Some(sandbox) => sandbox.wrap(&spec.program, &spec.args, spec.cwd.as_deref()),
+        None => (spec.program.clone(), spec.args.clone()),
+    };
+    let confine = spec.sandbox.as_ref().map(SandboxSpec::pre_exec);
+    let mut cmd = Command::new(&program);
+    cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2) and
-    // getppid(2), both async-signal-safe; it allocates nothing.
+    // SAFETY: the closure runs in the forked child before exec and calls only setrlimit(2),
+    // setgroups(2), setgid(2), setuid(2), prctl(2) and getppid(2), all async-signal-safe; it
+    // allocates nothing.
     unsafe {
         let parent = libc::getpid();
         cmd.pre_exec(move || {
+            // Limits and the user first: changing credentials clears the death signal.
+            if let Some(confine) = &confine {
+                confine.apply()?;
+            }
             // Die with the worker. The signal follows the thread that forked, which is a
             // runtime worker thread living as long as the worker.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {

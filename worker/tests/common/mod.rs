@@ -47,12 +47,15 @@ pub fn job<'a>(renderer: &'a RendererSpec, chunk: FrameChunk, dirs: &Dirs) -> Re
         output_pattern: "frame_####",
         threads: 2,
         timeout: Duration::from_secs(120),
+        confinement: None,
     }
 }
 
 pub fn command(argv: &[&str]) -> RendererSpec {
     RendererSpec::Command {
         argv: argv.iter().map(|s| s.to_string()).collect(),
+        profile: None,
+        args: Default::default(),
         version: String::new(),
         ext: "png".into(),
     }
