@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use futures::{StreamExt, TryStreamExt};
-use suanli_shared::protocol::decode;
 use suanli_shared::nats::{self, Farm};
 use suanli_shared::protocol::api;
+use suanli_shared::protocol::decode;
 use suanli_shared::protocol::{now_ms, JobRecord, TaskRecord, TaskState, WorkerInfo};
 use suanli_shared::store::Store;
-use suanli_shared::{JobId, Region};
+use suanli_shared::{JobId, Region, Studio};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -121,6 +121,8 @@ pub(crate) struct Coordinator {
     /// Regions whose queue consumer this coordinator has created (a secure farm, where
     /// workers may not create it).
     pub(crate) open_queues: HashSet<Region>,
+    /// Studios whose budget stops their releases this month.
+    pub(crate) stopped: BTreeSet<Studio>,
 }
 
 impl Coordinator {
@@ -207,6 +209,7 @@ impl Coordinator {
             unconfirmed,
             started_ms: now_ms(),
             open_queues: HashSet::new(),
+            stopped: BTreeSet::new(),
         })
     }
 

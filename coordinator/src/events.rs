@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::{Entry, Operation};
 use async_nats::jetstream::AckKind;
-use suanli_shared::protocol::decode;
 use suanli_shared::nats;
+use suanli_shared::protocol::decode;
 use suanli_shared::protocol::{now_ms, Event, TaskEvent, TaskEventKind, WorkerInfo};
 use suanli_shared::{JobId, Region};
 use tracing::{debug, info, warn};

@@ -1,0 +1,240 @@
+//! Studios and their contracts through the real coordinator, workers and nats-server, each a
+//! process: weighted fair share between studios measured from the task records, a quota and a
+//! region restriction through a region loss, refusals at submit, and a budget that stops
+//! releases.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{sh_flags, write, ProcFarm};
+use futures::StreamExt;
+use suanli::client::Client;
+use suanli::jobfile::Overrides;
+use suanli_shared::protocol::{EventKind, JobEvent, JobState, TaskRecord, TaskState};
+use suanli_shared::{JobId, Studio};
+
+const JOB_LIMIT: Duration = Duration::from_secs(180);
+
+fn studio(name: &str) -> Studio {
+    name.parse().unwrap()
+}
+
+/// A `sh` job of `studio` whose frames each sleep `secs`.
+fn sleepy(studio_name: &str, frames: &str, secs: f64) -> Overrides {
+    Overrides {
+        studio: Some(studio(studio_name)),
+        ..sh_flags(
+            frames,
+            &format!("sleep {secs}; printf x > {{output}}/frame_{{frame:04}}.txt"),
+        )
+    }
+}
+
+async fn records(client: &Client, job: &JobId) -> Vec<TaskRecord> {
+    client.tasks(job, 0, 1000).await.unwrap().tasks
+}
+
+async fn done(client: &Client, job: &JobId) {
+    let status = client
+        .wait(job, Some(JOB_LIMIT), |_| {})
+        .await
+        .unwrap()
+        .expect("finished in time");
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+}
+
+/// Slot-milliseconds each set of tasks ran within `[from, to]`.
+fn busy_within(tasks: &[TaskRecord], from: u64, to: u64) -> u64 {
+    tasks
+        .iter()
+        .filter_map(|t| Some((t.started_ms?, t.finished_ms?)))
+        .map(|(s, f)| f.min(to).saturating_sub(s.max(from)))
+        .sum()
+}
+
+/// The most tasks of `tasks` running at once, from their start and finish times.
+fn most_at_once(tasks: &[TaskRecord]) -> usize {
+    let mut edges: Vec<(u64, i32)> = tasks
+        .iter()
+        .filter_map(|t| Some((t.started_ms?, t.finished_ms?)))
+        .flat_map(|(s, f)| [(s, 1), (f, -1)])
+        .collect();
+    // A finish and a start at the same ms: the finish first.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_studios_weighted_3_to_1_share_a_saturated_farm_in_that_ratio() {
+    let farm = ProcFarm::start();
+    let catalog = write(
+        &farm.path().join("studios.toml"),
+        "[[studio]]\nname = \"acme\"\nweight = 3.0\n\n[[studio]]\nname = \"bolt\"\nweight = 1.0\n",
+    );
+    let _coordinator = farm.coordinator(
+        "coordinator",
+        &["--studios", catalog.to_str().unwrap(), "--prefetch", "0"],
+    );
+    let client = farm.client().await;
+    // Both studios' jobs wait in the backlog before any worker is up, so the farm is
+    // saturated from its first slot; bolt's is the smaller one, and it is submitted first.
+    let bolt = client
+        .submit(farm.job(sleepy("bolt", "1-40", 0.4)).await)
+        .await
+        .expect("bolt's job accepted")
+        .id;
+    let acme = client
+        .submit(farm.job(sleepy("acme", "1-90", 0.4)).await)
+        .await
+        .expect("acme's job accepted")
+        .id;
+    let _w1 = farm.worker("guian", "g1", &["--slots", "4"]);
+    let _w2 = farm.worker("guian", "g2", &["--slots", "4"]);
+    done(&client, &acme).await;
+    done(&client, &bolt).await;
+    let (a, b) = (records(&client, &acme).await, records(&client, &bolt).await);
+    // The window in which both studios had tasks to release: from the later first start to
+    // the earlier last start.
+    let first = |ts: &[TaskRecord]| ts.iter().filter_map(|t| t.started_ms).min().unwrap();
+    let last = |ts: &[TaskRecord]| ts.iter().filter_map(|t| t.started_ms).max().unwrap();
+    let (from, to) = (first(&a).max(first(&b)), last(&a).min(last(&b)));
+    assert!(to > from, "the studios overlapped");
+    let (busy_a, busy_b) = (busy_within(&a, from, to), busy_within(&b, from, to));
+    let ratio = busy_a as f64 / busy_b as f64;
+    println!(
+        "over {:.1} s both studios had work: acme {:.1} slot-s, bolt {:.1} slot-s, ratio {ratio:.2} (weights 3:1)",
+        (to - from) as f64 / 1000.0,
+        busy_a as f64 / 1000.0,
+        busy_b as f64 / 1000.0
+    );
+    assert!(
+        (ratio / 3.0 - 1.0).abs() <= 0.10,
+        "acme:bolt slot time {ratio:.2}, not within 10 % of 3"
+    );
+    // Every task ran in guian, the only region.
+    assert!(a.iter().chain(&b).all(|t| t.state == TaskState::Done));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_studio_quota_and_region_restriction_hold_through_a_region_loss() {
+    let farm = ProcFarm::start();
+    let catalog = write(
+        &farm.path().join("studios.toml"),
+        "[[studio]]\nname = \"north\"\nregions = [\"guian\"]\nmax_slots = 2\nmax_priority = 5\n",
+    );
+    let _coordinator = farm.coordinator(
+        "coordinator",
+        &[
+            "--studios",
+            catalog.to_str().unwrap(),
+            "--region-lost-after",
+            "2s",
+            "--worker-lost-after",
+            "2s",
+        ],
+    );
+    let mut g = farm.worker("guian", "g", &["--slots", "4"]);
+    let _u = farm.worker("ulanqab", "u", &["--slots", "4"]);
+    let client = farm.client().await;
+    farm.wait_for_workers(&client, 2).await;
+
+    // Refused at submit: a region outside the contract, a priority above the ceiling.
+    let elsewhere = Overrides {
+        regions: Some(vec!["ulanqab".into()]),
+        ..sleepy("north", "1-2", 0.1)
+    };
+    let e = client
+        .submit(farm.job(elsewhere).await)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("studio 'north' may not send data to region(s) ulanqab"),
+        "{e}"
+    );
+    let urgent = Overrides {
+        priority: Some(9),
+        ..sleepy("north", "1-2", 0.1)
+    };
+    let e = client
+        .submit(farm.job(urgent).await)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("priority 9 is above studio 'north''s ceiling of 5"),
+        "{e}"
+    );
+
+    let mut job_events = client
+        .nats()
+        .subscribe(suanli_shared::nats::events_of_kind(EventKind::Job))
+        .await
+        .unwrap();
+    let north = client
+        .submit(farm.job(sleepy("north", "1-10", 0.5)).await)
+        .await
+        .unwrap()
+        .id;
+    // Once north runs in guian, guian's only worker dies.
+    let mut holding = false;
+    for _ in 0..400 {
+        let page = records(&client, &north).await;
+        if page.iter().any(|t| {
+            t.state == TaskState::Running
+                && t.region.as_ref().is_some_and(|r| r.as_str() == "guian")
+        }) {
+            holding = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(holding, "north runs in guian");
+    g.kill9();
+    // The coordinator withdraws north's tasks from guian...
+    let said = tokio::time::timeout(JOB_LIMIT, async {
+        while let Some(m) = job_events.next().await {
+            if let Ok(ev) = serde_json::from_slice::<JobEvent>(&m.payload) {
+                if ev.job == north && ev.reason.is_some_and(|r| r.contains("region guian lost")) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(said.is_ok(), "a job event reports the region loss");
+    // ...and another studio's job renders in ulanqab meanwhile, while north's waits.
+    let south = client
+        .submit(farm.job(sleepy("south", "1-6", 0.1)).await)
+        .await
+        .unwrap()
+        .id;
+    done(&client, &south).await;
+    let page = records(&client, &north).await;
+    assert!(
+        page.iter()
+            .all(|t| t.region.as_ref().is_none_or(|r| r.as_str() == "guian")),
+        "north's tasks stay out of ulanqab: {page:?}"
+    );
+    assert!(
+        page.iter().any(|t| t.state == TaskState::Pending),
+        "north waits for guian"
+    );
+    // Guian comes back; north finishes there, never more than 2 at once.
+    let _g2 = farm.worker("guian", "g2", &["--slots", "4"]);
+    done(&client, &north).await;
+    let page = records(&client, &north).await;
+    assert!(page
+        .iter()
+        .all(|t| t.region.as_ref().is_some_and(|r| r.as_str() == "guian")));
+    let most = most_at_once(&page);
+    println!("north: at most {most} tasks at once (quota 2), all in guian");
+    assert!(most <= 2, "north ran {most} at once");
+    assert_eq!(most, 2, "the quota, not less, was used");
+}
