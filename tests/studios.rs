@@ -238,3 +238,106 @@ async fn a_studio_quota_and_region_restriction_hold_through_a_region_loss() {
     assert!(most <= 2, "north ran {most} at once");
     assert_eq!(most, 2, "the quota, not less, was used");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_of_a_few_core_seconds_stops_releases_within_one_task_of_it() {
+    let farm = ProcFarm::start();
+    // One currency unit a core-second in guian; the worker below gives each of its 2 slots
+    // half the machine's cores, so a 0.5 s task costs about 0.5 x that many units.
+    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1);
+    let budget = 3.0 * threads as f64;
+    let regions = write(
+        &farm.path().join("regions.toml"),
+        "[[region]]\nname = \"guian\"\nprice_per_core_hour = 3600.0\n",
+    );
+    let studios = write(
+        &farm.path().join("studios.toml"),
+        &format!(
+            "[[studio]]\nname = \"thrift\"\nbudget_per_month = {budget}\nat_limit = \"stop\"\n"
+        ),
+    );
+    let _coordinator = farm.coordinator(
+        "coordinator",
+        &[
+            "--catalog",
+            regions.to_str().unwrap(),
+            "--studios",
+            studios.to_str().unwrap(),
+        ],
+    );
+    let _w = farm.worker("guian", "g", &["--slots", "2"]);
+    let client = farm.client().await;
+    farm.wait_for_workers(&client, 1).await;
+    let mut job_events = client
+        .nats()
+        .subscribe(suanli_shared::nats::events_of_kind(EventKind::Job))
+        .await
+        .unwrap();
+    let job = client
+        .submit(farm.job(sleepy("thrift", "1-40", 0.5)).await)
+        .await
+        .unwrap()
+        .id;
+    // Releases stop, and the tasks in flight then finish.
+    let mut stopped = None;
+    for _ in 0..1200 {
+        let s = client.status(&job).await.unwrap();
+        let b = s.budget.clone().expect("a studio with a budget shows it");
+        if b.stopped && s.tasks.queued + s.tasks.running == 0 {
+            stopped = Some(s);
+            break;
+        }
+        assert_ne!(s.state, JobState::Done, "the budget never stopped the job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = stopped.expect("releases stopped and the running tasks finished");
+    let b = status.budget.clone().unwrap();
+    let tasks = records(&client, &job).await;
+    let one_task = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Done)
+        .map(|t| t.core_seconds)
+        .fold(0.0, f64::max);
+    let ledger = suanli_shared::ledger::Ledger::of([&status]);
+    println!(
+        "budget {budget:.3}: stopped at {:.3} spent ({} of 40 tasks done), one task {one_task:.3}; ledger {:.3}",
+        b.spent, status.tasks.done, ledger.total.cost
+    );
+    assert!(status.tasks.pending > 0, "work was left unreleased");
+    assert!(
+        (b.spent - budget).abs() <= one_task + 1e-9,
+        "spent {} is more than one task ({one_task}) from the budget {budget}",
+        b.spent
+    );
+    // The budget is spent by the ledger's own figures.
+    assert!(
+        (ledger.total.cost - b.spent).abs() < 1e-9,
+        "{ledger:?} {b:?}"
+    );
+    // The 80 % threshold was announced on the job's events.
+    let announced = tokio::time::timeout(JOB_LIMIT, async {
+        while let Some(m) = job_events.next().await {
+            if let Ok(ev) = serde_json::from_slice::<JobEvent>(&m.payload) {
+                if ev.reason.as_deref().is_some_and(|r| {
+                    r.starts_with("budget: studio thrift has spent") && r.contains("(80%")
+                }) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(announced.is_ok(), "an event announced 80 % of the budget");
+    // `suanli ledger --studio thrift` shows where it stopped.
+    let mut ledger_cmd = farm.role("ledger", &["--studio", "thrift", "ledger"]);
+    let exit = ledger_cmd.wait_exit(JOB_LIMIT).await.expect("ledger exits");
+    assert!(exit.success(), "{}", ledger_cmd.log_text());
+    let text = ledger_cmd.log_text();
+    println!("{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("thrift"))
+        .unwrap_or_else(|| panic!("a row for thrift: {text}"));
+    assert!(row.contains("stop (releases stopped)"), "{row}");
+    assert!(row.contains(&format!("{:.3}", b.spent)), "{row}");
+}

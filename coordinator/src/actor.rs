@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::budgets::Budgets;
 use crate::learned::Learned;
 use crate::state::{Job, Versioned};
 use crate::{lease, Config};
@@ -121,8 +122,10 @@ pub(crate) struct Coordinator {
     /// Regions whose queue consumer this coordinator has created (a secure farm, where
     /// workers may not create it).
     pub(crate) open_queues: HashSet<Region>,
-    /// Studios whose budget stops their releases this month.
+    /// Studios whose budget stops their releases now (refreshed every round).
     pub(crate) stopped: BTreeSet<Studio>,
+    /// The month's spend per studio, rebuilt from task records at start-up.
+    pub(crate) budgets: Budgets,
 }
 
 impl Coordinator {
@@ -182,9 +185,14 @@ impl Coordinator {
         info!(jobs = jobs.len(), "coordinator state loaded");
         let mut learned = Learned::default();
         let mut unconfirmed = BTreeSet::new();
+        let mut budgets = Budgets::new(now_ms());
         for (id, job) in &jobs {
             for t in job.tasks() {
                 let t = &t.rec;
+                if let (TaskState::Done, Some(_), Some(at)) = (t.state, &t.region, t.finished_ms) {
+                    let cost = Budgets::cost_of(t, &config.catalog);
+                    budgets.charge(&job.rec.rec, cost, at);
+                }
                 // The previous coordinator may have recorded it and died before publishing.
                 if t.state == TaskState::Queued {
                     unconfirmed.insert((id.clone(), t.task));
@@ -210,6 +218,7 @@ impl Coordinator {
             started_ms: now_ms(),
             open_queues: HashSet::new(),
             stopped: BTreeSet::new(),
+            budgets,
         })
     }
 

@@ -228,6 +228,13 @@ impl Coordinator {
     fn status_of(&self, job: &Job) -> JobStatus {
         let mut status = job.status();
         suanli_shared::ledger::price_status(&mut status, &self.config.catalog);
+        let studio = &status.studio;
+        status.budget = self.budgets.status(
+            studio,
+            &self.config.studios,
+            &self.config.catalog.currency,
+            self.stopped.contains(studio),
+        );
         status
     }
 

@@ -12,6 +12,7 @@
 
 mod actor;
 mod api;
+pub mod budgets;
 mod control;
 pub mod dispatch;
 mod events;

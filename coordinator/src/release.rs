@@ -273,6 +273,14 @@ impl Coordinator {
         for region in live {
             self.last_live.insert(region, now);
         }
+        self.budgets.roll(now);
+        self.stopped = self.budgets.stopped(
+            &self.config.studios,
+            self.jobs
+                .values()
+                .filter(|j| !j.rec.rec.state.is_final())
+                .map(|j| (&j.rec.rec.id, &j.rec.rec.spec.studio, j.in_flight())),
+        );
         let capacity = Capacity::of(self.live_workers());
         let planned = plan_round(
             &mut self.jobs,

@@ -225,6 +225,7 @@ impl Job {
             failures_total,
             blocklist: rec.blocklist.clone(),
             max_retries: rec.spec.max_retries,
+            budget: None,
         }
     }
 

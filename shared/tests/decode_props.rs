@@ -909,6 +909,7 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 failures_total,
                 blocklist,
                 max_retries,
+                budget: None,
             },
         )
 }

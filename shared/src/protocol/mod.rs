@@ -27,6 +27,7 @@ pub use records::{
 pub use renderer::{ImageFormat, RendererSpec, BUILTIN_VERSION, COMMAND_PLACEHOLDERS};
 pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
 pub use status::{
-    FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure, MAX_FAILURES_SHOWN,
+    BudgetStatus, FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure,
+    MAX_FAILURES_SHOWN,
 };
 pub use task_key::task_key;
