@@ -82,6 +82,8 @@ async fn two_studios_weighted_3_to_1_share_a_saturated_farm_in_that_ratio() {
         &["--studios", catalog.to_str().unwrap(), "--prefetch", "0"],
     );
     let client = farm.client().await;
+    // The coordinator answers (no worker yet).
+    farm.wait_for_workers(&client, 0).await;
     // Both studios' jobs wait in the backlog before any worker is up, so the farm is
     // saturated from its first slot; bolt's is the smaller one, and it is submitted first.
     let bolt = client

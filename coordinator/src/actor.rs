@@ -122,8 +122,9 @@ pub(crate) struct Coordinator {
     /// Regions whose queue consumer this coordinator has created (a secure farm, where
     /// workers may not create it).
     pub(crate) open_queues: HashSet<Region>,
-    /// Studios whose budget stops their releases now (refreshed every round).
-    pub(crate) stopped: BTreeSet<Studio>,
+    /// Studios whose budget limits their releases, and how many more each may release
+    /// (refreshed every round; 0: stopped).
+    pub(crate) budget_rooms: BTreeMap<Studio, u32>,
     /// The month's spend per studio, rebuilt from task records at start-up.
     pub(crate) budgets: Budgets,
 }
@@ -217,7 +218,7 @@ impl Coordinator {
             unconfirmed,
             started_ms: now_ms(),
             open_queues: HashSet::new(),
-            stopped: BTreeSet::new(),
+            budget_rooms: BTreeMap::new(),
             budgets,
         })
     }

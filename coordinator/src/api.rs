@@ -233,7 +233,7 @@ impl Coordinator {
             studio,
             &self.config.studios,
             &self.config.catalog.currency,
-            self.stopped.contains(studio),
+            self.budget_rooms.get(studio) == Some(&0),
         );
         status
     }

@@ -2,20 +2,23 @@
 //! as tasks are committed, at the ledger's prices ([`suanli_shared::ledger::task_cost`]); the
 //! thresholds a charge crosses (80 %, 100 %); and which studios' releases are stopped.
 //!
-//! A studio under `stop` (or `cancel`) stops releasing when what it has spent plus what its
-//! tasks in flight are expected to cost (each job's mean cost per task so far) reaches the
-//! budget, so the month ends within about one task of it, whatever the number of slots. The
+//! A studio under `stop` (or `cancel`) may release only as many tasks as its budget has room
+//! for: what is left after what it spent and what its tasks in flight are expected to cost (its
+//! mean cost per task so far), divided by that mean, rounded up ([`budget_room`]). So the month
+//! ends within about one task of the budget, whatever the number of slots, as far as the mean
+//! is a good estimate (before its first task is committed there is none, and nothing holds it
+//! back). The
 //! spend is rebuilt from the task records when a coordinator starts; the month rolls over at
 //! midnight UTC on its first day. Pure: the actor charges, publishes and cancels.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use suanli_shared::protocol::{BudgetStatus, JobRecord, TaskRecord, TaskState};
 use suanli_shared::regions::RegionCatalog;
 use suanli_shared::studios::{
-    month_name, month_of, thresholds_crossed, BudgetAction, StudioCatalog,
+    month_name, month_of, thresholds_crossed, BudgetAction, StudioCatalog, StudioTerms,
 };
-use suanli_shared::{JobId, Studio};
+use suanli_shared::Studio;
 
 /// The month's spend per studio and each job's mean task cost.
 #[derive(Debug, Clone, Default)]
@@ -23,8 +26,8 @@ pub struct Budgets {
     /// The month being counted ([`month_of`]).
     month: u32,
     spent: BTreeMap<Studio, f64>,
-    /// Per job: cost of its committed tasks (all months) and how many, for its mean.
-    jobs: BTreeMap<JobId, (f64, u32)>,
+    /// Per studio: cost of its committed tasks (all months) and how many, for its mean.
+    tasks: BTreeMap<Studio, (f64, u32)>,
 }
 
 /// A threshold a charge crossed.
@@ -68,9 +71,9 @@ impl Budgets {
     /// Returns the studio's spend this month before and after (equal when the task finished in
     /// another month).
     pub fn charge(&mut self, job: &JobRecord, cost: f64, at_ms: u64) -> (f64, f64) {
-        let mean = self.jobs.entry(job.id.clone()).or_default();
-        mean.0 += cost;
-        mean.1 += 1;
+        let tally = self.tasks.entry(job.spec.studio.clone()).or_default();
+        tally.0 += cost;
+        tally.1 += 1;
         let spent = self.spent.entry(job.spec.studio.clone()).or_default();
         let before = *spent;
         if month_of(at_ms) == self.month {
@@ -84,10 +87,10 @@ impl Budgets {
         self.spent.get(studio).copied().unwrap_or(0.0)
     }
 
-    /// The job's mean cost per committed task, when it has committed one.
-    pub fn mean_task_cost(&self, job: &JobId) -> Option<f64> {
-        self.jobs
-            .get(job)
+    /// The studio's mean cost per committed task, when it has committed one.
+    pub fn mean_task_cost(&self, studio: &Studio) -> Option<f64> {
+        self.tasks
+            .get(studio)
             .filter(|(_, n)| *n > 0)
             .map(|(cost, n)| cost / f64::from(*n))
     }
@@ -134,45 +137,58 @@ impl Budgets {
         })
     }
 
-    /// Studios whose releases stop now: under `stop` or `cancel`, spent plus the expected cost
-    /// of their tasks in flight (`in_flight`: per job, its studio and tasks in flight) at or
-    /// past the budget. Costs a step per job, not per task.
-    pub fn stopped<'a>(
+    /// How many more tasks each studio under `stop` or `cancel` may release now
+    /// ([`budget_room`]), from its tasks in flight (`in_flight`: a studio and a count, any
+    /// number of times). Studios with no such limit are not listed. A step per entry.
+    pub fn rooms<'a>(
         &self,
         studios: &StudioCatalog,
-        in_flight: impl IntoIterator<Item = (&'a JobId, &'a Studio, u32)>,
-    ) -> BTreeSet<Studio> {
-        let mut projected: BTreeMap<&Studio, f64> = BTreeMap::new();
-        for (job, studio, n) in in_flight {
-            let limited = studios
-                .get(studio)
-                .is_some_and(|t| t.budget_per_month.is_some() && t.at_limit != BudgetAction::Warn);
-            if limited {
-                *projected
-                    .entry(studio)
-                    .or_insert_with(|| self.spent(studio)) +=
-                    f64::from(n) * self.mean_task_cost(job).unwrap_or(0.0);
-            }
+        in_flight: impl IntoIterator<Item = (&'a Studio, u32)>,
+    ) -> BTreeMap<Studio, u32> {
+        let mut held: BTreeMap<&Studio, u32> = BTreeMap::new();
+        for (studio, n) in in_flight {
+            *held.entry(studio).or_default() += n;
         }
         studios
             .studios()
-            .filter(|t| t.at_limit != BudgetAction::Warn)
             .filter_map(|t| {
-                let budget = t.budget_per_month?;
-                let total = projected
-                    .get(&t.name)
-                    .copied()
-                    .unwrap_or_else(|| self.spent(&t.name));
-                (total >= budget).then(|| t.name.clone())
+                let n = held.get(&t.name).copied().unwrap_or(0);
+                let room = budget_room(t, self.spent(&t.name), n, self.mean_task_cost(&t.name))?;
+                Some((t.name.clone(), room))
             })
             .collect()
+    }
+}
+
+/// The budget rule, one for the coordinator and `suanli sim`: how many more tasks a studio
+/// under `stop` or `cancel` may release. Its tasks in flight are expected to cost `mean` each;
+/// what the budget has left after them and `spent` allows that many tasks more, rounded up (so
+/// the last one may pass the budget by less than a task). `None`: no limit (no budget, `warn`,
+/// or no mean yet while money is left).
+pub fn budget_room(
+    terms: &StudioTerms,
+    spent: f64,
+    in_flight: u32,
+    mean: Option<f64>,
+) -> Option<u32> {
+    if terms.at_limit == BudgetAction::Warn {
+        return None;
+    }
+    let budget = terms.budget_per_month?;
+    let mean = mean.unwrap_or(0.0);
+    let left = budget - spent - f64::from(in_flight) * mean;
+    if left <= 0.0 {
+        Some(0)
+    } else if mean > 0.0 {
+        Some((left / mean).ceil().min(f64::from(u32::MAX)) as u32)
+    } else {
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use suanli_shared::studios::StudioTerms;
 
     fn studio(name: &str) -> Studio {
         name.parse().unwrap()
@@ -214,7 +230,7 @@ mod tests {
             .collect();
         assert_eq!(crossed, [80, 100]);
         assert_eq!(b.spent(&acme.spec.studio), 11.0);
-        assert_eq!(b.mean_task_cost(&acme.id), Some(5.5));
+        assert_eq!(b.mean_task_cost(&acme.spec.studio), Some(5.5));
         // A late report of a task finished in October is not this month's spend.
         b.charge(&acme, 1.0, NOV - 40 * 86_400_000);
         assert_eq!(b.spent(&acme.spec.studio), 11.0);
@@ -226,25 +242,29 @@ mod tests {
     }
 
     #[test]
-    fn stop_counts_what_the_tasks_in_flight_are_expected_to_cost() {
+    fn stop_leaves_room_for_what_the_budget_has_left() {
         let studios = catalog(10.0, BudgetAction::Stop);
         let mut b = Budgets::new(NOV);
         let acme = job("acme");
-        b.charge(&acme, 2.0, NOV);
-        b.charge(&acme, 2.0, NOV);
         let name = acme.spec.studio.clone();
-        // 4 spent, 2 a task: 2 in flight makes 8, 3 makes 10 (the budget).
-        assert!(b.stopped(&studios, [(&acme.id, &name, 2)]).is_empty());
-        assert_eq!(
-            b.stopped(&studios, [(&acme.id, &name, 3)]),
-            BTreeSet::from([name.clone()])
-        );
-        // Under warn nothing stops, even past the budget.
+        // No task committed yet: no estimate, no limit.
+        assert!(b.rooms(&studios, [(&name, 5)]).is_empty());
+        b.charge(&acme, 2.0, NOV);
+        b.charge(&acme, 2.0, NOV);
+        // 4 spent, 2 a task: with 1 in flight 4 left, room for 2; with 2 in flight, 1.
+        assert_eq!(b.rooms(&studios, [(&name, 1)])[&name], 2);
+        assert_eq!(b.rooms(&studios, [(&name, 1), (&name, 1)])[&name], 1);
+        assert_eq!(b.rooms(&studios, [(&name, 3)])[&name], 0);
+        // Rounded up: 1 left at 2 a task still releases one (the budget passed by under one).
+        b.charge(&acme, 2.0, NOV);
+        b.charge(&acme, 3.0, NOV);
+        assert_eq!(b.spent(&name), 9.0);
+        assert_eq!(b.rooms(&studios, [])[&name], 1);
+        // Under warn nothing is limited, even past the budget.
         b.charge(&acme, 20.0, NOV);
         assert!(b
-            .stopped(&catalog(10.0, BudgetAction::Warn), [(&acme.id, &name, 0)])
+            .rooms(&catalog(10.0, BudgetAction::Warn), [(&name, 0)])
             .is_empty());
-        // With nothing in flight the spend alone decides.
-        assert_eq!(b.stopped(&studios, []), BTreeSet::from([name]));
+        assert_eq!(b.rooms(&studios, [])[&name], 0);
     }
 }

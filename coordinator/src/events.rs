@@ -117,7 +117,7 @@ impl Coordinator {
             after,
             &self.config.studios,
             &self.config.catalog.currency,
-            self.stopped.contains(&studio),
+            self.budget_rooms.get(&studio) == Some(&0),
         );
         for c in crossings {
             let b = &c.status;

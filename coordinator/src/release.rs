@@ -67,18 +67,25 @@ pub struct Planned {
 #[derive(Debug, Clone, Copy)]
 pub struct Tenancy<'a> {
     pub studios: &'a StudioCatalog,
-    /// Studios at their budget with `at_limit = "stop"`: none of their tasks is released.
-    pub stopped: &'a BTreeSet<Studio>,
+    /// Studios whose budget limits their releases (`stop` or `cancel`), and how many more
+    /// tasks each may release now; at 0 none of its tasks is released.
+    pub rooms: &'a BTreeMap<Studio, u32>,
+}
+
+impl Tenancy<'_> {
+    fn stopped(&self, studio: &Studio) -> bool {
+        self.rooms.get(studio) == Some(&0)
+    }
 }
 
 impl Tenancy<'static> {
     /// Open terms for every studio, none stopped.
     pub fn open() -> Self {
-        static STOPPED: BTreeSet<Studio> = BTreeSet::new();
+        static ROOMS: BTreeMap<Studio, u32> = BTreeMap::new();
         static STUDIOS: StudioCatalog = StudioCatalog::EMPTY;
         Self {
             studios: &STUDIOS,
-            stopped: &STOPPED,
+            rooms: &ROOMS,
         }
     }
 }
@@ -116,7 +123,7 @@ pub fn plan_round(
     for job in jobs.values_mut().filter(|j| !j.rec.rec.state.is_final()) {
         job.promote(now);
         let studio = &job.rec.rec.spec.studio;
-        if !tenancy.stopped.contains(studio) {
+        if !tenancy.stopped(studio) {
             any_ready |= job.n_ready() > 0;
         }
         let (_, view) = studios.entry(studio.clone()).or_insert_with(|| {
@@ -157,7 +164,7 @@ pub fn plan_round(
         studios.keys().enumerate().map(|(i, s)| (s, i)).collect();
     for job in jobs.values().filter(|j| !j.rec.rec.state.is_final()) {
         let rec = &job.rec.rec;
-        if job.n_ready() == 0 || tenancy.stopped.contains(&rec.spec.studio) {
+        if job.n_ready() == 0 || tenancy.stopped(&rec.spec.studio) {
             continue;
         }
         let (terms, _) = &studios[&rec.spec.studio];
@@ -207,7 +214,17 @@ pub fn plan_round(
             view
         })
         .collect();
-    let mut studio_views: Vec<StudioView> = studios.into_values().map(|(_, v)| v).collect();
+    let mut studio_views: Vec<StudioView> = studios
+        .into_iter()
+        .map(|(name, (_, mut v))| {
+            // What the budget has room for, on top of what the studio holds.
+            if let Some(room) = tenancy.rooms.get(&name) {
+                let cap = v.in_flight.saturating_add(*room);
+                v.max_slots = Some(v.max_slots.map_or(cap, |m| m.min(cap)));
+            }
+            v
+        })
+        .collect();
     let releases = dispatch::plan_studios(&mut views, &mut studio_views, &mut regions, now);
     for region in &regions {
         learned.started_fetches(region.name(), &region.arriving, now);
@@ -274,12 +291,12 @@ impl Coordinator {
             self.last_live.insert(region, now);
         }
         self.budgets.roll(now);
-        self.stopped = self.budgets.stopped(
+        self.budget_rooms = self.budgets.rooms(
             &self.config.studios,
             self.jobs
                 .values()
                 .filter(|j| !j.rec.rec.state.is_final())
-                .map(|j| (&j.rec.rec.id, &j.rec.rec.spec.studio, j.in_flight())),
+                .map(|j| (&j.rec.rec.spec.studio, j.in_flight())),
         );
         let capacity = Capacity::of(self.live_workers());
         let planned = plan_round(
@@ -289,7 +306,7 @@ impl Coordinator {
             &self.config.catalog,
             Tenancy {
                 studios: &self.config.studios,
-                stopped: &self.stopped,
+                rooms: &self.budget_rooms,
             },
             self.config.prefetch,
             now,
