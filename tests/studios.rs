@@ -343,3 +343,54 @@ async fn a_budget_of_a_few_core_seconds_stops_releases_within_one_task_of_it() {
     assert!(row.contains("stop (releases stopped)"), "{row}");
     assert!(row.contains(&format!("{:.3}", b.spent)), "{row}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_under_cancel_cancels_the_studio_s_jobs_at_the_limit() {
+    let farm = ProcFarm::start();
+    let regions = write(
+        &farm.path().join("regions.toml"),
+        "[[region]]\nname = \"guian\"\nprice_per_core_hour = 3600.0\n",
+    );
+    // Any rendered task passes a budget this small.
+    let studios = write(
+        &farm.path().join("studios.toml"),
+        "[[studio]]\nname = \"brief\"\nbudget_per_month = 0.01\nat_limit = \"cancel\"\n",
+    );
+    let _coordinator = farm.coordinator(
+        "coordinator",
+        &[
+            "--catalog",
+            regions.to_str().unwrap(),
+            "--studios",
+            studios.to_str().unwrap(),
+        ],
+    );
+    let _w = farm.worker("guian", "g", &["--slots", "1"]);
+    let client = farm.client().await;
+    farm.wait_for_workers(&client, 1).await;
+    let job = client
+        .submit(farm.job(sleepy("brief", "1-20", 0.2)).await)
+        .await
+        .unwrap()
+        .id;
+    let status = client
+        .wait(&job, Some(JOB_LIMIT), |_| {})
+        .await
+        .unwrap()
+        .expect("the job ends");
+    println!(
+        "{:?}: {:?}, {:?}",
+        status.state, status.reason, status.tasks
+    );
+    assert_eq!(status.state, JobState::Canceled, "{status:?}");
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("monthly budget is spent")),
+        "{status:?}"
+    );
+    assert!(status.tasks.done < 20, "{:?}", status.tasks);
+    let b = status.budget.expect("its budget is shown");
+    assert!(b.spent >= 0.01, "{b:?}");
+}
