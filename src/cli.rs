@@ -103,7 +103,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Core-hours, cost, energy, carbon and bytes moved, per region, for one job or all.
+    /// Core-hours, cost, energy, carbon and bytes moved, per region, for one job or all; per
+    /// studio with each one's spend this month against its budget. With `--studio S`, only
+    /// studio S's jobs and budget.
     Ledger {
         job: Option<JobId>,
         #[arg(long)]

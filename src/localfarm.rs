@@ -242,6 +242,12 @@ pub struct FarmOptions {
     pub coordinator: bool,
     /// The coordinator's region catalog.
     pub catalog: suanli_shared::regions::RegionCatalog,
+    /// The coordinator's studio catalog.
+    pub studio_catalog: suanli_shared::studios::StudioCatalog,
+    /// Tasks a region is sent beyond its free slots (the coordinator's `prefetch`).
+    pub prefetch: u32,
+    /// A region with no live worker this long loses its tasks to the others.
+    pub region_lost_after: Duration,
     /// A secure farm: `suanli auth init` writes `dir/auth` (unless it is there), nats-server
     /// runs from its config with TLS, and every role connects with its own identity.
     pub secure: bool,
@@ -269,6 +275,9 @@ impl FarmOptions {
             ack_wait: Duration::from_secs(60),
             coordinator: true,
             catalog: Default::default(),
+            studio_catalog: Default::default(),
+            prefetch: 1,
+            region_lost_after: Duration::from_secs(60),
             secure: false,
             studios: Vec::new(),
             renderers: suanli_worker::RendererPolicy::trusting(),
@@ -348,6 +357,9 @@ impl LocalFarm {
     pub fn start_coordinator(&self) {
         let mut config = suanli_coordinator::Config::new(&self.nats_url, &self.store_url);
         config.catalog = self.options.catalog.clone();
+        config.studios = self.options.studio_catalog.clone();
+        config.prefetch = self.options.prefetch;
+        config.region_lost_after = self.options.region_lost_after;
         config.access = self.access(&Role::Coordinator);
         let token = self.shutdown.child_token();
         self.tracker.spawn(async move {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use suanli_shared::ledger::Ledger;
-use suanli_shared::protocol::{now_ms, JobStatus, RegionFigures, WorkerInfo};
+use suanli_shared::protocol::{now_ms, BudgetStatus, JobStatus, RegionFigures, WorkerInfo};
 
 use crate::client::FetchReport;
 
@@ -50,6 +50,9 @@ pub fn status(s: &JobStatus) {
     }
     if let Some(reason) = &s.reason {
         println!("  reason: {reason}");
+    }
+    if let Some(b) = &s.budget {
+        println!("  budget: {}", budget_line(b));
     }
     for f in &s.failures {
         println!(
@@ -184,6 +187,49 @@ pub fn ledger(ledger: &Ledger) {
         row(region, r);
     }
     row("total", &ledger.total);
+    if ledger.studios.len() > 1 || !ledger.budgets.is_empty() {
+        println!();
+        println!(
+            "{:<12} {:>7} {:>10} {:>10}   {:<8} {:>10} {:>10} {:>6}  AT LIMIT",
+            "STUDIO", "FRAMES", "CORE-H", "COST", "MONTH", "SPENT", "BUDGET", "USED"
+        );
+        for (studio, r) in &ledger.studios {
+            let month = match ledger.budgets.get(studio) {
+                Some(b) => format!(
+                    "{:<8} {:>10.3} {:>10.3} {:>5.0}%  {}{}",
+                    b.month,
+                    b.spent,
+                    b.budget,
+                    b.fraction() * 100.0,
+                    b.at_limit.as_str(),
+                    if b.stopped { " (releases stopped)" } else { "" }
+                ),
+                None => format!("{:<8} {:>10} {:>10} {:>6}  -", "-", "-", "no budget", "-"),
+            };
+            println!(
+                "{:<12} {:>7} {:>10.3} {:>10.3}   {month}",
+                studio.as_str(),
+                r.frames_done,
+                r.core_seconds / 3600.0,
+                r.cost
+            );
+        }
+    }
+}
+
+/// A studio's month against its budget, in one line.
+pub fn budget_line(b: &BudgetStatus) -> String {
+    format!(
+        "studio {} spent {:.3} of {:.3} {} in {} ({:.0}%); at the limit: {}{}",
+        b.studio,
+        b.spent,
+        b.budget,
+        b.currency,
+        b.month,
+        b.fraction() * 100.0,
+        b.at_limit.as_str(),
+        if b.stopped { ", releases stopped" } else { "" }
+    )
 }
 
 /// What `fetch` wrote into `out`; frames with no output yet go to stderr, naming the job's

@@ -136,6 +136,7 @@ impl Farm {
             &capacity,
             &mut self.learned,
             &self.catalog,
+            release::Tenancy::open(),
             1,
             self.now,
         );

@@ -14,12 +14,13 @@ use suanli_shared::protocol::api;
 use suanli_shared::protocol::decode;
 use suanli_shared::protocol::{now_ms, JobRecord, TaskRecord, TaskState, WorkerInfo};
 use suanli_shared::store::Store;
-use suanli_shared::{JobId, Region};
+use suanli_shared::{JobId, Region, Studio};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::budgets::Budgets;
 use crate::learned::Learned;
 use crate::state::{Job, Versioned};
 use crate::{lease, Config};
@@ -121,6 +122,11 @@ pub(crate) struct Coordinator {
     /// Regions whose queue consumer this coordinator has created (a secure farm, where
     /// workers may not create it).
     pub(crate) open_queues: HashSet<Region>,
+    /// Studios whose budget limits their releases, and how many more each may release
+    /// (refreshed every round; 0: stopped).
+    pub(crate) budget_rooms: BTreeMap<Studio, u32>,
+    /// The month's spend per studio, rebuilt from task records at start-up.
+    pub(crate) budgets: Budgets,
 }
 
 impl Coordinator {
@@ -180,9 +186,14 @@ impl Coordinator {
         info!(jobs = jobs.len(), "coordinator state loaded");
         let mut learned = Learned::default();
         let mut unconfirmed = BTreeSet::new();
+        let mut budgets = Budgets::new(now_ms());
         for (id, job) in &jobs {
             for t in job.tasks() {
                 let t = &t.rec;
+                if let (TaskState::Done, Some(_), Some(at)) = (t.state, &t.region, t.finished_ms) {
+                    let cost = Budgets::cost_of(t, &config.catalog);
+                    budgets.charge(&job.rec.rec, cost, at);
+                }
                 // The previous coordinator may have recorded it and died before publishing.
                 if t.state == TaskState::Queued {
                     unconfirmed.insert((id.clone(), t.task));
@@ -207,6 +218,8 @@ impl Coordinator {
             unconfirmed,
             started_ms: now_ms(),
             open_queues: HashSet::new(),
+            budget_rooms: BTreeMap::new(),
+            budgets,
         })
     }
 

@@ -91,7 +91,15 @@ impl Coordinator {
         match request {
             Request::Submit(req) => {
                 let Some(reply) = reply else { return };
-                let spec = match caller.own_spec(req.spec) {
+                // The studio's contract (regions, priority ceiling) before anything is read.
+                let spec = match caller.own_spec(req.spec).and_then(|spec| {
+                    self.config
+                        .studios
+                        .terms(&spec.studio)
+                        .check_job(&spec)
+                        .map_err(ApiError::bad_request)?;
+                    Ok(spec)
+                }) {
                     Ok(spec) => spec,
                     Err(e) => {
                         info!(%caller, error = %e, "submit refused");
@@ -223,6 +231,13 @@ impl Coordinator {
         if !status.state.is_final() && status.tasks.pending + status.tasks.queued > 0 {
             status.waiting = self.no_worker_runs(&job.rec.rec.spec);
         }
+        let studio = &status.studio;
+        status.budget = self.budgets.status(
+            studio,
+            &self.config.studios,
+            &self.config.catalog.currency,
+            self.budget_rooms.get(studio) == Some(&0),
+        );
         status
     }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use suanli_shared::nats;
 use suanli_shared::protocol::api::{ApiError, Caller};
 use suanli_shared::protocol::{now_ms, JobState, JobStatus, TaskRecord, TaskState};
-use suanli_shared::JobId;
+use suanli_shared::{JobId, Studio};
 use tracing::{info, warn};
 
 use crate::actor::Coordinator;
@@ -18,12 +18,35 @@ impl Coordinator {
         caller: &Caller,
         id: &JobId,
     ) -> Result<JobStatus, ApiError> {
-        let job = self.job(caller, id)?;
+        self.job(caller, id)?;
+        self.cancel_job(id, "canceled by request").await?;
+        Ok(self.jobs[id].status())
+    }
+
+    /// Cancels every unfinished job of `studio` (its budget is spent, under `cancel`).
+    pub(crate) async fn cancel_studio(&mut self, studio: &Studio, reason: &str) {
+        let open: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| &j.rec.rec.spec.studio == studio && !j.rec.rec.state.is_final())
+            .map(|j| j.rec.rec.id.clone())
+            .collect();
+        for id in open {
+            if let Err(e) = self.cancel_job(&id, reason).await {
+                warn!(job = %id, error = %e, "cannot cancel a job");
+            }
+        }
+    }
+
+    /// Cancels a job that is not final: the record first, then the workers told, then its open
+    /// tasks, then the event.
+    async fn cancel_job(&mut self, id: &JobId, reason: &str) -> Result<(), ApiError> {
+        let job = &self.jobs[id];
         if !job.rec.rec.state.is_final() {
             let mut rec = job.rec.rec.clone();
             rec.state = JobState::Canceled;
             rec.finished_ms = Some(now_ms());
-            rec.reason = Some("canceled by request".into());
+            rec.reason = Some(reason.into());
             let rev = self
                 .write_job(&rec, job.rec.rev)
                 .await
@@ -48,11 +71,11 @@ impl Coordinator {
                     warn!(error = %format!("{e:#}"), "cannot record a canceled task");
                 }
             }
-            self.publish_job_event(id, JobState::Canceled, Some("canceled by request".into()))
+            self.publish_job_event(id, JobState::Canceled, Some(reason.into()))
                 .await;
-            info!(job = %id, "job canceled");
+            info!(job = %id, reason, "job canceled");
         }
-        Ok(self.jobs[id].status())
+        Ok(())
     }
 
     pub(crate) async fn retry(

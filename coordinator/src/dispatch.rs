@@ -2,9 +2,12 @@
 //! the inputs from its state and the live workers, and publishes what this returns.
 //!
 //! Rules: a region never gets more tasks than it has free slots (its live slots plus a small
-//! prefetch, minus what it already holds); higher priority first; among equal priorities the
-//! job with the fewest tasks in flight goes next (fair share), then the oldest; a job never
-//! has more than its `max_slots` tasks in flight. *Where* a task goes is the placement
+//! prefetch, minus what it already holds). Studios share first: the next slot goes to the
+//! studio with work whose tasks in flight, one more counted, are the smallest multiple of its
+//! weight ([`StudioView::share_after_next`]); a studio never passes its quotas (in all and per
+//! region). Within a studio, higher priority first; among equal priorities the job with the
+//! fewest tasks in flight goes next (fair share), then the oldest; a job never has more than
+//! its `max_slots` tasks in flight. *Where* a task goes is the placement
 //! model's call ([`crate::placement`]): among the job's allowed regions with live slots, the
 //! lowest score under the job's policy. A full region is an option too (the task waits for
 //! it, see [`crate::placement::WaitModel`]); when waiting scores best the task stays in the
@@ -24,6 +27,9 @@ use crate::placement::{
 /// One job's view for planning.
 #[derive(Debug, Clone)]
 pub struct JobView {
+    /// Index of the job's studio in the studios planned with it ([`plan_studios`]); 0 for
+    /// [`plan`].
+    pub studio: usize,
     pub priority: i32,
     pub created_ms: u64,
     /// Tasks released and not finished.
@@ -63,6 +69,7 @@ impl JobView {
         ready: impl Into<VecDeque<u32>>,
     ) -> Self {
         Self {
+            studio: 0,
             priority,
             created_ms,
             in_flight,
@@ -95,6 +102,89 @@ impl JobView {
             self.created_ms,
             idx,
         ))
+    }
+}
+
+/// One studio's view for planning: its weight, its quotas and what it holds.
+#[derive(Debug, Clone, Default)]
+pub struct StudioView {
+    /// Its share against the other studios with work (positive).
+    pub weight: f64,
+    /// Tasks released and not finished, over all its jobs; [`plan_studios`] counts its releases.
+    pub in_flight: u32,
+    /// Most tasks in flight at once over all regions.
+    pub max_slots: Option<u32>,
+    /// Tasks in flight per region (only regions with a quota need be listed).
+    pub in_flight_in: BTreeMap<Region, u32>,
+    /// Most tasks in flight at once per region.
+    pub region_slots: BTreeMap<Region, u32>,
+}
+
+impl StudioView {
+    /// A studio of weight 1 with no quota holding `in_flight` tasks.
+    pub fn open(in_flight: u32) -> Self {
+        Self {
+            weight: 1.0,
+            in_flight,
+            ..Self::default()
+        }
+    }
+
+    /// Its tasks in flight after one more, per unit of weight: the studio with the smallest
+    /// goes next. With weights 3 and 1 and four slots, the first three go to the heavier
+    /// studio (1/3, 2/3, 3/3 against 1/1, the tie to the heavier) and the fourth to the other.
+    pub fn share_after_next(&self) -> f64 {
+        (f64::from(self.in_flight) + 1.0) / self.weight.max(f64::MIN_POSITIVE)
+    }
+
+    /// Tasks it may still release over all regions.
+    fn room(&self) -> f64 {
+        self.max_slots.map_or(f64::INFINITY, |m| {
+            f64::from(m.saturating_sub(self.in_flight))
+        })
+    }
+
+    /// Whether its quota in `region` leaves room for another task.
+    fn room_in(&self, region: &Region) -> bool {
+        self.region_slots
+            .get(region)
+            .is_none_or(|quota| self.in_flight_in.get(region).copied().unwrap_or(0) < *quota)
+    }
+}
+
+/// The order studios take slots in: the smallest share after one more task, then the heavier,
+/// then the first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct StudioTurn {
+    share: f64,
+    weight: f64,
+    idx: usize,
+}
+
+impl Eq for StudioTurn {}
+
+impl Ord for StudioTurn {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: the binary heap pops its largest, and the smallest share goes first.
+        other
+            .share
+            .total_cmp(&self.share)
+            .then(self.weight.total_cmp(&other.weight))
+            .then(other.idx.cmp(&self.idx))
+    }
+}
+
+impl PartialOrd for StudioTurn {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+fn turn(studios: &[StudioView], idx: usize) -> StudioTurn {
+    StudioTurn {
+        share: studios[idx].share_after_next(),
+        weight: studios[idx].weight,
+        idx,
     }
 }
 
@@ -254,19 +344,36 @@ fn due(
     }
 }
 
-/// Plans releases at `now_ms`. Consumes what it plans: released tasks leave `ready` and count
-/// in `in_flight`, regions lose free slots and count the job's inputs as cached.
+/// Plans releases at `now_ms` for jobs of one studio (every job's `studio` is 0). Consumes what
+/// it plans: released tasks leave `ready` and count in `in_flight`, regions lose free slots and
+/// count the job's inputs as cached.
 pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Vec<Release> {
+    let in_flight = jobs.iter().map(|j| j.in_flight).sum();
+    plan_studios(jobs, &mut [StudioView::open(in_flight)], regions, now_ms)
+}
+
+/// Plans releases at `now_ms` for jobs of several studios (`JobView::studio` indexes
+/// `studios`): each slot goes to the studio whose turn it is, then to that studio's next job.
+/// Counts its releases in the studios' `in_flight` too. Costs a heap operation per release and
+/// per job, whatever the jobs' sizes.
+pub fn plan_studios(
+    jobs: &mut [JobView],
+    studios: &mut [StudioView],
+    regions: &mut [RegionView],
+    now_ms: u64,
+) -> Vec<Release> {
     let mut out = Vec::new();
     if regions.iter().all(|r| r.free <= 0) {
         return out;
     }
     let n_regions = regions.len();
-    let mut heap: BinaryHeap<_> = jobs
-        .iter()
-        .enumerate()
-        .filter(|(_, j)| !j.ready.is_empty())
-        .map(|(i, j)| j.key(i))
+    let mut job_heaps: Vec<BinaryHeap<_>> = vec![BinaryHeap::new(); studios.len()];
+    for (i, j) in jobs.iter().enumerate().filter(|(_, j)| !j.ready.is_empty()) {
+        job_heaps[j.studio].push(j.key(i));
+    }
+    let mut turns: BinaryHeap<StudioTurn> = (0..studios.len())
+        .filter(|s| !job_heaps[*s].is_empty() && studios[*s].room() >= 1.0)
+        .map(|s| turn(studios, s))
         .collect();
     // Tasks planned to wait for each region: by jobs of higher priority (ahead of the current
     // job in that region's queue) and by jobs of the priority being planned. Equal-priority
@@ -295,135 +402,157 @@ pub fn plan(jobs: &mut [JobView], regions: &mut [RegionView], now_ms: u64) -> Ve
         *busy_at.entry(b.priority).or_default() += 1.0;
     }
 
-    while let Some(Reverse((_, _, _, i))) = heap.pop() {
-        let job = &jobs[i];
-        if level_priority != Some(job.priority) {
-            for (h, l) in higher.iter_mut().zip(level.iter_mut()) {
-                *h += std::mem::take(l);
+    while let Some(StudioTurn { idx: s, .. }) = turns.pop() {
+        let Some(Reverse((_, _, _, i))) = job_heaps[s].pop() else {
+            continue;
+        };
+        let released = 'job: {
+            let job = &jobs[i];
+            if level_priority != Some(job.priority) {
+                for (h, l) in higher.iter_mut().zip(level.iter_mut()) {
+                    *h += std::mem::take(l);
+                }
+                level_priority = Some(job.priority);
             }
-            level_priority = Some(job.priority);
-        }
-        let cap_left = job.max_slots.map_or(f64::INFINITY, |m| {
-            f64::from(m.saturating_sub(job.in_flight))
-        });
-        let remaining =
-            (job.ready.len() as f64 + f64::from(job.more_ready) - own_total[i]).min(cap_left);
-        if remaining < 1.0 {
-            continue;
-        }
-        candidates.clear();
-        candidates.extend(
-            regions
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.live_slots > 0 && job.allows(r.name()))
-                .map(|(ri, r)| {
-                    let inputs = r.inputs(job.inputs.as_ref());
-                    let speed = r.speed_for(&job.renderer);
-                    let e = Estimate::new(&r.profile, speed, &job.needs, inputs, remaining);
-                    (ri, e, inputs)
-                }),
-        );
-        if candidates.is_empty() {
-            continue;
-        }
-        let due = due(job, &backlogs[i], &shares[i], &candidates, regions, now_ms);
-        let peers = Peers {
-            sharing: shares[i].sharing,
-            jobs: busy_at.get(&job.priority).copied().unwrap_or(1.0).max(1.0),
-        };
-        let scorer = Scorer::new(
-            job.policy,
-            candidates.iter().map(|c| &c.1),
-            &job.terms,
-            &due,
-        );
-        let held = &mut own[i];
-        if held.is_empty() {
-            held.resize(n_regions, 0.0);
-        }
-        let queue = |r: &RegionView| WaitModel {
-            queued: f64::from(r.queued),
-            live_slots: f64::from(r.live_slots),
-        };
-        let best_free = candidates
-            .iter()
-            .filter(|(ri, ..)| regions[*ri].free > 0)
-            .map(|(ri, e, has)| (*ri, scorer.score(e, 0.0), *has))
-            .min_by(|(ra, sa, _), (rb, sb, _)| {
-                cmp_score(*sa, *sb)
-                    .then(regions[*rb].free.cmp(&regions[*ra].free))
-                    .then(ra.cmp(rb))
-            });
-        // Full regions this job's next tasks would rather wait for, and how many of them.
-        let threshold = best_free.map_or(f64::INFINITY, |(_, s, _)| s);
-        let mut waiting = 0.0;
-        let mut best_wait: Option<(usize, f64)> = None;
-        for (ri, e, _) in candidates.iter().filter(|(ri, ..)| regions[*ri].free <= 0) {
-            let r = &regions[*ri];
-            let n = own_waiting(
-                &scorer,
-                e,
-                &queue(r),
-                higher[*ri],
-                held[*ri],
-                &peers,
-                threshold,
+            let studio = &studios[s];
+            let cap_left = job
+                .max_slots
+                .map_or(f64::INFINITY, |m| {
+                    f64::from(m.saturating_sub(job.in_flight))
+                })
+                .min(studio.room());
+            let remaining =
+                (job.ready.len() as f64 + f64::from(job.more_ready) - own_total[i]).min(cap_left);
+            if remaining < 1.0 {
+                break 'job false;
+            }
+            candidates.clear();
+            candidates.extend(
+                regions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| {
+                        r.live_slots > 0 && job.allows(r.name()) && studio.room_in(r.name())
+                    })
+                    .map(|(ri, r)| {
+                        let inputs = r.inputs(job.inputs.as_ref());
+                        let speed = r.speed_for(&job.renderer);
+                        let e = Estimate::new(&r.profile, speed, &job.needs, inputs, remaining);
+                        (ri, e, inputs)
+                    }),
             );
-            if n > 0.0 {
-                waiting += n;
-                let k = higher[*ri] + held[*ri];
-                let s = scorer.score(e, queue(r).wait_secs(e.render_secs, k));
-                if best_wait.is_none_or(|(_, bs)| s < bs) {
-                    best_wait = Some((*ri, s));
+            if candidates.is_empty() {
+                break 'job false;
+            }
+            let due = due(job, &backlogs[i], &shares[i], &candidates, regions, now_ms);
+            let peers = Peers {
+                sharing: shares[i].sharing,
+                jobs: busy_at.get(&job.priority).copied().unwrap_or(1.0).max(1.0),
+            };
+            let scorer = Scorer::new(
+                job.policy,
+                candidates.iter().map(|c| &c.1),
+                &job.terms,
+                &due,
+            );
+            let held = &mut own[i];
+            if held.is_empty() {
+                held.resize(n_regions, 0.0);
+            }
+            let queue = |r: &RegionView| WaitModel {
+                queued: f64::from(r.queued),
+                live_slots: f64::from(r.live_slots),
+            };
+            let best_free = candidates
+                .iter()
+                .filter(|(ri, ..)| regions[*ri].free > 0)
+                .map(|(ri, e, has)| (*ri, scorer.score(e, 0.0), *has))
+                .min_by(|(ra, sa, _), (rb, sb, _)| {
+                    cmp_score(*sa, *sb)
+                        .then(regions[*rb].free.cmp(&regions[*ra].free))
+                        .then(ra.cmp(rb))
+                });
+            // Full regions this job's next tasks would rather wait for, and how many of them.
+            let threshold = best_free.map_or(f64::INFINITY, |(_, s, _)| s);
+            let mut waiting = 0.0;
+            let mut best_wait: Option<(usize, f64)> = None;
+            for (ri, e, _) in candidates.iter().filter(|(ri, ..)| regions[*ri].free <= 0) {
+                let r = &regions[*ri];
+                let n = own_waiting(
+                    &scorer,
+                    e,
+                    &queue(r),
+                    higher[*ri],
+                    held[*ri],
+                    &peers,
+                    threshold,
+                );
+                if n > 0.0 {
+                    waiting += n;
+                    let k = higher[*ri] + held[*ri];
+                    let s = scorer.score(e, queue(r).wait_secs(e.render_secs, k));
+                    if best_wait.is_none_or(|(_, bs)| s < bs) {
+                        best_wait = Some((*ri, s));
+                    }
                 }
             }
-        }
-        if waiting >= remaining || best_free.is_none() {
-            // Everything left waits this round; note it where it would go first, so jobs of
-            // lower priority see the queue it makes.
-            if let Some((ri, _)) = best_wait {
-                held[ri] += remaining;
-                level[ri] += remaining;
+            if waiting >= remaining || best_free.is_none() {
+                // Everything left waits this round; note it where it would go first, so jobs of
+                // lower priority see the queue it makes.
+                if let Some((ri, _)) = best_wait {
+                    held[ri] += remaining;
+                    level[ri] += remaining;
+                }
+                own_total[i] += remaining;
+                break 'job false;
             }
-            own_total[i] += remaining;
-            continue;
-        }
-        if waiting > 0.0 {
-            for (ri, e, _) in candidates.iter().filter(|(ri, ..)| regions[*ri].free <= 0) {
-                let q = queue(&regions[*ri]);
-                let n = own_waiting(&scorer, e, &q, higher[*ri], held[*ri], &peers, threshold);
-                held[*ri] += n;
-                level[*ri] += n;
+            if waiting > 0.0 {
+                for (ri, e, _) in candidates.iter().filter(|(ri, ..)| regions[*ri].free <= 0) {
+                    let q = queue(&regions[*ri]);
+                    let n = own_waiting(&scorer, e, &q, higher[*ri], held[*ri], &peers, threshold);
+                    held[*ri] += n;
+                    level[*ri] += n;
+                }
+                own_total[i] += waiting;
             }
-            own_total[i] += waiting;
-        }
-        let Some((ri, _, inputs)) = best_free else {
-            continue;
+            let Some((ri, _, inputs)) = best_free else {
+                break 'job false;
+            };
+            let job = &mut jobs[i];
+            let Some(task) = job.ready.pop_front() else {
+                break 'job false;
+            };
+            job.in_flight += 1;
+            let region = &mut regions[ri];
+            region.free -= 1;
+            if let (Some(h), Inputs::Missing { link_busy_secs }) = (job.inputs, inputs) {
+                // This release starts the fetch: later tasks of the job wait for it, not another.
+                if job.needs.input_bytes > 0 {
+                    let secs = link_busy_secs + region.profile.transfer_secs(job.needs.input_bytes);
+                    region.arriving.insert(h, secs);
+                    region.link_busy_secs = secs;
+                } else {
+                    region.cached.insert(h);
+                }
+            }
+            studios[s].in_flight += 1;
+            *studios[s]
+                .in_flight_in
+                .entry(region.name().clone())
+                .or_default() += 1;
+            out.push(Release {
+                job: i,
+                task,
+                region: region.name().clone(),
+            });
+            true
         };
-        let job = &mut jobs[i];
-        let Some(task) = job.ready.pop_front() else {
-            continue;
-        };
-        job.in_flight += 1;
-        let region = &mut regions[ri];
-        region.free -= 1;
-        if let (Some(h), Inputs::Missing { link_busy_secs }) = (job.inputs, inputs) {
-            // This release starts the fetch: later tasks of the job wait for it, not another.
-            if job.needs.input_bytes > 0 {
-                let secs = link_busy_secs + region.profile.transfer_secs(job.needs.input_bytes);
-                region.arriving.insert(h, secs);
-                region.link_busy_secs = secs;
-            } else {
-                region.cached.insert(h);
-            }
+        if released {
+            job_heaps[s].push(jobs[i].key(i));
         }
-        out.push(Release {
-            job: i,
-            task,
-            region: region.name().clone(),
-        });
-        heap.push(job.key(i));
+        if !job_heaps[s].is_empty() && studios[s].room() >= 1.0 {
+            turns.push(turn(studios, s));
+        }
     }
     out
 }

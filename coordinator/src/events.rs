@@ -10,11 +10,13 @@ use async_nats::jetstream::kv::{Entry, Operation};
 use async_nats::jetstream::AckKind;
 use suanli_shared::nats;
 use suanli_shared::protocol::decode;
-use suanli_shared::protocol::{now_ms, Event, TaskEvent, TaskEventKind, WorkerInfo};
+use suanli_shared::protocol::{now_ms, Event, TaskEvent, TaskEventKind, TaskState, WorkerInfo};
+use suanli_shared::studios::BudgetAction;
 use suanli_shared::{JobId, Region};
 use tracing::{debug, info, warn};
 
 use crate::actor::Coordinator;
+use crate::budgets::Budgets;
 use crate::state::{apply_event, Applied, Versioned};
 
 impl Coordinator {
@@ -66,7 +68,12 @@ impl Coordinator {
             job.rec.rec.state,
             now_ms(),
         );
+        let was_done = task.rec.state == TaskState::Done;
         if let Applied::Changed(next) = applied {
+            let committed = (!was_done && next.state == TaskState::Done).then(|| {
+                let cost = Budgets::cost_of(&next, &self.config.catalog);
+                (cost, next.finished_ms.unwrap_or(ev.at_ms))
+            });
             if let Err(e) = self.set_task(&ev.job, *next).await {
                 // Leave the event unacknowledged: it is redelivered and applied again.
                 warn!(error = %format!("{e:#}"), "cannot apply an event; will retry");
@@ -90,8 +97,48 @@ impl Coordinator {
                 self.learned.record(rec, &ev.region, wall, *core_seconds);
             }
             self.settle_job(&ev.job).await;
+            if let Some((cost, at)) = committed {
+                self.charge_budget(&ev.job, cost, at).await;
+            }
         }
         let _ = msg.ack().await;
+    }
+
+    /// Charges a committed task's cost to its studio's month; announces the thresholds it
+    /// crosses on the job's event subject, and at 100 % under `cancel` cancels the studio's
+    /// unfinished jobs.
+    async fn charge_budget(&mut self, id: &JobId, cost: f64, at_ms: u64) {
+        let rec = &self.jobs[id].rec.rec;
+        let studio = rec.spec.studio.clone();
+        let (before, after) = self.budgets.charge(rec, cost, at_ms);
+        let crossings = self.budgets.crossings(
+            &studio,
+            before,
+            after,
+            &self.config.studios,
+            &self.config.catalog.currency,
+            self.budget_rooms.get(&studio) == Some(&0),
+        );
+        for c in crossings {
+            let b = &c.status;
+            let said = format!(
+                "budget: studio {} has spent {:.2} of its {:.2} {} for {} ({}%; at the limit: {})",
+                b.studio,
+                b.spent,
+                b.budget,
+                b.currency,
+                b.month,
+                c.percent,
+                b.at_limit.as_str()
+            );
+            warn!(studio = %b.studio, percent = c.percent, spent = b.spent, budget = b.budget, "studio budget threshold crossed");
+            let state = self.jobs[id].rec.rec.state;
+            self.publish_job_event(id, state, Some(said)).await;
+            if c.percent >= 100 && b.at_limit == BudgetAction::Cancel {
+                self.cancel_studio(&studio, "canceled: the studio's monthly budget is spent")
+                    .await;
+            }
+        }
     }
 
     /// Blocklists workers that have failed this job too often; they take none of its tasks

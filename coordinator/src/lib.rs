@@ -12,6 +12,7 @@
 
 mod actor;
 mod api;
+pub mod budgets;
 mod control;
 pub mod dispatch;
 mod events;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use suanli_shared::access::Access;
 use suanli_shared::regions::RegionCatalog;
+use suanli_shared::studios::StudioCatalog;
 
 pub use actor::run;
 
@@ -49,6 +51,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Prices, PUE, carbon and links of the regions; placement and the ledger use it.
     pub catalog: RegionCatalog,
+    /// Each studio's contract: weight, quotas, priority ceiling, regions, budget.
+    pub studios: StudioCatalog,
     /// A region with no live worker for this long loses its queued and running tasks to the
     /// other regions.
     pub region_lost_after: Duration,
@@ -64,6 +68,7 @@ impl Config {
             worker_lost_after: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(10),
             catalog: RegionCatalog::default(),
+            studios: StudioCatalog::default(),
             region_lost_after: Duration::from_secs(60),
         }
     }

@@ -23,11 +23,12 @@ use suanli_shared::protocol::{
     encode, now_ms, JobRecord, TaskAssignment, TaskState, WorkerInfo, WorkerState,
 };
 use suanli_shared::regions::RegionCatalog;
-use suanli_shared::{JobId, Region, WorkerId};
+use suanli_shared::studios::{StudioCatalog, StudioTerms};
+use suanli_shared::{JobId, Region, Studio, WorkerId};
 use tracing::{debug, warn};
 
 use crate::actor::Coordinator;
-use crate::dispatch::{self, JobView, RegionView};
+use crate::dispatch::{self, JobView, RegionView, StudioView};
 use crate::learned::Learned;
 use crate::placement::Terms;
 use crate::state::{self, Job};
@@ -62,15 +63,44 @@ pub struct Planned {
     pub region: Region,
 }
 
+/// The studios' side of a round: their contracts, and those whose budget stops their releases.
+#[derive(Debug, Clone, Copy)]
+pub struct Tenancy<'a> {
+    pub studios: &'a StudioCatalog,
+    /// Studios whose budget limits their releases (`stop` or `cancel`), and how many more
+    /// tasks each may release now; at 0 none of its tasks is released.
+    pub rooms: &'a BTreeMap<Studio, u32>,
+}
+
+impl Tenancy<'_> {
+    fn stopped(&self, studio: &Studio) -> bool {
+        self.rooms.get(studio) == Some(&0)
+    }
+}
+
+impl Tenancy<'static> {
+    /// Open terms for every studio, none stopped.
+    pub fn open() -> Self {
+        static ROOMS: BTreeMap<Studio, u32> = BTreeMap::new();
+        static STUDIOS: StudioCatalog = StudioCatalog::EMPTY;
+        Self {
+            studios: &STUDIOS,
+            rooms: &ROOMS,
+        }
+    }
+}
+
 /// Plans one round at `now`: the regions' free slots (their live slots, plus `prefetch` per
-/// region capped at one per worker, minus the tasks they hold), the jobs' ready tasks, and
-/// [`dispatch::plan`] to choose. Promotes tasks whose backoff is over; remembers the input
-/// fetches the plan starts in `learned`. Changes no task: the caller releases what this returns.
+/// region capped at one per worker, minus the tasks they hold), the studios' shares and quotas,
+/// the jobs' ready tasks, and [`dispatch::plan_studios`] to choose. Promotes tasks whose backoff
+/// is over; remembers the input fetches the plan starts in `learned`. Changes no task: the
+/// caller releases what this returns.
 pub fn plan_round(
     jobs: &mut BTreeMap<JobId, Job>,
     capacity: &Capacity,
     learned: &mut Learned,
     catalog: &RegionCatalog,
+    tenancy: Tenancy<'_>,
     prefetch: u32,
     now: u64,
 ) -> Vec<Planned> {
@@ -88,13 +118,30 @@ pub fn plan_round(
     let mut any_ready = false;
     // Tasks released to each live region and not started, over every job.
     let mut queued: BTreeMap<&Region, u32> = BTreeMap::new();
+    // Per studio with unfinished jobs: its contract and what it holds (one entry per job).
+    let mut studios: BTreeMap<Studio, (StudioTerms, StudioView)> = BTreeMap::new();
     for job in jobs.values_mut().filter(|j| !j.rec.rec.state.is_final()) {
         job.promote(now);
-        any_ready |= job.n_ready() > 0;
+        let studio = &job.rec.rec.spec.studio;
+        if !tenancy.stopped(studio) {
+            any_ready |= job.n_ready() > 0;
+        }
+        let (_, view) = studios.entry(studio.clone()).or_insert_with(|| {
+            let terms = tenancy.studios.terms(studio);
+            let view = StudioView {
+                weight: terms.weight,
+                max_slots: terms.max_slots,
+                region_slots: terms.region_slots.clone(),
+                ..StudioView::default()
+            };
+            (terms, view)
+        });
+        view.in_flight += job.in_flight();
         for (region, tasks) in job.in_flight_by_region() {
             if let Some(f) = free.get_mut(region) {
                 *f -= tasks.len() as i64;
             }
+            *view.in_flight_in.entry(region.clone()).or_default() += tasks.len() as u32;
         }
         for region in capacity.regions.keys() {
             *queued.entry(region).or_default() += job.queued_in(region);
@@ -113,12 +160,21 @@ pub fn plan_round(
     let mut ids = Vec::new();
     let mut views = Vec::new();
     let mut renderers: BTreeSet<String> = BTreeSet::new();
+    let studio_index: BTreeMap<&Studio, usize> =
+        studios.keys().enumerate().map(|(i, s)| (s, i)).collect();
     for job in jobs.values().filter(|j| !j.rec.rec.state.is_final()) {
-        if job.n_ready() == 0 {
+        let rec = &job.rec.rec;
+        if job.n_ready() == 0 || tenancy.stopped(&rec.spec.studio) {
             continue;
         }
-        let rec = &job.rec.rec;
-        let allowed = allowed_regions(rec, &region_workers);
+        let (terms, _) = &studios[&rec.spec.studio];
+        // The job's regions narrowed to its studio's (a job submitted before its studio's
+        // contract changed may be left with none: it waits).
+        let base = terms.allowed_for(&rec.spec.regions);
+        if base.is_empty() && !terms.regions.is_empty() {
+            continue;
+        }
+        let allowed = allowed_regions(rec, &base, &region_workers);
         if allowed.as_ref().is_some_and(|a| a.is_empty()) {
             continue;
         }
@@ -128,9 +184,10 @@ pub fn plan_round(
             rec.spec.priority,
             rec.created_ms,
             job.in_flight(),
-            allowed.unwrap_or_else(|| rec.spec.regions.clone()),
+            allowed.unwrap_or(base),
             ready,
         );
+        view.studio = studio_index[&rec.spec.studio];
         view.more_ready = job.n_ready() - view.ready.len() as u32;
         view.policy = rec.spec.placement.policy.unwrap_or(catalog.policy);
         view.deadline_ms = rec.spec.placement.deadline_ms;
@@ -157,7 +214,18 @@ pub fn plan_round(
             view
         })
         .collect();
-    let releases = dispatch::plan(&mut views, &mut regions, now);
+    let mut studio_views: Vec<StudioView> = studios
+        .into_iter()
+        .map(|(name, (_, mut v))| {
+            // What the budget has room for, on top of what the studio holds.
+            if let Some(room) = tenancy.rooms.get(&name) {
+                let cap = v.in_flight.saturating_add(*room);
+                v.max_slots = Some(v.max_slots.map_or(cap, |m| m.min(cap)));
+            }
+            v
+        })
+        .collect();
+    let releases = dispatch::plan_studios(&mut views, &mut studio_views, &mut regions, now);
     for region in &regions {
         learned.started_fetches(region.name(), &region.arriving, now);
     }
@@ -183,10 +251,11 @@ pub fn terms_of(rec: &JobRecord, catalog: &RegionCatalog) -> Terms {
 }
 
 /// The regions a job may be released to now, when its blocklist narrows them: the allowed
-/// regions (all live ones when the spec allows any) minus those where every live worker is
+/// regions `base` (all live ones when it is empty) minus those where every live worker is
 /// blocklisted for the job. `None` when the blocklist changes nothing.
 fn allowed_regions(
     rec: &JobRecord,
+    base: &[Region],
     region_workers: &BTreeMap<&Region, &[WorkerId]>,
 ) -> Option<Vec<Region>> {
     if rec.blocklist.is_empty() {
@@ -201,10 +270,10 @@ fn allowed_regions(
             })
         })
     };
-    let candidates: Vec<Region> = if rec.spec.regions.is_empty() {
+    let candidates: Vec<Region> = if base.is_empty() {
         region_workers.keys().map(|r| (*r).clone()).collect()
     } else {
-        rec.spec.regions.clone()
+        base.to_vec()
     };
     Some(candidates.into_iter().filter(|r| !all_blocked(r)).collect())
 }
@@ -221,12 +290,24 @@ impl Coordinator {
         for region in live {
             self.last_live.insert(region, now);
         }
+        self.budgets.roll(now);
+        self.budget_rooms = self.budgets.rooms(
+            &self.config.studios,
+            self.jobs
+                .values()
+                .filter(|j| !j.rec.rec.state.is_final())
+                .map(|j| (&j.rec.rec.spec.studio, j.in_flight())),
+        );
         let capacity = Capacity::of(self.live_workers());
         let planned = plan_round(
             &mut self.jobs,
             &capacity,
             &mut self.learned,
             &self.config.catalog,
+            Tenancy {
+                studios: &self.config.studios,
+                rooms: &self.budget_rooms,
+            },
             self.config.prefetch,
             now,
         );

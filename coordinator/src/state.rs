@@ -226,6 +226,7 @@ impl Job {
             blocklist: rec.blocklist.clone(),
             max_retries: rec.spec.max_retries,
             waiting: None,
+            budget: None,
         }
     }
 

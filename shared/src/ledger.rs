@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{JobStatus, RegionFigures};
+use crate::protocol::{BudgetStatus, JobStatus, RegionFigures};
 use crate::regions::{RegionCatalog, RegionProfile};
-use crate::Region;
+use crate::{Region, Studio};
 
 impl RegionFigures {
     /// Sets cost, energy and carbon from the work done, at `profile`'s prices: compute at the
@@ -42,6 +42,19 @@ impl JobStatus {
     }
 }
 
+/// What one rendered task cost: its figures priced like a ledger row (compute plus egress), so
+/// a budget is spent by exactly what `suanli ledger` shows.
+pub fn task_cost(profile: &RegionProfile, core_seconds: f64, bytes_in: u64) -> f64 {
+    let mut figures = RegionFigures {
+        frames_done: 0,
+        core_seconds,
+        bytes_in,
+        ..Default::default()
+    };
+    figures.price(profile);
+    figures.cost
+}
+
 /// Prices every region of a job's status from the catalog (regions the catalog does not name
 /// get its neutral profile).
 pub fn price_status(status: &mut JobStatus, catalog: &RegionCatalog) {
@@ -52,13 +65,20 @@ pub fn price_status(status: &mut JobStatus, catalog: &RegionCatalog) {
     }
 }
 
-/// Per-region totals over some jobs, and their sum.
+/// Per-region and per-studio totals over some jobs, and their sum.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     /// Jobs summed.
     pub jobs: usize,
     pub regions: BTreeMap<String, RegionFigures>,
     pub total: RegionFigures,
+    /// Totals per studio (over every month of the jobs summed).
+    #[serde(default)]
+    pub studios: BTreeMap<Studio, RegionFigures>,
+    /// Each studio's spend this month against its budget, for studios with one (as the
+    /// coordinator reported it with their jobs).
+    #[serde(default)]
+    pub budgets: BTreeMap<Studio, BudgetStatus>,
 }
 
 impl Ledger {
@@ -74,9 +94,14 @@ impl Ledger {
     /// Adds one job's figures.
     pub fn add_job(&mut self, status: &JobStatus) {
         self.jobs += 1;
+        let studio = self.studios.entry(status.studio.clone()).or_default();
         for (region, figures) in &status.regions {
             self.regions.entry(region.clone()).or_default().add(figures);
             self.total.add(figures);
+            studio.add(figures);
+        }
+        if let Some(b) = &status.budget {
+            self.budgets.insert(b.studio.clone(), b.clone());
         }
     }
 }
@@ -117,6 +142,7 @@ mod tests {
             blocklist: vec![],
             max_retries: 0,
             waiting: None,
+            budget: None,
         }
     }
 
@@ -141,9 +167,15 @@ mod tests {
         assert_eq!(ledger.total.core_seconds, 14_400.0);
         assert_eq!(a.total_figures().core_seconds, 10_800.0);
         assert_eq!(a.total_figures().frames_done, 2);
+        assert_eq!(ledger.studios[&Studio::default()].core_seconds, 14_400.0);
         assert_eq!(
             ledger.total.cost,
             ledger.regions["guian"].cost + ledger.regions["ulanqab"].cost
+        );
+        // A task's cost, as a budget is charged, is its row in the ledger.
+        assert_eq!(
+            task_cost(&guian, 3600.0, 1_000_000_000),
+            a.regions["guian"].cost
         );
     }
 }

@@ -14,6 +14,7 @@ pub mod nats;
 pub mod protocol;
 pub mod regions;
 pub mod store;
+pub mod studios;
 pub mod sys;
 
 pub use frames::{FrameChunk, FrameSpec};

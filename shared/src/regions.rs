@@ -297,6 +297,30 @@ pub fn toml_error_line(text: &str, e: &toml::de::Error) -> Option<usize> {
 /// so anything larger is a wrong path, not a catalog.
 pub const MAX_CATALOG_FILE: u64 = 1024 * 1024;
 
+/// Reads a catalog file (regions or studios) of at most [`MAX_CATALOG_FILE`] bytes; a larger
+/// one is refused before it is read whole. The error is the reason, for the caller to name.
+pub fn read_catalog_file(path: &Path) -> Result<String, String> {
+    let too_large = |size: Option<u64>| {
+        let size = size.map(|n| format!(" {n} bytes,")).unwrap_or_default();
+        format!("it is{size} over the {MAX_CATALOG_FILE}-byte limit of a catalog file")
+    };
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    if let Some(size) = file.metadata().ok().map(|m| m.len()) {
+        if size > MAX_CATALOG_FILE {
+            return Err(too_large(Some(size)));
+        }
+    }
+    // Reading stops past the limit all the same: a pipe or a growing file has no size.
+    let mut text = String::new();
+    file.take(MAX_CATALOG_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_CATALOG_FILE {
+        return Err(too_large(None));
+    }
+    Ok(text)
+}
+
 /// Every region's figures, loaded once by the coordinator (and by `suanli sim`). Regions it
 /// does not name get [`RegionProfile::neutral`] figures from [`RegionCatalog::profile`].
 #[derive(Debug, Clone, PartialEq)]
@@ -378,30 +402,10 @@ impl RegionCatalog {
     /// Reads and checks a catalog file of at most [`MAX_CATALOG_FILE`] bytes; a larger one is
     /// refused before it is read whole.
     pub fn load(path: &Path) -> Result<Self, CatalogError> {
-        let read_error = |message: String| CatalogError::Read {
+        let text = read_catalog_file(path).map_err(|message| CatalogError::Read {
             path: path.display().to_string(),
             message,
-        };
-        let too_large = |size: Option<u64>| {
-            let size = size.map(|n| format!(" {n} bytes,")).unwrap_or_default();
-            read_error(format!(
-                "it is{size} over the {MAX_CATALOG_FILE}-byte limit of a catalog file"
-            ))
-        };
-        let file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
-        if let Some(size) = file.metadata().ok().map(|m| m.len()) {
-            if size > MAX_CATALOG_FILE {
-                return Err(too_large(Some(size)));
-            }
-        }
-        // Reading stops past the limit all the same: a pipe or a growing file has no size.
-        let mut text = String::new();
-        file.take(MAX_CATALOG_FILE + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| read_error(e.to_string()))?;
-        if text.len() as u64 > MAX_CATALOG_FILE {
-            return Err(too_large(None));
-        }
+        })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 

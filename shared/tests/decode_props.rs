@@ -949,6 +949,7 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 blocklist,
                 max_retries,
                 waiting: None,
+                budget: None,
             },
         )
 }

@@ -10,6 +10,7 @@ pub mod roles;
 use std::path::Path;
 
 use suanli_shared::regions::RegionCatalog;
+use suanli_shared::studios::StudioCatalog;
 use tokio_util::sync::CancellationToken;
 
 use crate::exit::BadInput;
@@ -28,6 +29,11 @@ fn shutdown_on_signals() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+/// Reads a studio catalog; a bad one is the operator's input error (exit 2).
+fn load_studios(path: &Path) -> anyhow::Result<StudioCatalog> {
+    StudioCatalog::load(path).map_err(|e| BadInput(e.to_string()).into())
 }
 
 /// Reads a region catalog; a bad one is the operator's input error (exit 2).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use suanli_shared::access::{Access, Role};
 use suanli_shared::{Region, WorkerId};
 
-use super::{load_catalog, shutdown_on_signals};
+use super::{load_catalog, load_studios, shutdown_on_signals};
 use crate::exit::BadInput;
 
 #[derive(Debug, clap::Args)]
@@ -142,9 +142,19 @@ pub struct CoordinatorArgs {
     /// Regions it does not name get neutral figures.
     #[arg(long, env = "SUANLI_CATALOG")]
     pub catalog: Option<PathBuf>,
+    /// Studio catalog (TOML: each studio's weight, slot quotas, priority ceiling, regions and
+    /// monthly budget; see deploy/studios.example.toml). Studios it does not name get weight 1
+    /// and no limits.
+    #[arg(long, env = "SUANLI_STUDIOS")]
+    pub studios: Option<PathBuf>,
     /// A region with no live worker this long loses its queued tasks to the other regions.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub region_lost_after: Duration,
+    /// Tasks sent to a region beyond its free slots (at most one per worker), so a worker that
+    /// finishes a task finds the next one queued. 0 releases only into free slots, so shares
+    /// and budgets are held exactly.
+    #[arg(long, default_value_t = 1)]
+    pub prefetch: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,6 +172,9 @@ pub struct UpArgs {
     /// Region catalog for the coordinator (see `suanli coordinator --catalog`).
     #[arg(long, env = "SUANLI_CATALOG")]
     pub catalog: Option<PathBuf>,
+    /// Studio catalog for the coordinator (see `suanli coordinator --studios`).
+    #[arg(long, env = "SUANLI_STUDIOS")]
+    pub studio_catalog: Option<PathBuf>,
     /// Run the farm secure: TLS and an identity per role (`suanli auth init` into DIR/auth,
     /// unless a farm is there already), with nats-server enforcing each role's permissions.
     #[arg(long)]
@@ -187,8 +200,12 @@ pub async fn coordinator(
     config.lease_ttl = args.lease_ttl.max(Duration::from_secs(1));
     config.worker_lost_after = args.worker_lost_after;
     config.region_lost_after = args.region_lost_after;
+    config.prefetch = args.prefetch;
     if let Some(path) = &args.catalog {
         config.catalog = load_catalog(path)?;
+    }
+    if let Some(path) = &args.studios {
+        config.studios = load_studios(path)?;
     }
     suanli_coordinator::run(config, shutdown_on_signals()).await?;
     Ok(0)
@@ -286,6 +303,9 @@ pub async fn up(args: UpArgs, nats: Option<String>, store: Option<String>) -> an
     options.studios = args.studios;
     if let Some(path) = &args.catalog {
         options.catalog = load_catalog(path)?;
+    }
+    if let Some(path) = &args.studio_catalog {
+        options.studio_catalog = load_studios(path)?;
     }
     let farm = crate::localfarm::LocalFarm::start(options).await?;
     println!("farm up: NATS {}  store {}", farm.nats_url, farm.store_url);

@@ -27,6 +27,11 @@ pub fn text(scenario: &Scenario, runs: &[PolicyRun]) -> String {
     }
     text.push_str(&comparison_table(runs));
     text.push('\n');
+    let studios = studios_table(runs);
+    if !studios.is_empty() {
+        text.push_str(&studios);
+        text.push('\n');
+    }
     text.push_str(&dominance_line(runs));
     text
 }
@@ -196,6 +201,49 @@ pub fn comparison_table(runs: &[PolicyRun]) -> String {
     out
 }
 
+/// A Markdown table of each studio's share of the render time, makespan and spend per policy;
+/// empty when the scenario has one studio and no budget.
+pub fn studios_table(runs: &[PolicyRun]) -> String {
+    let Some(first) = runs.first().map(|run| &run.report) else {
+        return String::new();
+    };
+    if first.studios.len() < 2 && first.studios.iter().all(|s| s.budget.is_none()) {
+        return String::new();
+    }
+    let mut out = format!(
+        "| policy | studio | weight | share, all studios busy | share, whole run | makespan | spend ({c}) | budget ({c}) | tasks done |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        c = first.currency
+    );
+    for rep in runs.iter().map(|run| &run.report) {
+        for s in &rep.studios {
+            let makespan = s
+                .makespan_s
+                .map_or_else(|| "unfinished".to_string(), duration);
+            let budget = match s.budget {
+                Some(b) if s.stopped => format!("{} (stopped)", grouped(b)),
+                Some(b) => grouped(b),
+                None => "-".to_string(),
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {:.1}% | {} | {} | {} | {}/{} |\n",
+                rep.policy,
+                s.name,
+                s.weight,
+                s.contended_share
+                    .map_or_else(|| "-".to_string(), |c| format!("{:.1}%", c * 100.0)),
+                s.share * 100.0,
+                makespan,
+                grouped(s.spend),
+                budget,
+                s.done,
+                s.tasks
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use suanli_shared::protocol::Policy;
@@ -247,6 +295,28 @@ deadline_s = 36000.0
         assert!(text.contains("plans, simulated in") && text.contains(&table));
         assert!(text.ends_with(&dominance_line(&runs)), "{text}");
         assert!(comparison_table(&[]).is_empty());
+    }
+
+    #[test]
+    fn studios_get_a_table_when_there_are_several_or_a_budget() {
+        let (_, runs) = runs();
+        assert!(studios_table(&runs).is_empty(), "one studio, no budget");
+        let two = TWO_REGIONS.replace(
+            "[[job]]\nname = \"shot\"",
+            "[[studio]]\nname = \"acme\"\nweight = 3.0\nbudget_per_month = 0.2\nat_limit = \"stop\"\n\n\
+             [[job]]\nname = \"other\"\ntasks = 40\ntask_core_seconds = 600.0\n\n\
+             [[job]]\nstudio = \"acme\"\nname = \"shot\"",
+        );
+        let scenario = Scenario::from_toml(&two, "inline").unwrap();
+        let runs = suanli_coordinator::sim::run_policies(&scenario, &[Policy::Fastest]);
+        let table = studios_table(&runs);
+        assert_eq!(table.lines().count(), 2 + 2, "{table}");
+        let acme = table.lines().find(|l| l.contains("| acme |")).unwrap();
+        assert!(
+            acme.contains("| 0 (stopped) |") && acme.contains("| unfinished |"),
+            "{acme}"
+        );
+        assert!(text(&scenario, &runs).contains(&table));
     }
 
     #[test]

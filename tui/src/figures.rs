@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use suanli_shared::protocol::{JobStatus, RegionFigures, WorkerState};
+use suanli_shared::ledger::Ledger;
+use suanli_shared::protocol::{BudgetStatus, JobStatus, RegionFigures, WorkerState};
 use suanli_shared::regions::RegionProfile;
-use suanli_shared::Region;
+use suanli_shared::{Region, Studio};
 
 use crate::state::{State, BUCKET_MS, MINUTE_BUCKETS};
 
@@ -148,6 +149,52 @@ pub fn cost(state: &State, figures: &RegionFigures) -> Option<f64> {
 /// Facility energy as shown: `None` until the coordinator offers its catalog (see [`cost`]).
 pub fn energy_kwh(state: &State, figures: &RegionFigures) -> Option<f64> {
     state.catalog.is_some().then_some(figures.energy_kwh)
+}
+
+/// One line of the studios table: what a studio has on the farm and what it spent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudioRow {
+    pub studio: Studio,
+    pub jobs: usize,
+    pub active: usize,
+    /// Its tasks released and not finished (running or queued in a region).
+    pub in_flight: u32,
+    /// Its part of every studio's tasks in flight (0 to 1).
+    pub share: f64,
+    /// Its jobs' figures summed (every month).
+    pub figures: RegionFigures,
+    /// This month against its budget, as the coordinator reported it.
+    pub budget: Option<BudgetStatus>,
+}
+
+/// Every studio with a job the terminal knows of, in name order.
+pub fn studio_rows(state: &State) -> Vec<StudioRow> {
+    let ledger = Ledger::of(&state.jobs);
+    let mut rows: BTreeMap<&Studio, StudioRow> = BTreeMap::new();
+    for j in &state.jobs {
+        let row = rows.entry(&j.studio).or_insert_with(|| StudioRow {
+            studio: j.studio.clone(),
+            jobs: 0,
+            active: 0,
+            in_flight: 0,
+            share: 0.0,
+            figures: ledger.studios.get(&j.studio).cloned().unwrap_or_default(),
+            budget: ledger.budgets.get(&j.studio).cloned(),
+        });
+        row.jobs += 1;
+        row.active += usize::from(!j.state.is_final());
+        row.in_flight += j.tasks.running + j.tasks.queued;
+    }
+    let total: u32 = rows.values().map(|r| r.in_flight).sum();
+    let mut out: Vec<StudioRow> = rows.into_values().collect();
+    for r in &mut out {
+        r.share = if total > 0 {
+            f64::from(r.in_flight) / f64::from(total)
+        } else {
+            0.0
+        };
+    }
+    out
 }
 
 /// Core-hours of some figures.

@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 
 use suanli_shared::protocol::{
-    CurrentTask, Failure, FrameCounts, JobEvent, JobState, JobStatus, OutputFile, RegionFigures,
-    TaskCounts, TaskEvent, TaskEventKind, TaskRecord, TaskState, WorkerInfo, WorkerState,
+    BudgetStatus, CurrentTask, Failure, FrameCounts, JobEvent, JobState, JobStatus, OutputFile,
+    RegionFigures, TaskCounts, TaskEvent, TaskEventKind, TaskRecord, TaskState, WorkerInfo,
+    WorkerState,
 };
 use suanli_shared::regions::RegionProfile;
+use suanli_shared::studios::BudgetAction;
 use suanli_shared::{ContentHash, FrameChunk, JobId, Region, WorkerId};
 
 use crate::action::{Action, Snapshot};
@@ -327,6 +329,39 @@ pub fn farm_state(theme: Theme, size: (u16, u16), with_catalog: bool) -> State {
             })),
         },
     );
+    state
+}
+
+/// [`farm_state`] with its jobs in two studios with budgets: the running job is acme's (82 %
+/// of its budget, under `stop`), the failed one bolt's (past its budget, under `warn`), the
+/// done one in the default studio with none.
+pub fn studios_state(theme: Theme, size: (u16, u16)) -> State {
+    let mut state = farm_state(theme, size, true);
+    let mut snapshot = farm_snapshot();
+    let budget =
+        |studio: &str, spent: f64, budget: f64, at_limit: BudgetAction, stopped| BudgetStatus {
+            studio: studio.parse().unwrap(),
+            month: "2026-11".into(),
+            spent,
+            budget,
+            currency: "CNY".into(),
+            at_limit,
+            stopped,
+        };
+    for job in &mut snapshot.jobs {
+        match job.name.as_str() {
+            "shot010-lighting" => {
+                job.studio = "acme".parse().unwrap();
+                job.budget = Some(budget("acme", 41.0, 50.0, BudgetAction::Stop, false));
+            }
+            "shot001-previs" => {
+                job.studio = "bolt".parse().unwrap();
+                job.budget = Some(budget("bolt", 12.5, 10.0, BudgetAction::Warn, false));
+            }
+            _ => {}
+        }
+    }
+    update(&mut state, Action::Polled(Box::new(snapshot)));
     state
 }
 

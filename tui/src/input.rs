@@ -35,6 +35,7 @@ pub fn map_key(key: KeyEvent) -> Option<Action> {
         KeyCode::Char('2') => Action::ShowView(View::Job),
         KeyCode::Char('3') => Action::ShowView(View::Workers),
         KeyCode::Char('4') => Action::ShowView(View::Ledger),
+        KeyCode::Char('5') => Action::ShowView(View::Studios),
         KeyCode::Char('c') => Action::CancelJob,
         KeyCode::Char('r') => Action::RetryJob,
         KeyCode::Char('d') => Action::DrainWorker,
@@ -67,6 +68,10 @@ mod tests {
         assert_eq!(
             map_key(key(KeyCode::Char('3'))),
             Some(Action::ShowView(View::Workers))
+        );
+        assert_eq!(
+            map_key(key(KeyCode::Char('5'))),
+            Some(Action::ShowView(View::Studios))
         );
         assert_eq!(map_key(key(KeyCode::Char('x'))), None);
         let mut release = key(KeyCode::Char('q'));

@@ -9,10 +9,17 @@ pub enum View {
     Job,
     Workers,
     Ledger,
+    Studios,
 }
 
 impl View {
-    pub const ALL: [View; 4] = [View::Overview, View::Job, View::Workers, View::Ledger];
+    pub const ALL: [View; 5] = [
+        View::Overview,
+        View::Job,
+        View::Workers,
+        View::Ledger,
+        View::Studios,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -20,6 +27,7 @@ impl View {
             View::Job => "Job",
             View::Workers => "Workers",
             View::Ledger => "Ledger",
+            View::Studios => "Studios",
         }
     }
 

@@ -91,7 +91,7 @@ fn overview_shows_regions_jobs_throughput_and_events() {
     assert_screen(
         &s,
         &[
-            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger                 ? help  q quit ",
+            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger  5 Studios      ? help  q quit ",
             " Regions ───────────────────────────────────────────────────────────────────────",
             "REGION    WORKERS   SLOTS UTIL        LAST 1m           QUEUE FR/MIN  PRICE  PUE",
             "guian         2/2     2/4 ███     50%      ▄▄▄▄▄▄▄▄▄▄▄▄     3      1  0.080 1.12",
@@ -197,7 +197,7 @@ fn job_view_shows_the_frame_grid_the_selected_failure_and_a_preview() {
     assert_screen(
         &s,
         &[
-            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger                 ? help  q quit ",
+            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger  5 Studios      ? help  q quit ",
             " shot010-lighting running  eta ~23s · elapsed 10m01s · 1.200 core-h · cost 0.08 ",
             " ██████████▒▒▒▒▒▒▒✗······················ 20/48 frames · 8 cached · 1 failed    ",
             " █ done 12  ▒ cached 7  ▸ running 3  ○ queued 0  · pending 25  ✗ failed 1       ",
@@ -233,7 +233,7 @@ fn workers_view_lists_state_current_work_and_heartbeats() {
     assert_screen(
         &s,
         &[
-            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger                 ? help  q quit ",
+            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger  5 Studios      ? help  q quit ",
             " Workers 4 · 3 live ────────────────────────────────────────────────────────────",
             "WORKER      REGION    STATE     SLOTS CURRENT           CORE-S  BEAT RENDERERS  ",
             "guian-1     guian     rendering   2/2 f21 50% f22 25%…    1234    1s builtin su…",
@@ -268,7 +268,7 @@ fn ledger_view_has_regions_jobs_and_totals() {
     assert_screen(
         &s,
         &[
-            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger                 ? help  q quit ",
+            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger  5 Studios      ? help  q quit ",
             " Ledger by region ──────────────────────────────────────────────────────────────",
             "REGION                 FRAMES   CORE-H     COST      KWH   PUE   PRICE   DATA IN",
             "guian                      15    2.400     0.19    0.027  1.12   0.080    7.5 MB",
@@ -303,13 +303,13 @@ fn help_overlay_lists_every_key() {
     assert_screen(
         &s,
         &[
-            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger                 ? help  q quit ",
+            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger  5 Studios      ? help  q quit ",
             " Regions ───────────────────────────────────────────────────────────────────────",
             "REGION    WORKERS   SLOTS UTIL        LAST 1m           QUEUE FR/MIN  PRICE  PUE",
             "guian         2/2     2/4 ███     50%      ▄▄▄▄▄▄▄▄▄▄▄▄     3      1  0.080 1.12",
             "ulanqab  ┌ Keys ──────────────────────────────────────────────────────┐.060 1.25",
             " Jobs 3 ·│ Tab / Shift-Tab    next / previous view                    │─────────",
-            "JOB      │ 1 2 3 4            Overview, Job, Workers, Ledger          │-H   COST",
+            "JOB      │ 1 2 3 4 5          Overview, Job, Workers, Ledger, Studios │-H   COST",
             "shot010-l│ ↑ ↓  or  k j       select a job, worker or task row        │00   0.08",
             "shot009  │ ← →  or  h l       select a task (job view)                │ 0   0.00",
             "shot001-p│ PgUp PgDn Home End move a page, to the ends                │00   0.14",
@@ -350,7 +350,7 @@ fn a_lost_connection_shows_the_banner_over_the_last_data() {
     assert_screen(
         &s,
         &[
-            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger                 ? help  q quit ",
+            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger  5 Studios      ? help  q quit ",
             " DISCONNECTED (data 12s old, retrying): NATS connection lost, reconnecting      ",
             " Regions ───────────────────────────────────────────────────────────────────────",
             "REGION    WORKERS   SLOTS UTIL        LAST 1m           QUEUE FR/MIN  PRICE  PUE",
@@ -391,7 +391,7 @@ fn cancel_asks_for_confirmation_in_a_dialog() {
     assert_screen(
         &s,
         &[
-            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger                 ? help  q quit ",
+            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger  5 Studios      ? help  q quit ",
             " Regions ───────────────────────────────────────────────────────────────────────",
             "REGION    WORKERS   SLOTS UTIL        LAST 1m           QUEUE FR/MIN  PRICE  PUE",
             "guian         2/2     2/4 ███     50%      ▄▄▄▄▄▄▄▄▄▄▄▄     3      1  0.080 1.12",
@@ -510,4 +510,61 @@ fn the_job_grid_scrolls_to_the_selected_task() {
     let last_row = 1999 / 43 - 1999 / 43 / 11 * 11;
     assert_eq!(grid(5 + last_row).trim_end(), "█".repeat(1999 % 43 + 1));
     assert_eq!(grid(5), "█".repeat(43));
+}
+
+#[test]
+fn studios_view_shows_shares_spend_and_budget_gauges() {
+    let mut s = fixtures::studios_state(Theme::plain(), (100, 12));
+    update(&mut s, Action::ShowView(View::Studios));
+    assert_screen(
+        &s,
+        &[
+            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger  5 Studios                          ? help  q quit ",
+            " Studios 3 · budgets for 2026-11 in CNY ────────────────────────────────────────────────────────────",
+            "STUDIO                JOBS  IN FLT  SHARE   CORE-H     COST MONTH            SPENT / BUDGET AT LIMIT",
+            "acme                     1       3   100%    1.200     0.08 ██████▌   82%     41.00 / 50.00 stop    ",
+            "bolt                     1       0     0%    1.800     0.14 ████████ 125%     12.50 / 10.00 warn    ",
+            "default                  1       0     0%        0     0.00 no budget                               ",
+            "                                                                                                    ",
+            "                                                                                                    ",
+            "                                                                                                    ",
+            "                                                                                                    ",
+            "                                                                                                    ",
+            " Esc back · Tab views                                                                  15:06:40 UTC ",
+        ],
+    );
+}
+
+#[test]
+fn overview_shows_a_budget_gauge_per_studio() {
+    let s = fixtures::studios_state(Theme::plain(), (80, 24));
+    assert_screen(
+        &s,
+        &[
+            " Suanli   1 Overview  2 Job  3 Workers  4 Ledger  5 Studios      ? help  q quit ",
+            " Regions ───────────────────────────────────────────────────────────────────────",
+            "REGION    WORKERS   SLOTS UTIL        LAST 1m           QUEUE FR/MIN  PRICE  PUE",
+            "guian         2/2     2/4 ███     50%      ▄▄▄▄▄▄▄▄▄▄▄▄     3      1  0.080 1.12",
+            "ulanqab       1/2     1/2 █▌      25%      ▂▂▂▂▂▂▂▂▂▂▂▂     1      1  0.060 1.25",
+            " Jobs 3 · 1 active ─────────────────────────────────────────────────────────────",
+            "JOB          STATE    PRI PROGRESS    FRAMES CACHED    ETA ELAPSED CORE-H   COST",
+            "acme/shot01… running    0 ██▒✗····     20/48      8   ~23s  10m00s  1.200   0.08",
+            "shot009      done       0 ▒▒▒▒▒▒▒▒     24/24     24      —   9m00s      0   0.00",
+            "bolt/shot00… failed     0 ███████✗      9/10      0      —   9m00s  1.800   0.14",
+            " Farm     2 frames/min          ▁▁▁▁▁▁▁▁▁▁██▁ 3 running · 0 queued · 24 pending ",
+            " Budgets  acme ████▉   82%  bolt ██████ 125%                                    ",
+            " Events (UTC) ──────────────────────────────────────────────────────────────────",
+            "15:05:40   connected: 4 workers, 3 jobs                                         ",
+            "15:06:40 ✗ worker ulanqab/ulanqab-2 lost: no heartbeat for 45s                  ",
+            "15:06:40   guian/guian-1: shot010-lighting frame 19 in 3.0s                     ",
+            "15:06:40 ✗ ulanqab/ulanqab-1: shot010-lighting task 5 failed, attempt 1: rendere",
+            "15:06:40   ulanqab/ulanqab-1: shot010-lighting frame 20 in 2.0s                 ",
+            "15:06:40 ✗ job shot001-previs is failed: task 9 failed 3 times                  ",
+            "                                                                                ",
+            "                                                                                ",
+            "                                                                                ",
+            "                                                                                ",
+            " ↑↓ job · Enter open · c cancel · r retry · Tab views              15:06:40 UTC ",
+        ],
+    );
 }

@@ -364,3 +364,152 @@ fn a_job_that_falls_behind_its_bound_spreads_again() {
     // 3600 / 6 + 60 = 660 s, the bound 990 s, and only 36 tasks can wait: the job spreads.
     assert_eq!(split(&mut farm(0.5)), (4, 4));
 }
+
+fn studio(weight: f64, in_flight: u32) -> StudioView {
+    StudioView {
+        weight,
+        in_flight,
+        ..StudioView::default()
+    }
+}
+
+fn of_studio(mut j: JobView, s: usize) -> JobView {
+    j.studio = s;
+    j
+}
+
+/// Releases per studio.
+fn per_studio(out: &[Release], jobs: &[JobView], n: usize) -> Vec<usize> {
+    let mut counts = vec![0; n];
+    for x in out {
+        counts[jobs[x.job].studio] += 1;
+    }
+    counts
+}
+
+#[test]
+fn studios_share_by_weight_whatever_their_jobs_size() {
+    // Studio 0 (weight 3) has a huge job listed first; studio 1 (weight 1) ten frames.
+    let mut regions = [region("a", 8)];
+    let mut big = of_studio(job(0, 1, 16, &[]), 0);
+    big.more_ready = 999_984;
+    let mut jobs = [big, of_studio(job(0, 2, 10, &[]), 1)];
+    let mut studios = [studio(3.0, 0), studio(1.0, 0)];
+    let out = plan_studios(&mut jobs, &mut studios, &mut regions, 0);
+    assert_eq!(per_studio(&out, &jobs, 2), [6, 2]);
+    assert_eq!((studios[0].in_flight, studios[1].in_flight), (6, 2));
+    // Two more slots with studio 1 still holding its two: studio 0 takes both (7/3 and 8/3
+    // are below 3/1).
+    let mut regions = [region("a", 2)];
+    let out = plan_studios(&mut jobs, &mut studios, &mut regions, 0);
+    assert_eq!(per_studio(&out, &jobs, 2), [2, 0]);
+    // The next slot: studio 0 holds 8 (9/3 = 3), studio 1 two (3/1 = 3): a tie, to the heavier.
+    let mut regions = [region("a", 1)];
+    let out = plan_studios(&mut jobs, &mut studios, &mut regions, 0);
+    assert_eq!(per_studio(&out, &jobs, 2), [1, 0]);
+    let mut regions = [region("a", 1)];
+    let out = plan_studios(&mut jobs, &mut studios, &mut regions, 0);
+    assert_eq!(per_studio(&out, &jobs, 2), [0, 1], "10/3 > 3/1");
+}
+
+#[test]
+fn a_studio_below_its_share_gets_the_freed_slots_first() {
+    // Studio 1 was idle, so studio 0 holds every slot; studio 1 submits, and the slots that
+    // free go to it until it holds its share.
+    let mut jobs = [
+        of_studio(job(0, 1, 100, &[]), 0),
+        of_studio(job(0, 2, 100, &[]), 1),
+    ];
+    let mut studios = [studio(1.0, 8), studio(1.0, 0)];
+    for _ in 0..4 {
+        let mut regions = [region("a", 1)];
+        let out = plan_studios(&mut jobs, &mut studios, &mut regions, 0);
+        assert_eq!(per_studio(&out, &jobs, 2), [0, 1]);
+        studios[0].in_flight -= 1; // one of studio 0's tasks finishes
+    }
+    // Both hold 4 now: the next freed slot goes to studio 0 (a tie goes to the first).
+    let mut regions = [region("a", 1)];
+    let out = plan_studios(&mut jobs, &mut studios, &mut regions, 0);
+    assert_eq!(per_studio(&out, &jobs, 2), [1, 0]);
+    // An idle studio's share goes to the others: alone, studio 0 takes every slot.
+    let mut alone = [
+        of_studio(job(0, 1, 100, &[]), 0),
+        of_studio(job(0, 2, 0, &[]), 1),
+    ];
+    let mut studios = [studio(1.0, 0), studio(9.0, 0)];
+    let mut regions = [region("a", 8)];
+    let out = plan_studios(&mut alone, &mut studios, &mut regions, 0);
+    assert_eq!(per_studio(&out, &alone, 2), [8, 0]);
+}
+
+#[test]
+fn within_a_studio_priority_then_fair_share_between_jobs() {
+    let mut regions = [region("a", 8)];
+    let mut jobs = [
+        of_studio(job(0, 1, 100, &[]), 0),
+        of_studio(job(5, 2, 100, &[]), 0),
+        of_studio(job(0, 3, 100, &[]), 1),
+        of_studio(job(0, 4, 100, &[]), 1),
+    ];
+    let mut studios = [studio(1.0, 0), studio(1.0, 0)];
+    let out = plan_studios(&mut jobs, &mut studios, &mut regions, 0);
+    let per_job: Vec<usize> = (0..4)
+        .map(|j| out.iter().filter(|x| x.job == j).count())
+        .collect();
+    // Studio 0's four slots all go to its priority-5 job; studio 1's split between its two.
+    assert_eq!(per_job, [0, 4, 2, 2]);
+}
+
+#[test]
+fn studio_quotas_hold_in_all_and_per_region() {
+    let mut regions = [region("a", 6), region("b", 6)];
+    let mut jobs = [
+        of_studio(job(0, 1, 100, &[]), 0),
+        of_studio(job(0, 2, 100, &[]), 1),
+    ];
+    let mut capped = studio(1.0, 0);
+    capped.max_slots = Some(5);
+    capped.region_slots.insert(r("a"), 1);
+    capped.in_flight_in.insert(r("a"), 1); // already at its quota in a
+    capped.in_flight = 1;
+    let mut studios = [capped, studio(1.0, 0)];
+    let out = plan_studios(&mut jobs, &mut studios, &mut regions, 0);
+    let of0: Vec<&Release> = out.iter().filter(|x| x.job == 0).collect();
+    assert_eq!(of0.len(), 4, "5 in all, one already in flight");
+    assert!(of0.iter().all(|x| x.region == r("b")), "{of0:?}");
+    assert_eq!(out.len(), 12, "the other studio takes the rest");
+    assert_eq!(studios[0].in_flight, 5);
+}
+
+#[test]
+fn weighted_shares_over_many_rounds_converge_to_the_weights() {
+    // A saturated farm: each round one random task of each studio's finishes... here, in turn,
+    // the oldest release finishes, and the freed slot is planned again.
+    let mut jobs = [
+        of_studio(job(0, 1, 10_000, &[]), 0),
+        of_studio(job(0, 2, 10_000, &[]), 1),
+    ];
+    let mut studios = [studio(3.0, 0), studio(1.0, 0)];
+    let mut regions = [region("a", 16)];
+    let mut running: VecDeque<usize> = plan_studios(&mut jobs, &mut studios, &mut regions, 0)
+        .iter()
+        .map(|x| x.job)
+        .collect();
+    let mut slot_rounds = [0u64; 2];
+    for _ in 0..1000 {
+        for s in &running {
+            slot_rounds[*s] += 1;
+        }
+        let done = running.pop_front().unwrap();
+        studios[done].in_flight -= 1;
+        jobs[done].in_flight -= 1;
+        let mut regions = [region("a", 1)];
+        running.extend(
+            plan_studios(&mut jobs, &mut studios, &mut regions, 0)
+                .iter()
+                .map(|x| x.job),
+        );
+    }
+    let ratio = slot_rounds[0] as f64 / slot_rounds[1] as f64;
+    assert!((ratio - 3.0).abs() < 0.05, "ratio {ratio}");
+}

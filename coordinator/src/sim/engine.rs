@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 use suanli_shared::protocol::Policy;
 use suanli_shared::ContentHash;
 
-use super::{secs_to_ms, JobReport, RegionReport, Scenario, SimJob, SimReport};
-use crate::dispatch::{self, JobView, RegionView};
+use super::{secs_to_ms, JobReport, RegionReport, Scenario, SimJob, SimReport, StudioReport};
+use crate::budgets;
+use crate::dispatch::{self, JobView, RegionView, StudioView};
 use crate::placement::{SpeedBook, TaskNeeds};
 
 /// The stand-in content hash of a named input set: jobs that name the same set share it.
@@ -75,13 +76,36 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
             fetched,
         });
     }
+    // Studios in name order, with their contracts and their views for planning.
+    let names: std::collections::BTreeSet<&suanli_shared::Studio> =
+        scenario.jobs.iter().map(|j| &j.studio).collect();
+    let contracts: Vec<_> = names.iter().map(|s| scenario.studios.terms(s)).collect();
+    let mut studio_views: Vec<StudioView> = contracts
+        .iter()
+        .map(|t| StudioView {
+            weight: t.weight,
+            max_slots: t.max_slots,
+            region_slots: t.region_slots.clone(),
+            ..StudioView::default()
+        })
+        .collect();
+    let studio_of: Vec<usize> = scenario
+        .jobs
+        .iter()
+        .map(|j| names.iter().position(|s| *s == &j.studio).unwrap_or(0))
+        .collect();
+    let mut studio_render_ms = vec![0u64; names.len()];
+    let mut contended_ms = vec![0u64; names.len()];
+    let mut studio_stopped = vec![false; names.len()];
     let mut jobs: Vec<JobView> = Vec::new();
     let mut reports: Vec<JobReport> = Vec::new();
     let mut heap: BinaryHeap<Event> = BinaryHeap::new();
     let mut seq = 0u64;
     for (i, j) in scenario.jobs.iter().enumerate() {
         let submit_ms = secs_to_ms(j.submit_at_s);
-        let mut view = JobView::new(j.priority, submit_ms, 0, j.regions.clone(), Vec::new());
+        let allowed = scenario.studios.terms(&j.studio).allowed_for(&j.regions);
+        let mut view = JobView::new(j.priority, submit_ms, 0, allowed, Vec::new());
+        view.studio = studio_of[i];
         view.policy = j.policy.unwrap_or(policy);
         view.deadline_ms = j.deadline_s.map(|d| submit_ms + secs_to_ms(d));
         view.max_slots = j.max_slots;
@@ -140,6 +164,12 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
             st.report.carbon_kg += p.carbon_kg(core_s);
             let view = &mut jobs[ji];
             view.in_flight -= 1;
+            let sv = &mut studio_views[view.studio];
+            sv.in_flight -= 1;
+            if let Some(n) = sv.in_flight_in.get_mut(&p.name) {
+                *n -= 1;
+            }
+            studio_render_ms[view.studio] += render_ms;
             book.record(&p.name, &view.renderer, view.needs.wall_seconds, render_s);
             let learned = book.factor(&p.name, &view.renderer);
             regions[ri].free += 1;
@@ -169,8 +199,36 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
                 }
             }
         }
+        // Budgets: a studio under stop or cancel releases only what its budget has room for
+        // (the coordinator's rule, [`budgets::budget_room`]).
+        let mut spent = vec![(0.0, 0u32); studio_views.len()];
+        for (ji, rep) in reports.iter().enumerate() {
+            let s = &mut spent[studio_of[ji]];
+            s.0 += rep.cost;
+            s.1 += rep.done;
+        }
+        let mut stopped_now = vec![false; studio_views.len()];
+        for (si, view) in studio_views.iter_mut().enumerate() {
+            let (cost, done) = spent[si];
+            let mean = (done > 0).then(|| cost / f64::from(done));
+            let room = budgets::budget_room(&contracts[si], cost, view.in_flight, mean);
+            stopped_now[si] = room == Some(0);
+            studio_stopped[si] |= stopped_now[si];
+            view.max_slots = match (room, contracts[si].max_slots) {
+                (Some(r), Some(m)) => Some(m.min(view.in_flight.saturating_add(r))),
+                (Some(r), None) => Some(view.in_flight.saturating_add(r)),
+                (None, m) => m,
+            };
+        }
+        // Whether every studio has work it may release this round.
+        let mut waiting = vec![false; studio_views.len()];
+        for (ji, job) in jobs.iter().enumerate() {
+            waiting[studio_of[ji]] |= !job.ready.is_empty();
+        }
+        let contended =
+            studio_views.len() > 1 && waiting.iter().zip(&stopped_now).all(|(w, s)| *w && !*s);
         plan_calls += 1;
-        for release in dispatch::plan(&mut jobs, &mut regions, now) {
+        for release in dispatch::plan_studios(&mut jobs, &mut studio_views, &mut regions, now) {
             let ri = regions
                 .iter()
                 .position(|r| r.name() == &release.region)
@@ -192,6 +250,9 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
             };
             let jitter = 1.0 + scenario.jitter * (2.0 * rng.next_f64() - 1.0);
             let render_ms = secs_to_ms(job.needs.wall_seconds / st.speed * jitter).max(1);
+            if contended {
+                contended_ms[job.studio] += render_ms;
+            }
             let end = inputs_at.max(now) + render_ms;
             heap.push(Reverse((
                 end,
@@ -218,9 +279,43 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
         tasks_total: scenario.jobs.iter().map(|j| u64::from(j.tasks)).sum(),
         regions: Vec::new(),
         jobs: Vec::new(),
+        studios: Vec::new(),
         events,
         plan_calls,
     };
+    let all_render_ms: u64 = studio_render_ms.iter().sum();
+    let all_contended_ms: u64 = contended_ms.iter().sum();
+    for (si, name) in names.iter().enumerate() {
+        let mine = || {
+            reports
+                .iter()
+                .zip(&studio_of)
+                .filter(move |(_, s)| **s == si)
+                .map(|(r, _)| r)
+        };
+        let unfinished = mine().any(|r| r.finished_s.is_none());
+        out.studios.push(StudioReport {
+            name: name.to_string(),
+            weight: contracts[si].weight,
+            tasks: mine().map(|r| u64::from(r.tasks)).sum(),
+            done: mine().map(|r| u64::from(r.done)).sum(),
+            share: if all_render_ms == 0 {
+                0.0
+            } else {
+                studio_render_ms[si] as f64 / all_render_ms as f64
+            },
+            contended_share: (all_contended_ms > 0)
+                .then(|| contended_ms[si] as f64 / all_contended_ms as f64),
+            makespan_s: if unfinished {
+                None
+            } else {
+                mine().filter_map(|r| r.finished_s).reduce(f64::max)
+            },
+            spend: mine().map(|r| r.cost).sum(),
+            budget: contracts[si].budget_per_month,
+            stopped: studio_stopped[si],
+        });
+    }
     for mut st in states {
         st.report.utilization = if makespan_ms == 0 {
             0.0

@@ -38,6 +38,29 @@ pub struct JobReport {
     pub cost: f64,
 }
 
+/// One studio's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StudioReport {
+    pub name: String,
+    pub weight: f64,
+    pub tasks: u64,
+    pub done: u64,
+    /// Its part of all render time (slot-seconds) over the run.
+    pub share: f64,
+    /// Its part of the render time released while every studio had work to release (no
+    /// studio idle, finished or stopped): the weighted fair share at work. `None` when there
+    /// never was such a time.
+    pub contended_share: Option<f64>,
+    /// Seconds from the start of the simulation to its last job's last task; `None` when some
+    /// of its work never finished (its budget stopped it).
+    pub makespan_s: Option<f64>,
+    /// What it spent (compute and egress, at the regions' prices).
+    pub spend: f64,
+    pub budget: Option<f64>,
+    /// Its budget stopped its releases at some point.
+    pub stopped: bool,
+}
+
 /// What one policy did with one scenario.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimReport {
@@ -56,6 +79,8 @@ pub struct SimReport {
     pub tasks_total: u64,
     pub regions: Vec<RegionReport>,
     pub jobs: Vec<JobReport>,
+    /// Per studio, in name order.
+    pub studios: Vec<StudioReport>,
     /// Events processed and `plan` calls made (a measure of the simulation's own work).
     pub events: u64,
     pub plan_calls: u64,

@@ -7,7 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use suanli_shared::protocol::Policy;
 use suanli_shared::regions::{RegionCatalog, RegionProfile};
-use suanli_shared::Region;
+use suanli_shared::studios::{StudioCatalog, StudioTerms};
+use suanli_shared::{Region, Studio};
 
 use super::secs_to_ms;
 use crate::placement::{Terms, DEFAULT_PATIENCE, DEFAULT_VALUE_OF_HOUR};
@@ -27,6 +28,8 @@ pub enum ScenarioError {
     Invalid(String),
     #[error("{0}")]
     Catalog(#[from] suanli_shared::regions::CatalogError),
+    #[error("{0}")]
+    Studios(#[from] suanli_shared::studios::StudiosError),
 }
 
 /// A region of the simulated farm: its catalog figures plus its size and true speed.
@@ -66,6 +69,9 @@ fn default_renderer() -> String {
 #[serde(deny_unknown_fields)]
 pub struct SimJob {
     pub name: String,
+    /// The studio that submits it (`default` when missing).
+    #[serde(default)]
+    pub studio: Studio,
     #[serde(default)]
     pub priority: i32,
     pub tasks: u32,
@@ -128,6 +134,10 @@ struct ScenarioFile {
     #[serde(default)]
     carbon_price_per_tonne: f64,
     region: Vec<RegionFile>,
+    /// Studios' contracts, as in a studio catalog (weights, quotas, regions, budgets). A
+    /// scenario is one budget period: `budget_per_month` is the budget of the whole run.
+    #[serde(default)]
+    studio: Vec<StudioTerms>,
     job: Vec<SimJob>,
 }
 
@@ -174,6 +184,8 @@ pub struct Scenario {
     /// at priority 0 and carbon price.
     pub terms: Terms,
     pub regions: Vec<SimRegion>,
+    /// The studios' contracts; studios it does not name get open terms.
+    pub studios: StudioCatalog,
     pub jobs: Vec<SimJob>,
 }
 
@@ -241,6 +253,7 @@ impl Scenario {
             regions.iter().map(|r| r.profile.clone()),
         )?;
         terms.check().map_err(ScenarioError::Invalid)?;
+        let studios = StudioCatalog::new(file.studio)?;
         let mut jobs = Vec::new();
         for j in file.job {
             if j.repeat == 0 || j.repeat > 100_000 || !(j.every_s >= 0.0 && j.every_s.is_finite()) {
@@ -300,6 +313,19 @@ impl Scenario {
             {
                 return bad(&format!("region '{r}' is not in the scenario"));
             }
+            let contract = studios.terms(&j.studio);
+            if let Some(r) = j.regions.iter().find(|r| !contract.allows(r)) {
+                return bad(&format!(
+                    "studio '{}' may not send data to region '{r}'",
+                    j.studio
+                ));
+            }
+            if contract.max_priority.is_some_and(|c| j.priority > c) {
+                return bad(&format!(
+                    "priority {} is above studio '{}''s ceiling",
+                    j.priority, j.studio
+                ));
+            }
             total += u64::from(j.tasks);
         }
         if total > MAX_TASKS {
@@ -315,6 +341,7 @@ impl Scenario {
             tick_ms: secs_to_ms(file.tick_s).max(1),
             terms,
             regions,
+            studios,
             jobs,
         })
     }

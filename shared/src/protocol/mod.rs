@@ -30,6 +30,7 @@ pub use renderer::{
 };
 pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
 pub use status::{
-    FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure, MAX_FAILURES_SHOWN,
+    BudgetStatus, FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure,
+    MAX_FAILURES_SHOWN,
 };
 pub use task_key::task_key;

@@ -93,6 +93,41 @@ pub struct JobStatus {
     /// asked; `None` when some live worker would run it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The job's studio's spend this month against its budget, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
+}
+
+/// A studio's spend in a calendar month against its budget, priced by the ledger's model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetStatus {
+    pub studio: Studio,
+    /// The calendar month (UTC), `2026-11`.
+    pub month: String,
+    /// Spent this month, in the region catalog's currency.
+    pub spent: f64,
+    /// The month's budget.
+    pub budget: f64,
+    pub currency: String,
+    /// What happens at the budget.
+    pub at_limit: crate::studios::BudgetAction,
+    /// Its releases are stopped (spent plus what its running tasks are expected to cost has
+    /// reached the budget, under `stop` or `cancel`).
+    pub stopped: bool,
+}
+
+impl BudgetStatus {
+    /// Spent as a fraction of the budget (1.0 at the budget; infinite for a budget of 0 with
+    /// any spend).
+    pub fn fraction(&self) -> f64 {
+        if self.budget > 0.0 {
+            self.spent / self.budget
+        } else if self.spent > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        }
+    }
 }
 
 /// How many task failures `status` lists.

@@ -113,6 +113,8 @@ impl State {
             View::Overview | View::Ledger => self.move_job(delta),
             View::Workers => self.move_worker(delta),
             View::Job => self.move_task(delta),
+            // A few rows, all shown: nothing to move.
+            View::Studios => {}
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod job;
 pub mod ledger;
 pub mod overview;
+pub mod studios;
 pub mod workers;
 
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -40,6 +41,7 @@ pub fn draw(frame: &mut Frame, state: &State) {
         View::Job => job::draw(frame, state, body),
         View::Workers => workers::draw(frame, state, body),
         View::Ledger => ledger::draw(frame, state, body),
+        View::Studios => studios::draw(frame, state, body),
     }
     draw_status(frame, state, status);
     if state.help {
@@ -113,6 +115,7 @@ fn hints(state: &State) -> &'static str {
         View::Job => "←→↑↓ task · Esc back · c cancel · r retry · Tab views",
         View::Workers => "↑↓ worker · d drain · Esc back · Tab views",
         View::Ledger => "↑↓ job · Enter open · Esc back · Tab views",
+        View::Studios => "Esc back · Tab views",
     }
 }
 
@@ -141,7 +144,7 @@ fn draw_status(frame: &mut Frame, state: &State, area: Rect) {
 /// Every key, for the `?` overlay.
 pub const HELP: &[(&str, &str)] = &[
     ("Tab / Shift-Tab", "next / previous view"),
-    ("1 2 3 4", "Overview, Job, Workers, Ledger"),
+    ("1 2 3 4 5", "Overview, Job, Workers, Ledger, Studios"),
     ("↑ ↓  or  k j", "select a job, worker or task row"),
     ("← →  or  h l", "select a task (job view)"),
     ("PgUp PgDn Home End", "move a page, to the ends"),

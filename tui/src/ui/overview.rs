@@ -6,9 +6,10 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
-use crate::figures::{self, RegionRow};
+use crate::figures::{self, RegionRow, StudioRow};
 use crate::fmt::{self, UNKNOWN};
 use crate::state::{Level, State, BUCKET_MS};
+use crate::ui::studios::budget_gauge;
 use crate::ui::{page_start, section, Columns};
 
 /// At most this many region rows: past it, the jobs need the room more.
@@ -16,8 +17,13 @@ const MAX_REGION_ROWS: usize = 8;
 
 pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
     let rows = figures::region_rows(state);
+    let studios: Vec<StudioRow> = figures::studio_rows(state)
+        .into_iter()
+        .filter(|r| r.budget.is_some())
+        .collect();
+    let budgets_h = u16::from(!studios.is_empty());
     let regions_h = 2 + rows.len().clamp(1, MAX_REGION_ROWS) as u16;
-    let rest = area.height.saturating_sub(regions_h + 1);
+    let rest = area.height.saturating_sub(regions_h + 1 + budgets_h);
     // Jobs take the room they need, up to three fifths; the event log the rest.
     let jobs_wanted = 2 + state.jobs.len().max(1) as u16;
     let jobs_h = jobs_wanted.clamp(3, (rest * 3 / 5).max(3)).min(rest);
@@ -31,10 +37,12 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
     let regions_area = take(regions_h);
     let jobs_area = take(jobs_h);
     let farm_area = take(1);
+    let budgets_area = take(budgets_h);
     let events_area = take(events_h);
     draw_regions(frame, state, &rows, regions_area);
     draw_jobs(frame, state, jobs_area);
     draw_farm(frame, state, farm_area);
+    draw_budgets(frame, state, &studios, budgets_area);
     draw_events(frame, state, events_area);
 }
 
@@ -204,6 +212,33 @@ fn draw_farm(frame: &mut Frame, state: &State, area: Rect) {
         Span::styled(right, t.normal()),
     ]);
     frame.render_widget(Paragraph::new(line), area);
+}
+
+/// One line: each studio with a budget, its month's spend as a gauge (the studios view has
+/// the figures).
+fn draw_budgets(frame: &mut Frame, state: &State, studios: &[StudioRow], area: Rect) {
+    if area.height == 0 {
+        return;
+    }
+    let t = state.theme;
+    let mut spans = vec![Span::styled(" Budgets ", t.header())];
+    for r in studios {
+        let Some(b) = &r.budget else { continue };
+        let style = if b.fraction() >= 1.0 {
+            t.error()
+        } else if b.fraction() >= 0.8 {
+            t.warn()
+        } else {
+            t.good()
+        };
+        spans.push(Span::styled(format!(" {} ", r.studio), t.normal()));
+        spans.push(Span::styled(budget_gauge(b, 6), style));
+        if b.stopped {
+            spans.push(Span::styled(" stopped", t.error()));
+        }
+        spans.push(Span::raw(" "));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
 fn draw_events(frame: &mut Frame, state: &State, area: Rect) {

@@ -33,11 +33,14 @@ fn enter_opens_the_job_and_the_poller_is_told_to_load_it() {
 fn tab_cycles_views_skipping_the_job_view_without_a_job() {
     let mut s = fresh();
     let mut seen = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         update(&mut s, Action::NextView);
         seen.push(s.view);
     }
-    assert_eq!(seen, [View::Workers, View::Ledger, View::Overview]);
+    assert_eq!(
+        seen,
+        [View::Workers, View::Ledger, View::Studios, View::Overview]
+    );
     polled(&mut s);
     update(&mut s, Action::NextView);
     assert_eq!(s.view, View::Job);
