@@ -18,7 +18,7 @@ use suanli::localfarm::{FarmOptions, LocalFarm};
 use suanli_shared::access::{Access, Role};
 use suanli_shared::nats::{self, Connection};
 use suanli_shared::protocol::api::ErrorKind;
-use suanli_shared::protocol::{JobSpec, JobState, RendererSpec};
+use suanli_shared::protocol::{JobSpec, JobState};
 use suanli_shared::store::Store;
 use suanli_shared::{JobId, Region, Studio};
 
@@ -583,24 +583,8 @@ async fn tiny_job(farm: &LocalFarm, studio_name: &str, name: &str) -> JobSpec {
     let store = Store::open(&farm.store_url).unwrap();
     let inputs = common::empty_inputs_of(&store, &studio).await;
     JobSpec {
-        limits: Default::default(),
         name: name.into(),
-        studio,
-        priority: 0,
-        frames: "1-2".parse().unwrap(),
-        chunk: 1,
-        regions: vec![],
-        max_retries: 0,
-        task_timeout_secs: 120,
-        renderer: RendererSpec::Builtin {
-            width: 16,
-            height: 9,
-            samples: 1,
-        },
-        inputs: inputs.hash(),
-        scene: None,
-        output: "frame_####".into(),
-        placement: Default::default(),
+        ..common::tiny_builtin(studio, &inputs)
     }
 }
 

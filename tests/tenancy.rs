@@ -18,7 +18,7 @@ use suanli::localfarm::{FarmOptions, LocalFarm};
 use suanli_shared::nats;
 use suanli_shared::protocol::api::{Caller, ErrorKind};
 use suanli_shared::protocol::{
-    now_ms, EventKind, InputManifest, JobSpec, JobState, RendererSpec, TaskEvent, TaskEventKind,
+    now_ms, EventKind, InputManifest, JobSpec, JobState, TaskEvent, TaskEventKind,
 };
 use suanli_shared::store::Store;
 use suanli_shared::{layout, JobId, Region, Studio};
@@ -42,26 +42,7 @@ async fn connect_as(url: &str, name: &str) -> Client {
 
 /// A two-frame builtin job of the default studio (a studio's submit makes it its own).
 fn tiny(inputs: &InputManifest) -> JobSpec {
-    JobSpec {
-        limits: Default::default(),
-        name: "tiny".into(),
-        studio: Studio::default(),
-        priority: 0,
-        frames: "1-2".parse().unwrap(),
-        chunk: 1,
-        regions: vec![],
-        max_retries: 0,
-        task_timeout_secs: 120,
-        renderer: RendererSpec::Builtin {
-            width: 16,
-            height: 9,
-            samples: 1,
-        },
-        inputs: inputs.hash(),
-        scene: None,
-        output: "frame_####".into(),
-        placement: Default::default(),
-    }
+    common::tiny_builtin(Studio::default(), inputs)
 }
 
 /// A job that stays queued: it may run only in a region with no workers.

@@ -51,6 +51,30 @@ pub async fn empty_inputs_of(store: &Store, studio: &Studio) -> InputManifest {
 
 /// Flags of a command-renderer job running `sh -c script` per frame, with the scene
 /// `scene.txt` and `.txt` frames; other flags can be set over it (`..sh_flags(…)`).
+/// A two-frame, 16x9 builtin job named "tiny" of `studio` over `inputs` (no retries).
+pub fn tiny_builtin(studio: Studio, inputs: &InputManifest) -> JobSpec {
+    JobSpec {
+        limits: Default::default(),
+        name: "tiny".into(),
+        studio,
+        priority: 0,
+        frames: "1-2".parse().unwrap(),
+        chunk: 1,
+        regions: vec![],
+        max_retries: 0,
+        task_timeout_secs: 120,
+        renderer: suanli_shared::protocol::RendererSpec::Builtin {
+            width: 16,
+            height: 9,
+            samples: 1,
+        },
+        inputs: inputs.hash(),
+        scene: None,
+        output: "frame_####".into(),
+        placement: Default::default(),
+    }
+}
+
 pub fn sh_flags(frames: &str, script: &str) -> Overrides {
     Overrides {
         frames: Some(frames.into()),
