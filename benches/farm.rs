@@ -284,6 +284,7 @@ fn print_machine() {
 fn builtin_job(name: &str, frames: &str, inputs: &InputManifest) -> anyhow::Result<JobSpec> {
     Ok(JobSpec {
         limits: Default::default(),
+        requirements: Default::default(),
         name: name.into(),
         studio: Default::default(),
         priority: 0,

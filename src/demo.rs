@@ -87,6 +87,7 @@ async fn render_film(
         .await?;
     let spec = JobSpec {
         limits: Default::default(),
+        requirements: Default::default(),
         name: "suanli-short-film".into(),
         studio: Default::default(),
         priority: 0,

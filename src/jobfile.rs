@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
 use suanli_shared::protocol::{
-    ImageFormat, InputManifest, JobSpec, Placement, Policy, RendererSpec,
+    parse_size_mib, ImageFormat, InputManifest, JobSpec, Placement, Policy, RendererSpec,
+    Requirements,
 };
 use suanli_shared::store::Store;
 use suanli_shared::{FrameSpec, Region, Studio};
@@ -50,6 +51,65 @@ pub struct JobFile {
     /// maxima.
     #[serde(default)]
     pub limits: suanli_shared::protocol::RenderLimits,
+    /// `[requirements]`: what each task needs of a worker.
+    #[serde(default)]
+    pub requirements: RequirementsFile,
+}
+
+/// The `[requirements]` table: sizes as `"24G"`/`"512M"` or a number of MiB.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementsFile {
+    pub cores: Option<u32>,
+    pub memory: Option<toml::Value>,
+    pub gpus: Option<u32>,
+    pub gpu_memory: Option<toml::Value>,
+    /// Any of these GPU models (a model matches when its name contains the entry).
+    pub gpu_models: Option<Vec<String>>,
+    /// All of these worker tags.
+    pub tags: Option<Vec<String>>,
+}
+
+/// A size from a job file: a string with a unit, or a whole number of MiB.
+fn size_value(name: &str, v: &toml::Value) -> anyhow::Result<u64> {
+    match v {
+        toml::Value::String(s) => {
+            parse_size_mib(s).map_err(|e| anyhow::anyhow!("requirements.{name}: {e}"))
+        }
+        toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+        other => {
+            bail!("requirements.{name} = {other} must be a size such as \"24G\" or a number of MiB")
+        }
+    }
+}
+
+/// The job's requirements: the file's `[requirements]`, each flag given replacing its entry.
+fn requirements(file: RequirementsFile, flags: &Overrides) -> anyhow::Result<Requirements> {
+    let memory = match (flags.memory, &file.memory) {
+        (Some(m), _) => Some(m),
+        (None, Some(v)) => Some(size_value("memory", v)?),
+        (None, None) => None,
+    };
+    let gpu_memory = match (flags.gpu_memory, &file.gpu_memory) {
+        (Some(m), _) => Some(m),
+        (None, Some(v)) => Some(size_value("gpu_memory", v)?),
+        (None, None) => None,
+    };
+    let req = Requirements {
+        cores: flags.cores.or(file.cores),
+        memory_mib: memory,
+        gpus: flags.gpus.or(file.gpus).unwrap_or(0),
+        gpu_memory_mib: gpu_memory,
+        gpu_models: flags
+            .gpu_models
+            .clone()
+            .or(file.gpu_models)
+            .unwrap_or_default(),
+        tags: flags.tags.clone().or(file.tags).unwrap_or_default(),
+    };
+    req.validate()
+        .map_err(|e| anyhow::anyhow!("requirements: {e}"))?;
+    Ok(req)
 }
 
 /// The `[renderer]` table.
@@ -148,6 +208,24 @@ pub struct Overrides {
     /// {scene}. Only workers started with --allow-any-command run a job's own argv.
     #[arg(last = true)]
     pub argv: Vec<String>,
+    /// Cores each task needs (requirements.cores).
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// Memory each task needs, e.g. 32G (requirements.memory).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_mib)]
+    pub memory: Option<u64>,
+    /// GPUs each task needs, each its own (requirements.gpus).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// Least video memory of each of those GPUs, e.g. 24G (requirements.gpu_memory).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_mib)]
+    pub gpu_memory: Option<u64>,
+    /// GPU models accepted, any of them, comma-separated (requirements.gpu_models).
+    #[arg(long, value_delimiter = ',')]
+    pub gpu_models: Option<Vec<String>>,
+    /// Worker tags needed, all of them, comma-separated (requirements.tags).
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Option<Vec<String>>,
     /// The studio the command acts as (the global `--studio`): the job's studio unless the
     /// file names one, and then the two must agree. Not a flag of its own here.
     #[arg(skip)]
@@ -214,6 +292,7 @@ pub fn parse_job_file(text: &str, path: &Path) -> anyhow::Result<JobFile> {
 /// Merges file and flags (flags win), resolves and checks everything. `base` is the folder
 /// relative paths are taken from (the job file's folder, or the current one).
 pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<Resolved> {
+    let requirements = requirements(file.requirements, &flags)?;
     // Who submits is not an override: a job file naming another studio is refused.
     let named = file
         .studio
@@ -349,6 +428,7 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
         inputs::gather(base, scene_path.as_deref(), &input_paths)?;
 
     let spec = JobSpec {
+        requirements,
         limits: file.limits,
         name: flags.name.or(file.name).unwrap_or_else(|| {
             scene_rel
@@ -953,5 +1033,36 @@ samples = 4
         ] {
             assert!(parse_job_file(&text, Path::new("job.toml")).is_err());
         }
+    }
+
+    #[test]
+    fn requirements_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "frames = '1-4'\n[requirements]\ncores = 4\nmemory = '32G'\ngpus = 1\ngpu_memory = 20480\ngpu_models = ['4090', 'A6000']\ntags = ['arnold']\n";
+        let resolved = |text: &str, flags: Overrides| {
+            let file: JobFile = toml::from_str(text).unwrap();
+            resolve(file, flags, dir.path())
+        };
+        let r = resolved(text, Overrides::default()).unwrap();
+        let req = &r.spec.requirements;
+        assert_eq!(req.cores, Some(4));
+        assert_eq!(req.memory_mib, Some(32 * 1024));
+        assert_eq!((req.gpus, req.gpu_memory_mib), (1, Some(20480)));
+        assert_eq!(req.gpu_models, ["4090", "A6000"]);
+        assert_eq!(req.tags, ["arnold"]);
+        let flags = Overrides {
+            gpus: Some(2),
+            tags: Some(vec!["fast-disk".into()]),
+            ..Default::default()
+        };
+        let r = resolved(text, flags).unwrap();
+        assert_eq!(r.spec.requirements.gpus, 2, "flags win");
+        assert_eq!(r.spec.requirements.tags, ["fast-disk"]);
+        let err = |text: &str| format!("{:#}", resolved(text, Overrides::default()).unwrap_err());
+        assert!(
+            err("frames = '1'\n[requirements]\nmemory = 'lots'\n").contains("requirements.memory")
+        );
+        assert!(err("frames = '1'\n[requirements]\ngpu_memory = '8G'\n").contains("need gpus"));
+        assert!(toml::from_str::<JobFile>("[requirements]\nvram = 1\n").is_err());
     }
 }

@@ -39,6 +39,9 @@ pub fn status(s: &JobStatus) {
         "  tasks  {} total: {} pending, {} queued, {} running, {} done ({} cached), {} failed, {} canceled",
         s.tasks.total, s.tasks.pending, s.tasks.queued, s.tasks.running, s.tasks.done, s.tasks.cached, s.tasks.failed, s.tasks.canceled
     );
+    if !s.requirements.is_empty() {
+        println!("  needs  {}", s.requirements.summary());
+    }
     for (region, r) in &s.regions {
         println!(
             "  region {region}: {} frames, {:.1} core-s, cost {:.3}, {:.3} kWh, {:.3} kg CO2, {:.1} MB in",
@@ -121,8 +124,8 @@ pub fn workers(list: &[WorkerInfo]) {
         list,
         "no workers",
         format!(
-            "{:<12} {:<24} {:<10} {:>5}  {:>8}  {:>10}  current",
-            "REGION", "WORKER", "STATE", "SLOTS", "TASKS", "HEARTBEAT"
+            "{:<12} {:<24} {:<10} {:>5}  {:>8}  {:>10}  {:<36} current",
+            "REGION", "WORKER", "STATE", "SLOTS", "TASKS", "HEARTBEAT", "RESOURCES"
         ),
         |w| {
             let current: Vec<String> = w
@@ -139,7 +142,7 @@ pub fn workers(list: &[WorkerInfo]) {
                 })
                 .collect();
             format!(
-                "{:<12} {:<24} {:<10} {:>2}/{:<2}  {:>8}  {:>10}  {}",
+                "{:<12} {:<24} {:<10} {:>2}/{:<2}  {:>8}  {:>10}  {:<36} {}",
                 w.region.as_str(),
                 truncate(w.id.as_str(), 24),
                 format!("{:?}", w.state).to_lowercase(),
@@ -147,10 +150,34 @@ pub fn workers(list: &[WorkerInfo]) {
                 w.slots,
                 w.tasks_done,
                 format!("{} ago", age(w.heartbeat_ms)),
+                resources(w.resources.as_ref()),
                 current.join(", ")
             )
         },
     );
+}
+
+/// A worker's resources in one cell: `16 cores, 64 GiB, 2 GPUs (NVIDIA RTX 4090 24 GiB), tags
+/// arnold`; `-` for a worker that reports none.
+fn resources(r: Option<&suanli_shared::protocol::Resources>) -> String {
+    use suanli_shared::protocol::fmt_mib;
+    let Some(r) = r else {
+        return "-".into();
+    };
+    let mut out = format!("{} cores, {}", r.cores, fmt_mib(r.memory_mib));
+    if !r.gpus.is_empty() {
+        let mut models: Vec<String> = r
+            .gpus
+            .iter()
+            .map(|g| format!("{} {}", g.name, fmt_mib(g.memory_mib)))
+            .collect();
+        models.dedup();
+        out.push_str(&format!(", {} GPUs ({})", r.gpus.len(), models.join("; ")));
+    }
+    if !r.tags.is_empty() {
+        out.push_str(&format!(", tags {}", r.tags.join(",")));
+    }
+    out
 }
 
 /// Prints `header` and one `row` an item, or only `none` when there are no items.

@@ -29,6 +29,7 @@ async fn farm(dir: &Path, regions: &[&str]) -> LocalFarm {
 fn tiny_builtin(frames: &str, chunk: u32, inputs: &InputManifest) -> JobSpec {
     JobSpec {
         limits: Default::default(),
+        requirements: Default::default(),
         name: "tiny".into(),
         studio: Default::default(),
         priority: 0,
@@ -554,6 +555,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_is_enqueued() {
     );
     let unknown_inputs = JobSpec {
         limits: Default::default(),
+        requirements: Default::default(),
         inputs: suanli_shared::ContentHash::of(b"never uploaded"),
         ..tiny_builtin("1", 1, &InputManifest::default())
     };

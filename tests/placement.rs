@@ -53,6 +53,7 @@ async fn farm(dir: &Path, catalog: RegionCatalog) -> LocalFarm {
 fn builtin(name: &str, frames: &str, inputs: &InputManifest, policy: Option<Policy>) -> JobSpec {
     JobSpec {
         limits: Default::default(),
+        requirements: Default::default(),
         name: name.into(),
         studio: Default::default(),
         priority: 0,

@@ -49,6 +49,7 @@ fn tiny(inputs: &InputManifest) -> JobSpec {
 fn parked(inputs: &InputManifest) -> JobSpec {
     JobSpec {
         limits: Default::default(),
+        requirements: Default::default(),
         regions: vec!["nowhere".parse().unwrap()],
         ..tiny(inputs)
     }

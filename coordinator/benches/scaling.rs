@@ -66,6 +66,7 @@ fn workers() -> Vec<WorkerInfo> {
                 tasks_done: 0,
                 core_seconds: 0.0,
                 current: Vec::new(),
+                resources: None,
             });
         }
     }

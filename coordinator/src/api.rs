@@ -262,7 +262,7 @@ impl Coordinator {
             _ => w.renderers.contains_key(kind),
         };
         if live.iter().any(runs) {
-            return None;
+            return unmet_requirements(&spec.requirements, live.into_iter().filter(runs));
         }
         Some(match &spec.renderer {
             RendererSpec::Command { profile: Some(p), .. } => format!(
@@ -308,4 +308,35 @@ impl Coordinator {
         self.publish_job_event(&id, state, None).await;
         self.reply::<api::Submit>(Some(prepared.reply), Ok(reply));
     }
+}
+
+/// Why none of `workers` (live, in the job's regions, running its renderer) can run a task
+/// with these requirements: the requirements the closest worker (the one missing the fewest)
+/// does not meet and what it has; `None` if one fits.
+fn unmet_requirements<'a>(
+    req: &suanli_shared::protocol::Requirements,
+    workers: impl Iterator<Item = &'a WorkerInfo>,
+) -> Option<String> {
+    use suanli_shared::protocol::Resources;
+    if req.is_empty() {
+        return None;
+    }
+    let mut closest: Option<(&WorkerInfo, Vec<suanli_shared::protocol::Unmet>)> = None;
+    for w in workers {
+        let unmet = Resources::unmet(w.resources.as_ref(), req);
+        if unmet.is_empty() {
+            return None;
+        }
+        if closest.as_ref().is_none_or(|(_, u)| unmet.len() < u.len()) {
+            closest = Some((w, unmet));
+        }
+    }
+    let (w, unmet) = closest?;
+    let what: Vec<String> = unmet.iter().map(ToString::to_string).collect();
+    Some(format!(
+        "no live worker meets its requirements: {} on the closest, {}/{}; its tasks start when a worker that fits joins",
+        what.join(", "),
+        w.region,
+        w.id
+    ))
 }

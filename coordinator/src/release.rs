@@ -20,7 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context as _;
 use suanli_shared::nats;
 use suanli_shared::protocol::{
-    encode, now_ms, JobRecord, TaskAssignment, TaskState, WorkerInfo, WorkerState,
+    encode, now_ms, JobRecord, Requirements, Resources, TaskAssignment, TaskState, WorkerInfo,
+    WorkerState,
 };
 use suanli_shared::regions::RegionCatalog;
 use suanli_shared::studios::{StudioCatalog, StudioTerms};
@@ -34,24 +35,45 @@ use crate::placement::Terms;
 use crate::state::{self, Job};
 
 /// What the live workers offer a round: per region with live, non-draining workers, their
-/// render slots and who they are. A region with none takes no tasks.
+/// render slots and who they are, and each one's resources (for jobs with requirements). A
+/// region with none takes no tasks.
 #[derive(Debug, Clone, Default)]
 pub struct Capacity {
     regions: BTreeMap<Region, (u32, Vec<WorkerId>)>,
+    /// Per region, the resources of each of its workers (`None`: a record from before
+    /// resources, which fits only jobs that ask for nothing).
+    resources: BTreeMap<Region, Vec<Option<Resources>>>,
 }
 
 impl Capacity {
     /// The capacity of these live workers (draining ones offer none).
     pub fn of<'a>(live: impl IntoIterator<Item = &'a WorkerInfo>) -> Self {
-        let mut regions: BTreeMap<Region, (u32, Vec<WorkerId>)> = BTreeMap::new();
+        let mut out = Self::default();
         for w in live {
             if w.state != WorkerState::Draining {
-                let (slots, workers) = regions.entry(w.region.clone()).or_default();
+                let (slots, workers) = out.regions.entry(w.region.clone()).or_default();
                 *slots += w.slots;
                 workers.push(w.id.clone());
+                out.resources
+                    .entry(w.region.clone())
+                    .or_default()
+                    .push(w.resources.clone());
             }
         }
-        Self { regions }
+        out
+    }
+
+    /// The regions with a live worker that could run a task with these requirements.
+    /// O(workers), whatever the job's size.
+    fn fitting(&self, req: &Requirements) -> Vec<Region> {
+        self.resources
+            .iter()
+            .filter(|(_, ws)| {
+                ws.iter()
+                    .any(|r| Resources::unmet(r.as_ref(), req).is_empty())
+            })
+            .map(|(region, _)| region.clone())
+            .collect()
     }
 }
 
@@ -174,7 +196,18 @@ pub fn plan_round(
         if base.is_empty() && !terms.regions.is_empty() {
             continue;
         }
-        let allowed = allowed_regions(rec, &base, &region_workers);
+        let mut allowed = allowed_regions(rec, &base, &region_workers);
+        if !rec.spec.requirements.is_empty() {
+            // Only regions with a live worker that fits: elsewhere the task would circle
+            // between workers that hand it back.
+            let fit = capacity.fitting(&rec.spec.requirements);
+            let within = allowed.as_ref().unwrap_or(&base);
+            allowed = Some(if within.is_empty() {
+                fit
+            } else {
+                fit.into_iter().filter(|r| within.contains(r)).collect()
+            });
+        }
         if allowed.as_ref().is_some_and(|a| a.is_empty()) {
             continue;
         }
@@ -403,5 +436,63 @@ impl Coordinator {
             .await
             .context("task publish not acknowledged")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suanli_shared::protocol::Gpu;
+
+    fn worker(region: &str, name: &str, resources: Option<Resources>) -> WorkerInfo {
+        serde_json::from_value(serde_json::json!({
+            "id": name, "region": region, "slots": 2, "busy": 0, "state": "idle",
+            "renderers": {}, "host": "h", "pid": 1, "started_ms": 0, "heartbeat_ms": 0,
+            "tasks_done": 0, "core_seconds": 0.0, "current": [], "resources": resources,
+        }))
+        .expect("worker record")
+    }
+
+    #[test]
+    fn only_regions_with_a_worker_that_fits_take_a_job_with_requirements() {
+        let gpu_box = Resources {
+            cores: 8,
+            memory_mib: 1 << 15,
+            gpus: vec![Gpu {
+                index: 0,
+                name: "RTX 4090".into(),
+                memory_mib: 24 << 10,
+                uuid: String::new(),
+            }],
+            tags: vec!["arnold".into()],
+        };
+        let cpu_box = Resources {
+            gpus: Vec::new(),
+            tags: Vec::new(),
+            ..gpu_box.clone()
+        };
+        let workers = [
+            worker("guian", "g1", Some(gpu_box)),
+            worker("shenzhen", "c1", Some(cpu_box)),
+            worker("old", "o1", None),
+        ];
+        let capacity = Capacity::of(&workers);
+        let gpu = Requirements {
+            gpus: 1,
+            ..Default::default()
+        };
+        assert_eq!(capacity.fitting(&gpu), ["guian".parse::<Region>().unwrap()]);
+        let tagged = Requirements {
+            tags: vec!["arnold".into()],
+            ..Default::default()
+        };
+        assert_eq!(capacity.fitting(&tagged).len(), 1);
+        assert_eq!(capacity.fitting(&Requirements::default()).len(), 3);
+        let vram = Requirements {
+            gpus: 1,
+            gpu_memory_mib: Some(48 << 10),
+            ..Default::default()
+        };
+        assert!(capacity.fitting(&vram).is_empty());
     }
 }

@@ -227,6 +227,7 @@ impl Job {
             max_retries: rec.spec.max_retries,
             waiting: None,
             budget: None,
+            requirements: rec.spec.requirements.clone(),
         }
     }
 
@@ -268,6 +269,7 @@ pub(crate) mod tests {
             id: JobId::generate(),
             spec: JobSpec {
                 limits: Default::default(),
+                requirements: Default::default(),
                 name: "j".into(),
                 studio: Default::default(),
                 priority: 0,

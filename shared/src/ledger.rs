@@ -138,6 +138,7 @@ mod tests {
                 })
                 .collect(),
             failures: vec![],
+            requirements: Default::default(),
             failures_total: 0,
             blocklist: vec![],
             max_retries: 0,

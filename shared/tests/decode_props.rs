@@ -27,10 +27,10 @@ use suanli_shared::protocol::manifest::MAX_MANIFEST;
 use suanli_shared::protocol::records::Blocklisted;
 use suanli_shared::protocol::{
     decode, encode, CurrentTask, DecodeError, EncodeError, Event, EventKind, Failure, FrameCounts,
-    ImageFormat, InputEntry, InputManifest, JobEvent, JobRecord, JobSpec, JobState, JobStatus,
+    Gpu, ImageFormat, InputEntry, InputManifest, JobEvent, JobRecord, JobSpec, JobState, JobStatus,
     LeaseHolder, OutputFile, OutputManifest, Placement, Policy, RegionFigures, RendererSpec,
-    TaskAssignment, TaskCounts, TaskEvent, TaskEventKind, TaskFailure, TaskRecord, TaskState,
-    WorkerInfo, WorkerState,
+    Requirements, Resources, TaskAssignment, TaskCounts, TaskEvent, TaskEventKind, TaskFailure,
+    TaskRecord, TaskState, WorkerInfo, WorkerState,
 };
 use suanli_shared::regions::{RegionCatalog, RegionProfile};
 use suanli_shared::{ContentHash, FrameChunk, FrameSpec, JobId, Region, Studio, WorkerId};
@@ -504,6 +504,50 @@ fn placement() -> impl Strategy<Value = Placement> {
         )
 }
 
+fn requirements() -> impl Strategy<Value = Requirements> {
+    (
+        (any::<Option<u32>>(), any::<Option<u64>>(), any::<u32>()),
+        (
+            any::<Option<u64>>(),
+            prop::collection::vec(any_text(), 0..3),
+            prop::collection::vec(any_text(), 0..3),
+        ),
+    )
+        .prop_map(
+            |((cores, memory_mib, gpus), (gpu_memory_mib, gpu_models, tags))| Requirements {
+                cores,
+                memory_mib,
+                gpus,
+                gpu_memory_mib,
+                gpu_models,
+                tags,
+            },
+        )
+}
+
+fn resources() -> impl Strategy<Value = Resources> {
+    let gpu = (any::<u32>(), any_text(), any::<u64>(), any_text()).prop_map(
+        |(index, name, memory_mib, uuid)| Gpu {
+            index,
+            name,
+            memory_mib,
+            uuid,
+        },
+    );
+    (
+        any::<u32>(),
+        any::<u64>(),
+        prop::collection::vec(gpu, 0..3),
+        prop::collection::vec(any_text(), 0..3),
+    )
+        .prop_map(|(cores, memory_mib, gpus, tags)| Resources {
+            cores,
+            memory_mib,
+            gpus,
+            tags,
+        })
+}
+
 fn job_spec() -> impl Strategy<Value = JobSpec> {
     (
         (any_text(), any::<i32>(), frame_spec(), any::<u32>()),
@@ -514,6 +558,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         ),
         (renderer(), hash(), prop::option::of(any_text()), any_text()),
         placement(),
+        requirements(),
     )
         .prop_map(
             |(
@@ -521,8 +566,10 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 (regions, max_retries, task_timeout_secs),
                 (renderer, inputs, scene, output),
                 placement,
+                requirements,
             )| JobSpec {
                 limits: Default::default(),
+                requirements,
                 studio: Studio::default(),
                 name,
                 priority,
@@ -712,13 +759,16 @@ fn worker_info() -> impl Strategy<Value = WorkerInfo> {
             any::<u64>(),
         ),
         (any::<u64>(), float(), prop::collection::vec(current, 0..3)),
+        prop::option::of(resources()),
     )
         .prop_map(
             |(
                 (id, region, slots, busy, state),
                 (renderers, host, pid, started_ms, heartbeat_ms),
                 (tasks_done, core_seconds, current),
+                resources,
             )| WorkerInfo {
+                resources,
                 id,
                 region,
                 slots,
@@ -925,13 +975,16 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
             prop::collection::vec(blocklisted(), 0..2),
             any::<u32>(),
         ),
+        requirements(),
     )
         .prop_map(
             |(
                 (id, name, state, priority, renderer),
                 (created_ms, finished_ms, reason, frames, tasks),
                 (regions, failures, failures_total, blocklist, max_retries),
+                requirements,
             )| JobStatus {
+                requirements,
                 studio: Studio::default(),
                 id,
                 name,

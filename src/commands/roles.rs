@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use suanli_shared::access::{Access, Role};
 use suanli_shared::{Region, WorkerId};
 
@@ -96,6 +98,27 @@ pub struct WorkerArgs {
     /// Largest file a render may write, MiB; jobs may ask for less.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_file_mib: Option<u64>,
+    /// GPUs offered to tasks: auto (every GPU `nvidia-smi` lists; none without it), N (the
+    /// first N it lists) or none. Each GPU task gets its own devices (CUDA_VISIBLE_DEVICES).
+    #[arg(long, default_value = "auto", value_parser = parse_gpus)]
+    pub gpus: suanli_worker::resources::GpuChoice,
+    /// Memory offered to tasks, e.g. 64G or 512M [default: the machine's].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Cores offered to tasks [default: the machine's].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cores: Option<u32>,
+    /// Labels jobs may require (`[requirements] tags`), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+}
+
+fn parse_gpus(s: &str) -> Result<suanli_worker::resources::GpuChoice, String> {
+    s.parse()
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    suanli_shared::protocol::parse_size_mib(s)
 }
 
 fn parse_sandbox_mode(s: &str) -> Result<suanli_worker::render::sandbox::SandboxMode, String> {
@@ -270,6 +293,27 @@ pub async fn worker(
     config.ack_wait = args.ack_wait.max(Duration::from_secs(1));
     config.threads_per_slot = (config.threads_per_slot / config.slots).max(1);
     config.renderers = renderers;
+    if let Some(cores) = args.cores {
+        config.resources.cores = cores;
+    }
+    if let Some(memory) = args.memory {
+        config.resources.memory_mib = memory;
+    }
+    for tag in &args.tags {
+        if tag.is_empty() || tag.len() > 128 || !tag.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(BadInput(format!(
+                "--tags entry '{tag}' must be 1-128 printable characters without spaces"
+            ))
+            .into());
+        }
+    }
+    config.resources.tags = args.tags;
+    let choice = args.gpus;
+    config.resources.gpus =
+        tokio::task::spawn_blocking(move || suanli_worker::resources::detect_gpus(choice))
+            .await
+            .context("the GPU check stopped")?
+            .map_err(BadInput)?;
     let mib = |v: Option<u64>| v.map(|v| v.saturating_mul(1 << 20));
     config.sandbox = suanli_worker::render::sandbox::SandboxSettings {
         mode: args.sandbox,

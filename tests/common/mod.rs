@@ -55,6 +55,7 @@ pub async fn empty_inputs_of(store: &Store, studio: &Studio) -> InputManifest {
 pub fn tiny_builtin(studio: Studio, inputs: &InputManifest) -> JobSpec {
     JobSpec {
         limits: Default::default(),
+        requirements: Default::default(),
         name: "tiny".into(),
         studio,
         priority: 0,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use suanli_shared::access::Access;
+use suanli_shared::protocol::Resources;
 use suanli_shared::{nats, Region, WorkerId};
 
 use crate::policy::RendererPolicy;
@@ -40,6 +41,9 @@ pub struct Config {
     /// How renders are confined: bubblewrap, the user they run as, the worker's maximum
     /// limits, extra paths to hide. The cache folder and the identity file are always hidden.
     pub sandbox: SandboxSettings,
+    /// Cores, memory, GPUs and tags this worker offers: tasks run at once only as far as they
+    /// fit (and no more than `slots`), and the record advertises them for placement.
+    pub resources: Resources,
 }
 
 impl Config {
@@ -71,6 +75,12 @@ impl Config {
             sandbox: SandboxSettings {
                 mode: SandboxMode::Off,
                 ..Default::default()
+            },
+            resources: Resources {
+                cores,
+                memory_mib: crate::resources::machine_memory_mib().unwrap_or(0),
+                gpus: Vec::new(),
+                tags: Vec::new(),
             },
         }
     }

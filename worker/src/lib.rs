@@ -15,6 +15,7 @@ pub mod policy;
 mod presence;
 pub mod render;
 mod report;
+pub mod resources;
 mod run;
 mod state;
 mod task;

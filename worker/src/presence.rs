@@ -51,6 +51,7 @@ fn info_record(sh: &Shared) -> WorkerInfo {
         tasks_done,
         core_seconds,
         current,
+        resources: Some(sh.pool.total().clone()),
     }
 }
 

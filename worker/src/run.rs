@@ -24,6 +24,7 @@ use crate::control::{cancel_listener, drain_listener};
 use crate::presence::{heartbeats, register};
 use crate::render;
 use crate::render::sandbox::Confinement;
+use crate::resources::Pool;
 use crate::state::{lock, Shared};
 use crate::task::handle;
 
@@ -56,6 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let renderers = config
         .renderers
         .advertised(&render::detect_versions().await);
+    let config_resources = config.resources.clone();
     let shared = Arc::new(Shared {
         farm,
         store,
@@ -68,12 +70,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         draining: AtomicBool::new(false),
         handing_back: AtomicBool::new(false),
         started_ms: now_ms(),
+        pool: Pool::new(config_resources),
     });
     let cfg = &shared.config;
     let key = nats::worker_key(&cfg.region, &cfg.name);
     let rev = register(&shared, &key).await?;
     let consumer = region_consumer(&shared).await?;
-    info!(worker = %cfg.name, region = %cfg.region, slots = cfg.slots, renderers = ?shared.renderers, "worker ready");
+    info!(worker = %cfg.name, region = %cfg.region, slots = cfg.slots, resources = ?cfg.resources, renderers = ?shared.renderers, "worker ready");
 
     // `stop` ends the fetch loop: the caller's shutdown (SIGTERM), an operator's drain request,
     // or losing this worker's name to another process.

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::render::sandbox::Confinement;
+use crate::resources::Pool;
 
 /// A task being rendered here.
 pub(crate) struct Running {
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     /// Set when the drain grace ran out: canceled renders go back to the queue.
     pub handing_back: AtomicBool,
     pub started_ms: u64,
+    /// The worker's cores, memory and GPUs, and what running tasks hold of them.
+    pub pool: Arc<Pool>,
 }
 
 /// Locks a mutex, carrying on through poisoning: every critical section here leaves its value

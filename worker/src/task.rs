@@ -13,8 +13,8 @@ use async_nats::jetstream::AckKind;
 use suanli_shared::nats;
 use suanli_shared::protocol::decode;
 use suanli_shared::protocol::{
-    now_ms, CurrentTask, Failure, JobRecord, RendererSpec, TaskAssignment, TaskEventKind,
-    TaskRecord,
+    now_ms, CurrentTask, Failure, JobRecord, RendererSpec, Requirements, Resources, TaskAssignment,
+    TaskEventKind, TaskRecord,
 };
 use suanli_shared::JobId;
 use tokio::sync::OwnedSemaphorePermit;
@@ -25,11 +25,14 @@ use crate::commit::{commit, committed};
 use crate::render::sandbox::Limits;
 use crate::render::{self, RenderJob, RenderOutcome, TaskConfinement};
 use crate::report::{failure, publish_event, publish_progress};
+use crate::resources::Held;
 use crate::state::{lock, Running, Shared};
 
 /// How long a task this worker may not run waits before the queue offers it again (to another
 /// worker of the region, most likely).
 const BLOCKLISTED_NAK_DELAY: Duration = Duration::from_secs(2);
+/// How long a task that does not fit this worker waits before the queue offers it again.
+const UNFIT_NAK_DELAY: Duration = Duration::from_secs(1);
 
 /// How one task run ended.
 enum Outcome {
@@ -68,6 +71,22 @@ pub(crate) async fn handle(
             .await;
         return;
     }
+    let requirements = job
+        .as_ref()
+        .map(|rec| rec.spec.requirements.clone())
+        .unwrap_or_default();
+    let unmet = Resources::unmet(Some(sh.pool.total()), &requirements);
+    if !unmet.is_empty() {
+        // The coordinator releases only to regions with a worker that fits; this one does
+        // not, so another worker of the region takes it.
+        debug!(job = %task.job, task = task.task, unmet = %unmet[0], "task does not fit this worker; handing it back");
+        let _ = acker.ack_with(AckKind::Nak(Some(UNFIT_NAK_DELAY))).await;
+        return;
+    }
+    let Some(held) = hold_resources(&sh, &requirements, &acker).await else {
+        let _ = acker.ack_with(AckKind::Nak(None)).await;
+        return;
+    };
     let cancel = CancellationToken::new();
     let fraction = Arc::new(AtomicU32::new(0f32.to_bits()));
     lock(&sh.running).insert(
@@ -92,7 +111,17 @@ pub(crate) async fn handle(
         keepalive.clone(),
     ));
     let limits = job.map(|rec| limits_of(&rec)).unwrap_or_default();
-    let outcome = execute(&sh, &task, limits, fraction, cancel).await;
+    let outcome = execute(
+        &sh,
+        &task,
+        limits,
+        requirements.cores,
+        &held.gpus,
+        fraction,
+        cancel,
+    )
+    .await;
+    drop(held);
     keepalive.cancel();
     let _ = ticker.await;
     lock(&sh.running).remove(&(task.job.clone(), task.task));
@@ -120,6 +149,27 @@ pub(crate) async fn handle(
                 let _ = acker.ack_with(AckKind::Nak(None)).await;
             } else {
                 let _ = acker.ack().await;
+            }
+        }
+    }
+}
+
+/// Waits until the cores, memory and GPUs the task needs are free, keeping the message ours
+/// meanwhile; `None` when the worker began draining first (the task goes back to the queue).
+async fn hold_resources(sh: &Arc<Shared>, req: &Requirements, acker: &Acker) -> Option<Held> {
+    let ack_every = (sh.config.ack_wait / 4).max(Duration::from_millis(250));
+    let acquire = sh.pool.acquire(req);
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            held = &mut acquire => return Some(held),
+            _ = tokio::time::sleep(ack_every) => {
+                if sh.draining.load(Ordering::SeqCst) {
+                    return None;
+                }
+                if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                    debug!(error = %e, "in-progress ack failed");
+                }
             }
         }
     }
@@ -209,6 +259,8 @@ async fn execute(
     sh: &Arc<Shared>,
     task: &TaskAssignment,
     limits: Limits,
+    cores: Option<u32>,
+    gpus: &[u32],
     fraction: Arc<AtomicU32>,
     cancel: CancellationToken,
 ) -> Outcome {
@@ -273,7 +325,8 @@ async fn execute(
 
     let threads = match task.renderer {
         RendererSpec::Builtin { .. } => 1,
-        _ => sh.config.threads_per_slot.max(1),
+        // A task that asks for cores holds them (the pool counts them); else its slot's share.
+        _ => cores.unwrap_or(sh.config.threads_per_slot).max(1),
     };
     let progress_cell = fraction.clone();
     let progress: Arc<dyn Fn(f32) + Send + Sync> = Arc::new(move |f: f32| {
@@ -293,6 +346,7 @@ async fn execute(
             limits: limits.within(&sh.confinement.max),
             task_dir: workdir.path().to_path_buf(),
         }),
+        gpus: gpus.to_vec(),
     };
     let outcome = render::render(job, progress, cancel).await;
     let core_seconds = t0.elapsed().as_secs_f64() * threads as f64;

@@ -49,6 +49,7 @@ async fn spawn_sleeper(
             threads: 1,
             timeout: Duration::from_secs(300),
             confinement: None,
+            gpus: Vec::new(),
         };
         render::render(job, no_progress(), cancel).await
     });

@@ -167,6 +167,7 @@ async fn render_with(
             limits: limits.within(&c.max),
             task_dir: farm.task.clone(),
         }),
+        gpus: Vec::new(),
     };
     render::render(job, no_progress(), CancellationToken::new()).await
 }

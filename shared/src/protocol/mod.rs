@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod queue;
 pub mod records;
 pub mod renderer;
+pub mod resources;
 pub mod spec;
 pub mod status;
 pub mod task_key;
@@ -28,6 +29,7 @@ pub use renderer::{
     check_arg_value, check_command_template, check_profile_name, template_arg_names, ImageFormat,
     RenderLimits, RendererSpec, ARG_PLACEHOLDER_PREFIX, BUILTIN_VERSION, COMMAND_PLACEHOLDERS,
 };
+pub use resources::{fmt_mib, parse_size_mib, Gpu, Requirements, Resources, Unmet};
 pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
 pub use status::{
     BudgetStatus, FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure,

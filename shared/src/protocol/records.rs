@@ -196,6 +196,10 @@ pub struct WorkerInfo {
     pub tasks_done: u64,
     pub core_seconds: f64,
     pub current: Vec<CurrentTask>,
+    /// Cores, memory, GPUs and tags this worker offers its tasks; `None` in records from
+    /// workers that predate resources (they take only jobs that ask for nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<super::resources::Resources>,
 }
 
 impl WorkerInfo {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::renderer::RenderLimits;
 use super::renderer::RendererSpec;
+use super::resources::Requirements;
 use super::task_key::task_key;
 use crate::frames::{FrameChunk, FrameSpec};
 use crate::hash::ContentHash;
@@ -131,6 +132,10 @@ pub struct JobSpec {
     /// the task key (they do not change pixels).
     #[serde(default, skip_serializing_if = "RenderLimits::is_unset")]
     pub limits: RenderLimits,
+    /// What each task needs of a worker (cores, memory, GPUs, tags). Not part of the task key
+    /// (they do not change pixels).
+    #[serde(default, skip_serializing_if = "Requirements::is_empty")]
+    pub requirements: Requirements,
 }
 
 /// Why a job spec was refused.
@@ -177,6 +182,7 @@ impl JobSpec {
         self.frames.chunks(self.chunk)?;
         self.renderer.validate()?;
         self.limits.validate().map_err(SpecError::Renderer)?;
+        self.requirements.validate().map_err(SpecError::Renderer)?;
         validate_output_pattern(&self.output)?;
         match (&self.scene, self.renderer.needs_scene()) {
             (Some(scene), _) => validate_rel_path(scene)?,
@@ -279,6 +285,7 @@ pub(crate) mod tests {
     pub(crate) fn spec() -> JobSpec {
         JobSpec {
             limits: Default::default(),
+            requirements: Default::default(),
             name: "shot010".into(),
             studio: Studio::default(),
             priority: 0,

@@ -96,6 +96,12 @@ pub struct JobStatus {
     /// The job's studio's spend this month against its budget, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetStatus>,
+    /// What each task needs of a worker (from the spec), so `status` can show it.
+    #[serde(
+        default,
+        skip_serializing_if = "super::resources::Requirements::is_empty"
+    )]
+    pub requirements: super::resources::Requirements,
 }
 
 /// A studio's spend in a calendar month against its budget, priced by the ledger's model.

@@ -52,6 +52,7 @@ pub async fn local_version() -> Result<String, String> {
         args: vec!["--version".into()],
         cwd: None,
         sandbox: None,
+        env: Vec::new(),
     };
     let mut first_line = None;
     let mut on_line = |stream: Stream, line: &str| {
@@ -242,11 +243,18 @@ pub(super) async fn render(
         args.push(value.to_string().into());
     }
     args.push("-a".into());
+    if !job.gpus.is_empty() {
+        // Cycles' own options follow `--`; CUDA_VISIBLE_DEVICES narrows it to this task's.
+        for a in ["--", "--cycles-device", "CUDA"] {
+            args.push(a.into());
+        }
+    }
     let spec = ProcessSpec {
         program: program(),
         args,
         cwd: Some(job.input_dir.clone()),
         sandbox: job.sandbox(),
+        env: job.device_env(),
     };
 
     let mut parser = ProgressParser::new(chunk.len());

@@ -197,6 +197,7 @@ pub(super) async fn render(
             args,
             cwd: Some(job.input_dir.clone()),
             sandbox: job.sandbox(),
+            env: job.device_env(),
         })
     };
 

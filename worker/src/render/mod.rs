@@ -49,6 +49,8 @@ pub struct RenderJob<'a> {
     /// How external renderers are confined, with this task's limits and work folder;
     /// `None`: they run as the worker does. (The builtin renderer runs in-process.)
     pub confinement: Option<TaskConfinement>,
+    /// The GPUs this task holds, by device index; no other task of the worker uses them.
+    pub gpus: Vec<u32>,
 }
 
 /// A task's confinement: the worker's, with the task's own limits and work folder (which
@@ -77,6 +79,23 @@ impl RenderJob<'_> {
     }
 
     /// How a process of this render is confined: inputs read-only, outputs writable.
+    /// The renderer's view of its devices: `CUDA_VISIBLE_DEVICES` (what CUDA, OptiX and most
+    /// GPU renderers obey) and `SUANLI_GPUS` (for wrappers of renderers that do not), both
+    /// the comma-separated indices this task holds, empty when it holds none, so a task never
+    /// renders on a GPU another task holds.
+    pub fn device_env(&self) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        let list = self
+            .gpus
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        vec![
+            ("CUDA_VISIBLE_DEVICES".into(), list.clone().into()),
+            ("SUANLI_GPUS".into(), list.into()),
+        ]
+    }
+
     fn sandbox(&self) -> Option<SandboxSpec> {
         self.confinement.as_ref().map(|c| SandboxSpec {
             confinement: c.confinement.clone(),

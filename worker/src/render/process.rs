@@ -53,6 +53,9 @@ pub struct ProcessSpec {
     pub cwd: Option<PathBuf>,
     /// How the process is confined (sandbox, user, limits); `None`: as the worker runs.
     pub sandbox: Option<SandboxSpec>,
+    /// Variables set for the process on top of the worker's (less its secrets): the devices
+    /// a task holds.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl ProcessSpec {
@@ -347,6 +350,7 @@ pub async fn run(
             cmd.env_remove(&name);
         }
     }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd.spawn().map_err(|source| SpawnError {
         program: spec.program_name(),
         source,

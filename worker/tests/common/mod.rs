@@ -48,6 +48,7 @@ pub fn job<'a>(renderer: &'a RendererSpec, chunk: FrameChunk, dirs: &Dirs) -> Re
         threads: 2,
         timeout: Duration::from_secs(120),
         confinement: None,
+        gpus: Vec::new(),
     }
 }
 
