@@ -188,6 +188,18 @@ impl ProcFarm {
 
     /// Starts any program with this farm's environment (`SUANLI_NATS`, `SUANLI_STORE`).
     pub fn spawn(&self, name: &str, program: &str, args: &[&str]) -> Role {
+        self.spawn_env(name, program, args, &[])
+    }
+
+    /// As [`ProcFarm::spawn`], with more environment variables (a `PATH` with a stand-in
+    /// `nvidia-smi`, say).
+    pub fn spawn_env(
+        &self,
+        name: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Role {
         let log = self.path().join(format!("{name}.log"));
         let out = File::options()
             .create(true)
@@ -200,6 +212,7 @@ impl ProcFarm {
             .env("SUANLI_STORE", &self.store_url)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -221,6 +234,17 @@ impl ProcFarm {
     /// A worker with its own cache folder, `<dir>/cache-<name>`. Unless `extra` says what it
     /// runs, it runs every renderer, raw commands included (the tests' jobs are trusted).
     pub fn worker(&self, region: &str, name: &str, extra: &[&str]) -> Role {
+        self.worker_env(region, name, extra, &[])
+    }
+
+    /// As [`ProcFarm::worker`], with more environment variables.
+    pub fn worker_env(
+        &self,
+        region: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Role {
         let cache = self.path().join(format!("cache-{name}"));
         let cache = cache.to_str().unwrap().to_string();
         let mut args = vec![
@@ -245,7 +269,7 @@ impl ProcFarm {
             args.extend(["--sandbox", "off"]);
         }
         args.extend_from_slice(extra);
-        self.role(name, &args)
+        self.spawn_env(name, env!("CARGO_BIN_EXE_suanli"), &args, env)
     }
 
     /// Waits until the coordinator answers and lists `n` live workers.

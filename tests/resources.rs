@@ -1,0 +1,220 @@
+//! Heterogeneous compute end to end: a real nats-server, coordinator and workers as processes,
+//! GPUs from a stand-in `nvidia-smi` on the worker's `PATH` that prints what a real one prints.
+//! GPU tasks get their own devices and run side by side as far as the GPUs allow; a job that
+//! asks for a tag runs only on tagged workers; a job no worker can run says why in `status`
+//! and starts by itself when a worker that fits joins.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{sh_flags, ProcFarm};
+use suanli::client::Client;
+use suanli::jobfile::Overrides;
+use suanli_shared::protocol::{JobState, JobStatus};
+use suanli_shared::JobId;
+
+const JOB_LIMIT: Duration = Duration::from_secs(120);
+
+/// A folder holding an `nvidia-smi` that prints `lines` for the query the worker makes, and
+/// the `PATH` that finds it first.
+fn fake_nvidia_smi(dir: &Path, lines: &[&str]) -> (&'static str, String) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = --query-gpu=index,name,memory.total,uuid ] && [ \"$2\" = --format=csv,noheader ] || exit 9\ncat <<'EOF'\n{}\nEOF\n",
+        lines.join("\n")
+    );
+    let smi = bin.join("nvidia-smi");
+    std::fs::write(&smi, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    ("PATH", path)
+}
+
+fn with_gpus(mut flags: Overrides, gpus: u32) -> Overrides {
+    flags.gpus = Some(gpus);
+    flags.max_retries = Some(0);
+    flags
+}
+
+async fn wait_done(client: &Client, job: &JobId) -> JobStatus {
+    client
+        .wait(job, Some(JOB_LIMIT), |_| {})
+        .await
+        .expect("wait works")
+        .expect("job finished in time")
+}
+
+/// The lines `marks/<prefix>-*` files hold, by file name.
+fn marks(dir: &Path, prefix: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(prefix).then(|| {
+                (
+                    name,
+                    std::fs::read_to_string(e.path())
+                        .unwrap()
+                        .trim()
+                        .to_string(),
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_gpu_worker_runs_one_gpu_tasks_side_by_side_on_their_own_devices_and_a_two_gpu_task_alone(
+) {
+    let farm = ProcFarm::start();
+    let path = fake_nvidia_smi(
+        farm.path(),
+        &[
+            "0, NVIDIA GeForce RTX 4090, 24564 MiB, GPU-11111111-aaaa",
+            "1, NVIDIA GeForce RTX 4090, 24564 MiB, GPU-22222222-bbbb",
+        ],
+    );
+    let _coordinator = farm.coordinator("coordinator", &[]);
+    let _worker = farm.worker_env(
+        "guian",
+        "g",
+        &["--slots", "4", "--cores", "4", "--memory", "8G"],
+        &[path],
+    );
+    let client = farm.client().await;
+    farm.wait_for_workers(&client, 1).await;
+    let workers = client.workers().await.unwrap();
+    let res = workers[0].resources.as_ref().expect("resources advertised");
+    assert_eq!(res.gpus.len(), 2, "{res:?}");
+    assert_eq!(res.gpus[1].name, "NVIDIA GeForce RTX 4090");
+    assert_eq!(res.gpus[1].memory_mib, 24564);
+    assert_eq!((res.cores, res.memory_mib), (4, 8192));
+
+    let marks_dir: PathBuf = farm.path().join("marks");
+    std::fs::create_dir_all(&marks_dir).unwrap();
+    let m = marks_dir.display();
+    // Each one-GPU task records its devices, then waits (bounded) until the other has
+    // started: they pass only if both run at once.
+    let script = format!(
+        "echo \"$CUDA_VISIBLE_DEVICES $SUANLI_GPUS\" > {m}/one-{{frame}}; \
+         i=0; while [ $(ls {m} | grep -c '^one-') -lt 2 ]; do i=$((i+1)); [ $i -gt 600 ] && exit 3; sleep 0.05; done; \
+         echo \"$CUDA_VISIBLE_DEVICES\" > {{output}}/frame_{{frame:04}}.txt"
+    );
+    let spec = farm.job(with_gpus(sh_flags("1-2", &script), 1)).await;
+    let job = client.submit(spec).await.unwrap().id;
+    let status = wait_done(&client, &job).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert_eq!(status.requirements.gpus, 1);
+    let seen = marks(&marks_dir, "one-");
+    let devices: Vec<&str> = seen.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(devices.len(), 2);
+    let mut sorted = devices.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["0 0", "1 1"], "each task its own GPU: {seen:?}");
+
+    // Two-GPU tasks: both devices each, one task at a time (start and end from the renderers'
+    // own clocks).
+    let script = format!(
+        "echo \"$CUDA_VISIBLE_DEVICES $(date +%s%N)\" > {m}/two-start-{{frame}}; sleep 0.3; \
+         date +%s%N > {m}/two-end-{{frame}}; printf x > {{output}}/frame_{{frame:04}}.txt"
+    );
+    let spec = farm.job(with_gpus(sh_flags("1-2", &script), 2)).await;
+    let job = client.submit(spec).await.unwrap().id;
+    let status = wait_done(&client, &job).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let starts = marks(&marks_dir, "two-start-");
+    let ends = marks(&marks_dir, "two-end-");
+    assert_eq!((starts.len(), ends.len()), (2, 2));
+    let mut spans: Vec<(u128, u128)> = Vec::new();
+    for ((_, start), (_, end)) in starts.iter().zip(&ends) {
+        let (devices, t0) = start.split_once(' ').unwrap();
+        assert_eq!(devices, "0,1", "a two-GPU task holds both");
+        spans.push((t0.parse().unwrap(), end.parse().unwrap()));
+    }
+    spans.sort();
+    assert!(
+        spans[0].1 <= spans[1].0,
+        "two-GPU tasks overlapped: {spans:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_wait_for_a_worker_that_fits_say_why_and_run_only_there() {
+    let farm = ProcFarm::start();
+    let _coordinator = farm.coordinator("coordinator", &[]);
+    let _plain = farm.worker("guian", "plain", &["--slots", "2", "--gpus", "none"]);
+    let client = farm.client().await;
+    farm.wait_for_workers(&client, 1).await;
+
+    let mut tagged = sh_flags("1-4", "printf x > {output}/frame_{frame:04}.txt");
+    tagged.tags = Some(vec!["arnold".into()]);
+    tagged.max_retries = Some(0);
+    let tag_job = client.submit(farm.job(tagged).await).await.unwrap().id;
+    let big = with_gpus(
+        sh_flags("1-2", "printf x > {output}/frame_{frame:04}.txt"),
+        1,
+    );
+    let big = Overrides {
+        gpu_memory: Some(48 * 1024),
+        ..big
+    };
+    let big_job = client.submit(farm.job(big).await).await.unwrap().id;
+
+    // Neither can run on the only worker: status says which requirement and what it has.
+    let says = |job: JobId, needle: &'static str| {
+        let client = client.clone();
+        async move {
+            let mut last = None;
+            for _ in 0..200 {
+                let s = client.status(&job).await.unwrap();
+                if s.waiting.as_deref().is_some_and(|w| w.contains(needle)) {
+                    return s;
+                }
+                last = Some(s);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("status never said '{needle}': {last:?}");
+        }
+    };
+    let s = says(tag_job.clone(), "tags = arnold (has none)").await;
+    let waiting = s.waiting.unwrap();
+    assert!(waiting.contains("guian/plain"), "{waiting}");
+    assert_eq!(s.tasks.done, 0);
+    let s = says(big_job.clone(), "gpus = 1 (has 0)").await;
+    assert_eq!(s.tasks.running + s.tasks.done, 0, "{s:?}");
+
+    // A tagged worker with a 80 GB card joins in another region: both jobs start by
+    // themselves and run only there, though the untagged worker stays live and idle.
+    let path = fake_nvidia_smi(
+        farm.path(),
+        &["0, NVIDIA A100-SXM4-80GB, 81920 MiB, GPU-33333333-cccc"],
+    );
+    let _fit = farm.worker_env(
+        "ulanqab",
+        "fit",
+        &["--slots", "2", "--tags", "arnold,fast-disk"],
+        &[path],
+    );
+    for job in [&tag_job, &big_job] {
+        let status = wait_done(&client, job).await;
+        assert_eq!(status.state, JobState::Done, "{status:?}");
+        let regions: Vec<&String> = status.regions.keys().collect();
+        assert_eq!(regions, ["ulanqab"], "{status:?}");
+        assert!(status.waiting.is_none());
+    }
+    // The untagged worker never ran one.
+    let workers = client.workers().await.unwrap();
+    let plain = workers.iter().find(|w| w.id.as_str() == "plain");
+    assert_eq!(plain.expect("plain worker listed").tasks_done, 0);
+}
