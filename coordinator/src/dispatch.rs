@@ -56,6 +56,10 @@ pub struct JobView {
     pub needs: TaskNeeds,
     /// Patience, value of time and carbon price, resolved from the job and the farm.
     pub terms: Terms,
+    /// For a job with requirements: how many more of its tasks each region's workers could
+    /// run at once (what their resources hold of its tasks, less its tasks there). A region
+    /// not listed sets no such limit.
+    pub region_room: BTreeMap<Region, u32>,
 }
 
 impl JobView {
@@ -83,6 +87,7 @@ impl JobView {
             inputs: None,
             needs: TaskNeeds::default(),
             terms: Terms::default(),
+            region_room: BTreeMap::new(),
         }
     }
 
@@ -432,7 +437,10 @@ pub fn plan_studios(
                     .iter()
                     .enumerate()
                     .filter(|(_, r)| {
-                        r.live_slots > 0 && job.allows(r.name()) && studio.room_in(r.name())
+                        r.live_slots > 0
+                            && job.allows(r.name())
+                            && studio.room_in(r.name())
+                            && job.region_room.get(r.name()).is_none_or(|n| *n > 0)
                     })
                     .map(|(ri, r)| {
                         let inputs = r.inputs(job.inputs.as_ref());
@@ -525,6 +533,9 @@ pub fn plan_studios(
             job.in_flight += 1;
             let region = &mut regions[ri];
             region.free -= 1;
+            if let Some(n) = job.region_room.get_mut(region.name()) {
+                *n = n.saturating_sub(1);
+            }
             if let (Some(h), Inputs::Missing { link_busy_secs }) = (job.inputs, inputs) {
                 // This release starts the fetch: later tasks of the job wait for it, not another.
                 if job.needs.input_bytes > 0 {

@@ -42,7 +42,7 @@ pub struct Capacity {
     regions: BTreeMap<Region, (u32, Vec<WorkerId>)>,
     /// Per region, the resources of each of its workers (`None`: a record from before
     /// resources, which fits only jobs that ask for nothing).
-    resources: BTreeMap<Region, Vec<Option<Resources>>>,
+    resources: BTreeMap<Region, Vec<(u32, Option<Resources>)>>,
 }
 
 impl Capacity {
@@ -57,22 +57,25 @@ impl Capacity {
                 out.resources
                     .entry(w.region.clone())
                     .or_default()
-                    .push(w.resources.clone());
+                    .push((w.slots, w.resources.clone()));
             }
         }
         out
     }
 
-    /// The regions with a live worker that could run a task with these requirements.
-    /// O(workers), whatever the job's size.
-    fn fitting(&self, req: &Requirements) -> Vec<Region> {
+    /// Per region with a live worker that could run a task with these requirements, how
+    /// many such tasks its workers could run at once (each worker: what its resources hold,
+    /// at most its slots). O(workers), whatever the job's size.
+    fn fitting(&self, req: &Requirements) -> BTreeMap<Region, u32> {
         self.resources
             .iter()
-            .filter(|(_, ws)| {
-                ws.iter()
-                    .any(|r| Resources::unmet(r.as_ref(), req).is_empty())
+            .filter_map(|(region, ws)| {
+                let n: u32 = ws
+                    .iter()
+                    .filter_map(|(slots, r)| r.as_ref().map(|r| r.tasks_that_fit(req).min(*slots)))
+                    .sum();
+                (n > 0).then(|| (region.clone(), n))
             })
-            .map(|(region, _)| region.clone())
             .collect()
     }
 }
@@ -197,16 +200,26 @@ pub fn plan_round(
             continue;
         }
         let mut allowed = allowed_regions(rec, &base, &region_workers);
+        let mut region_room = BTreeMap::new();
         if !rec.spec.requirements.is_empty() {
             // Only regions with a live worker that fits: elsewhere the task would circle
             // between workers that hand it back.
             let fit = capacity.fitting(&rec.spec.requirements);
             let within = allowed.as_ref().unwrap_or(&base);
-            allowed = Some(if within.is_empty() {
-                fit
-            } else {
-                fit.into_iter().filter(|r| within.contains(r)).collect()
-            });
+            allowed = Some(
+                fit.keys()
+                    .filter(|r| within.is_empty() || within.contains(r))
+                    .cloned()
+                    .collect(),
+            );
+            let held = job.in_flight_by_region();
+            region_room = fit
+                .into_iter()
+                .map(|(region, n)| {
+                    let there = held.get(&region).map_or(0, |t| t.len() as u32);
+                    (region, n.saturating_sub(there))
+                })
+                .collect();
         }
         if allowed.as_ref().is_some_and(|a| a.is_empty()) {
             continue;
@@ -229,6 +242,7 @@ pub fn plan_round(
         view.renderer = rec.spec.renderer.kind().to_string();
         view.inputs = (rec.input_bytes > 0).then_some(rec.spec.inputs);
         view.needs = learned.needs(rec);
+        view.region_room = region_room;
         renderers.insert(view.renderer.clone());
         views.push(view);
     }
@@ -481,13 +495,30 @@ mod tests {
             gpus: 1,
             ..Default::default()
         };
-        assert_eq!(capacity.fitting(&gpu), ["guian".parse::<Region>().unwrap()]);
+        let guian: Region = "guian".parse().unwrap();
+        assert_eq!(capacity.fitting(&gpu), BTreeMap::from([(guian.clone(), 1)]));
         let tagged = Requirements {
             tags: vec!["arnold".into()],
             ..Default::default()
         };
         assert_eq!(capacity.fitting(&tagged).len(), 1);
-        assert_eq!(capacity.fitting(&Requirements::default()).len(), 3);
+        // Slots bound what resources allow (two slots, eight cores); the old record's region
+        // is left out for requirements, and kept (with no room figure) for jobs without.
+        let cores = Requirements {
+            cores: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(capacity.fitting(&cores)[&guian], 2);
+        assert_eq!(capacity.fitting(&cores).len(), 2);
+        let heavy = Requirements {
+            memory_mib: Some(20 << 10),
+            ..Default::default()
+        };
+        assert_eq!(
+            capacity.fitting(&heavy)[&guian],
+            1,
+            "32 GiB holds one 20 GiB task"
+        );
         let vram = Requirements {
             gpus: 1,
             gpu_memory_mib: Some(48 << 10),

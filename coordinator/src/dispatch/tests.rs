@@ -513,3 +513,19 @@ fn weighted_shares_over_many_rounds_converge_to_the_weights() {
     let ratio = slot_rounds[0] as f64 / slot_rounds[1] as f64;
     assert!((ratio - 3.0).abs() < 0.05, "ratio {ratio}");
 }
+
+#[test]
+fn a_job_gets_no_more_of_a_region_than_its_workers_resources_hold() {
+    // Region a has 6 free slots but GPUs for 2 of the GPU job's tasks; b has none for it.
+    let mut regions = [region("a", 6), region("b", 6)];
+    let mut gpu_job = job(10, 1, 10, &["a"]);
+    gpu_job.region_room = BTreeMap::from([(r("a"), 2)]);
+    let mut jobs = [gpu_job, job(0, 2, 10, &[])];
+    let out = plan(&mut jobs, &mut regions, 0);
+    let gpu: Vec<&Release> = out.iter().filter(|x| x.job == 0).collect();
+    assert_eq!(gpu.len(), 2, "{out:?}");
+    assert!(gpu.iter().all(|x| x.region == r("a")));
+    assert_eq!(jobs[0].region_room[&r("a")], 0);
+    // The CPU job takes the slots the GPU job could not use.
+    assert_eq!(out.len(), 12);
+}
