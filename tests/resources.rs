@@ -218,3 +218,58 @@ async fn jobs_wait_for_a_worker_that_fits_say_why_and_run_only_there() {
     let plain = workers.iter().find(|w| w.id.as_str() == "plain");
     assert_eq!(plain.expect("plain worker listed").tasks_done, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_heavy_job_packs_fewer_tasks_per_worker() {
+    let farm = ProcFarm::start();
+    let _coordinator = farm.coordinator("coordinator", &[]);
+    let _worker = farm.worker(
+        "guian",
+        "w",
+        &[
+            "--slots", "4", "--cores", "4", "--memory", "4G", "--gpus", "none",
+        ],
+    );
+    let client = farm.client().await;
+    farm.wait_for_workers(&client, 1).await;
+    let marks_dir = farm.path().join("marks");
+    std::fs::create_dir_all(&marks_dir).unwrap();
+    let m = marks_dir.display();
+
+    // 1 GiB tasks: four run at once (each waits, bounded, until all four have started).
+    let script = format!(
+        "touch {m}/light-{{frame}}; \
+         i=0; while [ $(ls {m} | grep -c '^light-') -lt 4 ]; do i=$((i+1)); [ $i -gt 600 ] && exit 3; sleep 0.05; done; \
+         printf x > {{output}}/frame_{{frame:04}}.txt"
+    );
+    let mut light = sh_flags("1-4", &script);
+    light.memory = Some(1024);
+    light.max_retries = Some(0);
+    let job = client.submit(farm.job(light).await).await.unwrap().id;
+    let status = wait_done(&client, &job).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+
+    // 3 GiB tasks: one at a time in 4 GiB (spans from the renderers' own clocks).
+    let script = format!(
+        "date +%s%N > {m}/heavy-start-{{frame}}; sleep 0.2; date +%s%N > {m}/heavy-end-{{frame}}; \
+         printf x > {{output}}/frame_{{frame:04}}.txt"
+    );
+    let mut heavy = sh_flags("1-3", &script);
+    heavy.memory = Some(3 * 1024);
+    heavy.max_retries = Some(0);
+    let job = client.submit(farm.job(heavy).await).await.unwrap().id;
+    let status = wait_done(&client, &job).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let starts = marks(&marks_dir, "heavy-start-");
+    let ends = marks(&marks_dir, "heavy-end-");
+    let mut spans: Vec<(u128, u128)> = starts
+        .iter()
+        .zip(&ends)
+        .map(|((_, s), (_, e))| (s.parse().unwrap(), e.parse().unwrap()))
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 3);
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "heavy tasks overlapped: {spans:?}");
+    }
+}
