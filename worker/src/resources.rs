@@ -284,4 +284,23 @@ mod tests {
         drop(a);
         assert!(p.try_take(&heavy).is_some());
     }
+
+    #[test]
+    fn a_task_that_asks_nothing_holds_nothing() {
+        let p = pool();
+        let held: Vec<Held> = (0..20)
+            .map(|_| {
+                p.try_take(&Requirements::default())
+                    .expect("only slots bound it")
+            })
+            .collect();
+        assert!(held.iter().all(|h| h.gpus.is_empty()));
+        let four = Requirements {
+            cores: Some(4),
+            ..Default::default()
+        };
+        let _a = p.try_take(&four).unwrap();
+        let _b = p.try_take(&four).unwrap();
+        assert!(p.try_take(&four).is_none(), "8 cores hold two 4-core tasks");
+    }
 }

@@ -159,9 +159,10 @@ impl Requirements {
                 }))
     }
 
-    /// Cores a task holds: what it asks, else one.
+    /// Cores a task holds: what it asks, else none. A task that asks for nothing is bounded
+    /// by the worker's slots alone, as before workers counted resources.
     pub fn cores_held(&self) -> u32 {
-        self.cores.unwrap_or(1)
+        self.cores.unwrap_or(0)
     }
 }
 
@@ -249,12 +250,12 @@ impl Resources {
     }
 
     /// How many tasks with these requirements this worker could run at once when idle (0 when
-    /// one does not fit), before its slot count.
+    /// one does not fit; `u32::MAX` when nothing it counts bounds them), before its slots.
     pub fn tasks_that_fit(&self, req: &Requirements) -> u32 {
         if !Self::unmet(Some(self), req).is_empty() {
             return 0;
         }
-        let mut n = self.cores / req.cores_held().max(1);
+        let mut n = self.cores.checked_div(req.cores_held()).unwrap_or(u32::MAX);
         if let Some(m) = req.memory_mib {
             n = n.min(u32::try_from(self.memory_mib / m).unwrap_or(u32::MAX));
         }
@@ -413,7 +414,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(w.tasks_that_fit(&cores), 2);
-        assert_eq!(w.tasks_that_fit(&Requirements::default()), 16);
+        assert_eq!(w.tasks_that_fit(&Requirements::default()), u32::MAX);
     }
 
     #[test]
