@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{sh_flags, ProcFarm};
+use futures::StreamExt;
 use suanli::client::Client;
 use suanli::jobfile::Overrides;
-use suanli_shared::protocol::{JobState, JobStatus};
+use suanli_shared::protocol::{EventKind, JobEvent, JobState, JobStatus};
 use suanli_shared::JobId;
 
 const JOB_LIMIT: Duration = Duration::from_secs(120);
@@ -157,12 +158,19 @@ async fn jobs_wait_for_a_worker_that_fits_say_why_and_run_only_there() {
     let client = farm.client().await;
     farm.wait_for_workers(&client, 1).await;
 
+    let mut job_events = client
+        .nats()
+        .subscribe(suanli_shared::nats::events_of_kind(EventKind::Job))
+        .await
+        .unwrap();
     let mut tagged = sh_flags("1-4", "printf x > {output}/frame_{frame:04}.txt");
     tagged.tags = Some(vec!["arnold".into()]);
     tagged.max_retries = Some(0);
     let tag_job = client.submit(farm.job(tagged).await).await.unwrap().id;
+    // A different script from the tagged job's, so neither job's tasks are the other's cache
+    // hits (requirements are not in the task key) and both render in the region they reach.
     let big = with_gpus(
-        sh_flags("1-2", "printf x > {output}/frame_{frame:04}.txt"),
+        sh_flags("1-2", "printf big > {output}/frame_{frame:04}.txt"),
         1,
     );
     let big = Overrides {
@@ -213,6 +221,26 @@ async fn jobs_wait_for_a_worker_that_fits_say_why_and_run_only_there() {
         assert_eq!(regions, ["ulanqab"], "{status:?}");
         assert!(status.waiting.is_none());
     }
+    // The job's events said so too: why it waited, then that it could start.
+    let mut said = Vec::new();
+    let seen_both = tokio::time::timeout(JOB_LIMIT, async {
+        while let Some(m) = job_events.next().await {
+            if let Ok(ev) = serde_json::from_slice::<JobEvent>(&m.payload) {
+                if ev.job == tag_job {
+                    said.push(ev.reason.unwrap_or_default());
+                    if said.iter().any(|r| r.contains("tags = arnold (has none)"))
+                        && said
+                            .iter()
+                            .any(|r| r.contains("meets its requirements is live"))
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(seen_both.is_ok(), "job events: {said:?}");
     // The untagged worker never ran one.
     let workers = client.workers().await.unwrap();
     let plain = workers.iter().find(|w| w.id.as_str() == "plain");

@@ -127,6 +127,9 @@ pub(crate) struct Coordinator {
     pub(crate) budget_rooms: BTreeMap<Studio, u32>,
     /// The month's spend per studio, rebuilt from task records at start-up.
     pub(crate) budgets: Budgets,
+    /// Jobs with requirements that no live worker meets, with the reason last announced in a
+    /// job event (so each change is announced once, not every round).
+    pub(crate) unplaceable: HashMap<JobId, String>,
 }
 
 impl Coordinator {
@@ -220,6 +223,7 @@ impl Coordinator {
             open_queues: HashSet::new(),
             budget_rooms: BTreeMap::new(),
             budgets,
+            unplaceable: HashMap::new(),
         })
     }
 

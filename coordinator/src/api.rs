@@ -243,7 +243,7 @@ impl Coordinator {
 
     /// Why no live worker would run `spec`'s tasks (its renderer, its command profile, in its
     /// regions), from the renderers and profiles workers advertise; `None` if one would.
-    fn no_worker_runs(&self, spec: &suanli_shared::protocol::JobSpec) -> Option<String> {
+    pub(crate) fn no_worker_runs(&self, spec: &suanli_shared::protocol::JobSpec) -> Option<String> {
         use suanli_shared::protocol::RendererSpec;
         let in_regions =
             |w: &&WorkerInfo| spec.regions.is_empty() || spec.regions.contains(&w.region);

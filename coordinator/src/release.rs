@@ -371,6 +371,52 @@ impl Coordinator {
         for id in touched {
             self.settle_job(&id).await;
         }
+        self.announce_unplaceable().await;
+    }
+
+    /// Publishes a job event when a job with requirements starts waiting for a worker that
+    /// fits (saying which requirement none meets and what the closest worker has), and when
+    /// one has joined. O(workers) per unfinished job with requirements and ready tasks.
+    async fn announce_unplaceable(&mut self) {
+        let jobs = &self.jobs;
+        self.unplaceable.retain(|id, _| jobs.contains_key(id));
+        let mut changes = Vec::new();
+        for (id, job) in &self.jobs {
+            let rec = &job.rec.rec;
+            if rec.spec.requirements.is_empty() {
+                continue;
+            }
+            let waiting = (!rec.state.is_final() && job.n_ready() > 0)
+                .then(|| self.no_worker_runs(&rec.spec))
+                .flatten()
+                .filter(|w| w.starts_with("no live worker meets its requirements"));
+            match (waiting, self.unplaceable.get(id)) {
+                (Some(w), Some(old)) if &w == old => {}
+                (Some(w), _) => changes.push((id.clone(), rec.state, Some(w))),
+                (None, Some(_)) => changes.push((id.clone(), rec.state, None)),
+                (None, None) => {}
+            }
+        }
+        for (id, state, waiting) in changes {
+            let reason = match &waiting {
+                Some(w) => {
+                    self.unplaceable.insert(id.clone(), w.clone());
+                    format!("waiting: {w}")
+                }
+                None => {
+                    self.unplaceable.remove(&id);
+                    if self
+                        .jobs
+                        .get(&id)
+                        .is_some_and(|j| j.rec.rec.state.is_final())
+                    {
+                        continue;
+                    }
+                    "a worker that meets its requirements is live: its tasks start".to_string()
+                }
+            };
+            self.publish_job_event(&id, state, Some(reason)).await;
+        }
     }
 
     /// Records one task as queued in `region`, then publishes it there. A publish that fails
