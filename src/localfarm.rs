@@ -203,13 +203,9 @@ fn secure_farm(
     regions: &[Region],
     studios: &[suanli_shared::Studio],
 ) -> anyhow::Result<u16> {
-    let listen = match std::fs::read_to_string(auth.join("farm.toml")) {
-        Ok(text) => text
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = "))
-            .map(|v| v.trim_matches('"').to_string())
-            .context("the farm's farm.toml names no listen address")?,
-        Err(_) => format!("127.0.0.1:{}", free_port()?),
+    let listen = match crate::auth::listen_of(auth)? {
+        Some(listen) => listen,
+        None => format!("127.0.0.1:{}", free_port()?),
     };
     let port = listen
         .rsplit_once(':')

@@ -107,6 +107,11 @@ impl InitArgs {
     }
 }
 
+/// The client address of the farm written in `dir`; `None` when no farm is there yet.
+pub fn listen_of(dir: &Path) -> anyhow::Result<Option<String>> {
+    Ok(FarmFile::load(dir)?.map(|farm| farm.listen))
+}
+
 /// The identity file of `role` in a farm folder.
 pub fn identity_path(dir: &Path, role: &Role) -> PathBuf {
     dir.join(role.file_name())
@@ -398,18 +403,16 @@ fn write_configs(dir: &Path, farm: &FarmFile) -> anyhow::Result<()> {
             via,
         })
     };
-    let clients: Vec<conf::User> = farm
-        .roles()
-        .iter()
-        .filter(|r| !matches!(r, Role::Leaf(_)))
-        .filter_map(|r| user(r, Via::Direct))
-        .collect();
-    let mut hub_users: Vec<conf::User> = farm
-        .roles()
-        .iter()
-        .filter(|r| !matches!(r, Role::Leaf(_)))
-        .filter_map(|r| user(r, Via::Direct))
-        .collect();
+    // Clients connect directly to the single server and to the hub; the hub also takes the
+    // leaf links.
+    let clients = || -> Vec<conf::User> {
+        farm.roles()
+            .iter()
+            .filter(|r| !matches!(r, Role::Leaf(_)))
+            .filter_map(|r| user(r, Via::Direct))
+            .collect()
+    };
+    let mut hub_users = clients();
     hub_users.extend(
         farm.regions
             .iter()
@@ -422,7 +425,7 @@ fn write_configs(dir: &Path, farm: &FarmFile) -> anyhow::Result<()> {
     };
     write(
         "nats-server.conf",
-        conf::single(dir, &farm.listen, &clients),
+        conf::single(dir, &farm.listen, &clients()),
     )?;
     write(
         "hub.conf",
