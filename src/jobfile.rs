@@ -68,6 +68,20 @@ pub struct RequirementsFile {
     pub gpu_models: Option<Vec<String>>,
     /// All of these worker tags.
     pub tags: Option<Vec<String>>,
+    /// Floating licence seats each task holds: `licenses = { redshift = 1 }`.
+    pub licenses: Option<std::collections::BTreeMap<String, u32>>,
+}
+
+/// `POOL=SEATS` of `--licenses`.
+fn parse_seats(text: &str) -> Result<(String, u32), String> {
+    let (pool, seats) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not POOL=SEATS, e.g. redshift=1"))?;
+    let seats = seats
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}': seats must be a whole number, e.g. redshift=1"))?;
+    Ok((pool.trim().to_string(), seats))
 }
 
 /// A size from a job file: a string with a unit, or a whole number of MiB.
@@ -106,6 +120,12 @@ fn requirements(file: RequirementsFile, flags: &Overrides) -> anyhow::Result<Req
             .or(file.gpu_models)
             .unwrap_or_default(),
         tags: flags.tags.clone().or(file.tags).unwrap_or_default(),
+        licenses: flags
+            .licenses
+            .clone()
+            .map(|l| l.into_iter().collect())
+            .or(file.licenses)
+            .unwrap_or_default(),
     };
     req.validate()
         .map_err(|e| anyhow::anyhow!("requirements: {e}"))?;
@@ -226,6 +246,10 @@ pub struct Overrides {
     /// Worker tags needed, all of them, comma-separated (requirements.tags).
     #[arg(long, value_delimiter = ',')]
     pub tags: Option<Vec<String>>,
+    /// Licence seats each task holds while it runs, e.g. redshift=1, comma-separated
+    /// (requirements.licenses; pools are the farm's `[licenses]`).
+    #[arg(long, value_delimiter = ',', value_name = "POOL=SEATS", value_parser = parse_seats)]
+    pub licenses: Option<Vec<(String, u32)>>,
     /// The studio the command acts as (the global `--studio`): the job's studio unless the
     /// file names one, and then the two must agree. Not a flag of its own here.
     #[arg(skip)]

@@ -301,3 +301,162 @@ async fn a_memory_heavy_job_packs_fewer_tasks_per_worker() {
         assert!(pair[0].1 <= pair[1].0, "heavy tasks overlapped: {spans:?}");
     }
 }
+
+/// `(start, end)` spans in ns from `<prefix>start-<frame>` / `<prefix>end-<frame>` marks, the
+/// renderers' own clocks.
+fn spans(dir: &Path, prefix: &str) -> Vec<(u128, u128)> {
+    let starts = marks(dir, &format!("{prefix}start-"));
+    let ends = marks(dir, &format!("{prefix}end-"));
+    assert_eq!(starts.len(), ends.len(), "{starts:?} {ends:?}");
+    starts
+        .iter()
+        .zip(&ends)
+        .map(|((_, s), (_, e))| (s.parse().unwrap(), e.parse().unwrap()))
+        .collect()
+}
+
+/// The most spans open at one instant.
+fn peak(spans: &[(u128, u128)]) -> usize {
+    let mut edges: Vec<(u128, i32)> = spans
+        .iter()
+        .flat_map(|(s, e)| [(*s, 1), (*e, -1)])
+        .collect();
+    // At one instant an end comes before a start: a seat given back can be taken again.
+    edges.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        most = most.max(open);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_licence_pool_of_three_is_never_exceeded_across_two_regions_and_a_coordinator_restart() {
+    let farm = ProcFarm::start();
+    let catalog = farm.path().join("regions.toml");
+    std::fs::write(
+        &catalog,
+        "[licenses]\nredshift = 3\n\n[[region]]\nname = \"guian\"\n\n[[region]]\nname = \"ulanqab\"\n",
+    )
+    .unwrap();
+    let catalog = catalog.to_str().unwrap().to_string();
+    let coordinator = farm.coordinator("coordinator", &["--catalog", &catalog]);
+    let _a = farm.worker("guian", "a", &["--slots", "3", "--gpus", "none"]);
+    let _b = farm.worker("ulanqab", "b", &["--slots", "3", "--gpus", "none"]);
+    let client = farm.client().await;
+    farm.wait_for_workers(&client, 2).await;
+
+    // A pool the farm does not have, or more seats than it holds: refused at submit.
+    let mut unknown = sh_flags("1", "printf x > {output}/frame_{frame:04}.txt");
+    unknown.licenses = Some(vec![("vray".into(), 1)]);
+    let e = client.submit(farm.job(unknown).await).await.unwrap_err();
+    assert!(
+        format!("{e:#}").contains("licence pool 'vray' is unknown: the farm's pools are redshift"),
+        "{e:#}"
+    );
+    let mut greedy = sh_flags("1", "printf x > {output}/frame_{frame:04}.txt");
+    greedy.licenses = Some(vec![("redshift".into(), 4)]);
+    let e = client.submit(farm.job(greedy).await).await.unwrap_err();
+    assert!(format!("{e:#}").contains("the pool has 3"), "{e:#}");
+    assert!(client.jobs().await.unwrap().is_empty(), "nothing enqueued");
+
+    let marks_dir = farm.path().join("marks");
+    std::fs::create_dir_all(&marks_dir).unwrap();
+    let m = marks_dir.display();
+    // Six slots, three seats: each task holds a seat for 0.4 s of its own clock.
+    let script = format!(
+        "date +%s%N > {m}/rs-start-{{frame}}; sleep 0.4; date +%s%N > {m}/rs-end-{{frame}}; \
+         printf x > {{output}}/frame_{{frame:04}}.txt"
+    );
+    let mut flags = sh_flags("1-12", &script);
+    flags.licenses = Some(vec![("redshift".into(), 1)]);
+    flags.max_retries = Some(0);
+    let job = client.submit(farm.job(flags).await).await.unwrap().id;
+
+    // Restart the coordinator once three tasks have started: the new one counts the seats
+    // the records show held, and releases no more than the pool's rest.
+    let started = |n: usize| marks(&marks_dir, "rs-start-").len() >= n;
+    let deadline = std::time::Instant::now() + JOB_LIMIT;
+    while !started(3) {
+        assert!(std::time::Instant::now() < deadline, "tasks never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(coordinator);
+    let _coordinator = farm.coordinator("coordinator-2", &["--catalog", &catalog]);
+
+    let status = wait_done(&client, &job).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert!(status
+        .requirements
+        .summary()
+        .contains("licenses = redshift=1"));
+    let spans = spans(&marks_dir, "rs-");
+    assert_eq!(spans.len(), 12);
+    assert!(peak(&spans) <= 3, "more than 3 seats in use: {spans:?}");
+    // Both regions drew on the one pool.
+    assert_eq!(status.regions.len(), 2, "{:?}", status.regions.keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_job_leaves_gpu_workers_alone_when_cpu_workers_are_free_and_cheaper_and_gpu_hours_are_billed(
+) {
+    let farm = ProcFarm::start();
+    let catalog = farm.path().join("regions.toml");
+    std::fs::write(
+        &catalog,
+        "currency = \"CNY\"\n\n\
+         [[region]]\nname = \"guian\"\nprice_per_core_hour = 0.6\nprice_per_gpu_hour = 5.0\nwatts_per_gpu = 300.0\npue = 1.12\n\
+         [region.gpu_prices]\n\"4090\" = 9.0\n\n\
+         [[region]]\nname = \"ulanqab\"\nprice_per_core_hour = 0.1\npue = 1.2\n",
+    )
+    .unwrap();
+    let catalog = catalog.to_str().unwrap().to_string();
+    let _coordinator = farm.coordinator("coordinator", &["--catalog", &catalog]);
+    let path = fake_nvidia_smi(
+        farm.path(),
+        &[
+            "0, NVIDIA GeForce RTX 4090, 24564 MiB, GPU-11111111-aaaa",
+            "1, NVIDIA GeForce RTX 4090, 24564 MiB, GPU-22222222-bbbb",
+        ],
+    );
+    let _gpu = farm.worker_env("guian", "gpu", &["--slots", "4"], &[path]);
+    let _cpu = farm.worker("ulanqab", "cpu", &["--slots", "4", "--gpus", "none"]);
+    let client = farm.client().await;
+    farm.wait_for_workers(&client, 2).await;
+
+    // Four CPU tasks, four free CPU slots at a sixth of the price: none goes to the GPUs.
+    let mut cpu = sh_flags("1-4", "sleep 0.2; printf c > {output}/frame_{frame:04}.txt");
+    cpu.max_retries = Some(0);
+    let job = client.submit(farm.job(cpu).await).await.unwrap().id;
+    let status = wait_done(&client, &job).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let regions: Vec<&String> = status.regions.keys().collect();
+    assert_eq!(regions, ["ulanqab"], "{status:?}");
+    let workers = client.workers().await.unwrap();
+    let gpu = workers.iter().find(|w| w.id.as_str() == "gpu").unwrap();
+    assert_eq!(gpu.tasks_done, 0, "the GPU worker took a CPU task");
+
+    // A GPU job runs on the GPU worker, and its GPU time is billed at the model's price.
+    let gpu_job = with_gpus(
+        sh_flags("1-2", "sleep 0.3; printf g > {output}/frame_{frame:04}.txt"),
+        1,
+    );
+    let job = client.submit(farm.job(gpu_job).await).await.unwrap().id;
+    let status = wait_done(&client, &job).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let guian = &status.regions["guian"];
+    assert!(guian.gpu_seconds >= 0.6, "two tasks of 0.3 s: {guian:?}");
+    assert_eq!(
+        guian.gpu_models.keys().collect::<Vec<_>>(),
+        ["NVIDIA GeForce RTX 4090"]
+    );
+    let expected = guian.core_seconds * 0.6 / 3600.0 + guian.gpu_seconds * 9.0 / 3600.0;
+    assert!(
+        (guian.cost - expected).abs() < 1e-9,
+        "cost {} != cores + GPU-hours at the 4090's price {expected}",
+        guian.cost
+    );
+    let kwh = (guian.core_seconds * 10.0 + guian.gpu_seconds * 300.0) / 3600.0 / 1000.0 * 1.12;
+    assert!((guian.energy_kwh - kwh).abs() < 1e-12, "{guian:?}");
+}

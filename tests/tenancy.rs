@@ -339,6 +339,7 @@ async fn task_events_from_another_region_or_studio_are_dropped() {
             core_seconds,
             outputs: vec![],
             bytes_in: 0,
+            gpu: None,
         },
     };
     let subject = |studio: &Studio, region: &Region| {

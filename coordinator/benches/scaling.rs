@@ -67,6 +67,7 @@ fn workers() -> Vec<WorkerInfo> {
                 core_seconds: 0.0,
                 current: Vec::new(),
                 resources: None,
+                gpus_busy: 0,
             });
         }
     }
@@ -215,6 +216,7 @@ impl Farm {
                     core_seconds: 1.0,
                     outputs: vec![],
                     bytes_in: 0,
+                    gpu: None,
                 },
             );
             self.dispatch();

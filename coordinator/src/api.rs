@@ -98,6 +98,8 @@ impl Coordinator {
                         .terms(&spec.studio)
                         .check_job(&spec)
                         .map_err(ApiError::bad_request)?;
+                    crate::licenses::check_job(&self.config.catalog.licenses, &spec)
+                        .map_err(ApiError::bad_request)?;
                     Ok(spec)
                 }) {
                     Ok(spec) => spec,
@@ -230,6 +232,12 @@ impl Coordinator {
         suanli_shared::ledger::price_status(&mut status, &self.config.catalog);
         if !status.state.is_final() && status.tasks.pending + status.tasks.queued > 0 {
             status.waiting = self.no_worker_runs(&job.rec.rec.spec);
+            let spec = &job.rec.rec.spec;
+            if status.waiting.is_none() && !spec.requirements.licenses.is_empty() {
+                let used = crate::licenses::in_use(self.jobs.values());
+                status.waiting =
+                    crate::licenses::waiting(spec, &self.config.catalog.licenses, &used);
+            }
         }
         let studio = &status.studio;
         status.budget = self.budgets.status(
@@ -318,7 +326,7 @@ fn unmet_requirements<'a>(
     workers: impl Iterator<Item = &'a WorkerInfo>,
 ) -> Option<String> {
     use suanli_shared::protocol::Resources;
-    if req.is_empty() {
+    if !req.asks_worker() {
         return None;
     }
     let mut closest: Option<(&WorkerInfo, Vec<suanli_shared::protocol::Unmet>)> = None;

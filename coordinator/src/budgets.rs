@@ -61,6 +61,7 @@ impl Budgets {
             (TaskState::Done, Some(region)) => suanli_shared::ledger::task_cost(
                 &catalog.profile(region),
                 task.core_seconds,
+                task.gpu.as_ref(),
                 task.bytes_in,
             ),
             _ => 0.0,

@@ -88,6 +88,7 @@ impl Learned {
     pub fn needs(&self, rec: &JobRecord) -> placement::TaskNeeds {
         let mut needs = placement::TaskNeeds {
             input_bytes: rec.input_bytes,
+            gpus: rec.spec.requirements.gpus,
             ..Default::default()
         };
         if let Some((wall, core, n)) = self.task_secs.get(&rec.id).filter(|t| t.2 > 0) {

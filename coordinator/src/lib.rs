@@ -20,6 +20,7 @@ pub mod index;
 mod kv;
 pub mod learned;
 pub mod lease;
+pub mod licenses;
 pub mod placement;
 pub mod region_loss;
 pub mod release;

@@ -6,8 +6,10 @@
 //!
 //! ```text
 //! core_s  = core_seconds_j / speed_r            wall_s = wall_seconds_j / speed_r
-//! money   = price_r × core_s / 3600  +  (inputs missing in r ? egress_r × GB_j / n_j : 0)
-//! carbon  = core_s / 3600 × watts_r / 1000 × PUE_r × gCO2_r / 1000       (kg)
+//! gpu_s   = wall_s × gpus_j
+//! money   = price_r × core_s / 3600  +  gpu_price_r × gpu_s / 3600
+//!           +  (inputs missing in r ? egress_r × GB_j / n_j : 0)
+//! carbon  = (core_s × watts_r + gpu_s × gpu_watts_r) / 3600 / 1000 × PUE_r × gCO2_r / 1000  (kg)
 //! finish  = w + wall_s + transfer_r
 //! transfer_r = 0 when r holds the inputs; the rest of the fetch when they are on their way;
 //!              else the link's backlog + bytes_j × 8 / bandwidth_r
@@ -189,6 +191,9 @@ pub struct TaskNeeds {
     pub wall_seconds: f64,
     /// Bytes of the job's inputs, moved once into each region that lacks them.
     pub input_bytes: u64,
+    /// GPUs one task holds for its whole wall time: priced per GPU-hour and powered at the
+    /// region's watts per GPU, on top of its cores.
+    pub gpus: u32,
 }
 
 impl Default for TaskNeeds {
@@ -197,6 +202,7 @@ impl Default for TaskNeeds {
             core_seconds: DEFAULT_TASK_SECONDS,
             wall_seconds: DEFAULT_TASK_SECONDS,
             input_bytes: 0,
+            gpus: 0,
         }
     }
 }
@@ -258,11 +264,14 @@ impl Estimate {
                 link_busy_secs.max(0.0) + profile.transfer_secs(needs.input_bytes),
             ),
         };
+        let render_secs = needs.wall_seconds.max(0.0) / speed;
+        let gpu_s = render_secs * f64::from(needs.gpus);
         Self {
-            money: profile.compute_cost(core_s) + tx_money,
-            carbon_kg: profile.carbon_kg(core_s),
+            money: profile.compute_cost(core_s) + profile.gpu_cost(gpu_s, None) + tx_money,
+            carbon_kg: profile.carbon_kg(core_s)
+                + profile.gpu_energy_kwh(gpu_s) * profile.carbon_g_per_kwh / 1000.0,
             transfer_secs: tx_secs,
-            render_secs: needs.wall_seconds.max(0.0) / speed,
+            render_secs,
             fetches: needs.input_bytes > 0 && matches!(inputs, Inputs::Missing { .. }),
         }
     }

@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 use crate::actor::Coordinator;
 use crate::dispatch::{self, JobView, RegionView, StudioView};
 use crate::learned::Learned;
+use crate::licenses;
 use crate::placement::Terms;
 use crate::state::{self, Job};
 
@@ -43,6 +44,9 @@ pub struct Capacity {
     /// Per region, the resources of each of its workers (`None`: a record from before
     /// resources, which fits only jobs that ask for nothing).
     resources: BTreeMap<Region, Vec<(u32, Option<Resources>)>>,
+    /// Free seats per licence pool, farm-wide ([`Capacity::with_seats`]); a job drawing on a
+    /// pool not listed takes none.
+    seats: licenses::Pools,
 }
 
 impl Capacity {
@@ -61,6 +65,26 @@ impl Capacity {
             }
         }
         out
+    }
+
+    /// These free licence seats (the pools less what queued and running tasks hold).
+    pub fn with_seats(mut self, seats: licenses::Pools) -> Self {
+        self.seats = seats;
+        self
+    }
+
+    /// How many more tasks drawing these seats the free pools allow (`u32::MAX` for a job
+    /// that draws on none).
+    fn seats_allow(&self, wanted: &BTreeMap<String, u32>) -> u32 {
+        wanted
+            .iter()
+            .map(|(name, seats)| {
+                self.seats
+                    .get(name)
+                    .map_or(0, |free| free.checked_div(*seats).unwrap_or(u32::MAX))
+            })
+            .min()
+            .unwrap_or(u32::MAX)
     }
 
     /// Per region with a live worker that could run a task with these requirements, how
@@ -199,9 +223,13 @@ pub fn plan_round(
         if base.is_empty() && !terms.regions.is_empty() {
             continue;
         }
+        let by_seats = capacity.seats_allow(&rec.spec.requirements.licenses);
+        if by_seats == 0 {
+            continue; // every seat it needs is held: it waits for one to be given back
+        }
         let mut allowed = allowed_regions(rec, &base, &region_workers);
         let mut region_room = BTreeMap::new();
-        if !rec.spec.requirements.is_empty() {
+        if rec.spec.requirements.asks_worker() {
             // Only regions with a live worker that fits: elsewhere the task would circle
             // between workers that hand it back.
             let fit = capacity.fitting(&rec.spec.requirements);
@@ -238,6 +266,10 @@ pub fn plan_round(
         view.policy = rec.spec.placement.policy.unwrap_or(catalog.policy);
         view.deadline_ms = rec.spec.placement.deadline_ms;
         view.max_slots = rec.spec.placement.max_slots;
+        if by_seats != u32::MAX {
+            let cap = job.in_flight().saturating_add(by_seats);
+            view.max_slots = Some(view.max_slots.map_or(cap, |m| m.min(cap)));
+        }
         view.terms = terms_of(rec, catalog);
         view.renderer = rec.spec.renderer.kind().to_string();
         view.inputs = (rec.input_bytes > 0).then_some(rec.spec.inputs);
@@ -345,7 +377,14 @@ impl Coordinator {
                 .filter(|j| !j.rec.rec.state.is_final())
                 .map(|j| (&j.rec.rec.spec.studio, j.in_flight())),
         );
-        let capacity = Capacity::of(self.live_workers());
+        let pools = &self.config.catalog.licenses;
+        let mut seats = pools.clone();
+        for (name, used) in licenses::in_use(self.jobs.values()) {
+            if let Some(free) = seats.get_mut(&name) {
+                *free = free.saturating_sub(used);
+            }
+        }
+        let capacity = Capacity::of(self.live_workers()).with_seats(seats);
         let planned = plan_round(
             &mut self.jobs,
             &capacity,
@@ -358,6 +397,9 @@ impl Coordinator {
             self.config.prefetch,
             now,
         );
+        // Jobs sharing a pool may be planned past its seats in one round: the plan is
+        // trimmed to the seats, and what is left waits for the next round.
+        let planned = licenses::within_pools(planned, &self.jobs, pools);
         let mut touched = Vec::new();
         for p in planned {
             if let Err(e) = self.release(&p.job, p.task, &p.region).await {
@@ -383,7 +425,7 @@ impl Coordinator {
         let mut changes = Vec::new();
         for (id, job) in &self.jobs {
             let rec = &job.rec.rec;
-            if rec.spec.requirements.is_empty() {
+            if !rec.spec.requirements.asks_worker() {
                 continue;
             }
             let waiting = (!rec.state.is_final() && job.n_ready() > 0)

@@ -193,6 +193,9 @@ impl Job {
                     r.frames_done += t.chunk.len();
                     r.core_seconds += t.core_seconds;
                     r.bytes_in += t.bytes_in;
+                    if let Some(gpu) = &t.gpu {
+                        r.add_gpu(gpu);
+                    }
                 }
             }
             if let Some(f) = t.failures.last() {

@@ -66,7 +66,9 @@ pub fn apply_event(
             core_seconds,
             outputs,
             bytes_in,
+            gpu,
         } => {
+            next.gpu = gpu.clone();
             next.state = if *cached {
                 TaskState::Cached
             } else {
@@ -247,6 +249,7 @@ mod tests {
                 core_seconds: 4.0,
                 outputs: vec![],
                 bytes_in: 10,
+                gpu: None,
             },
         )
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{BudgetStatus, JobStatus, RegionFigures};
+use crate::protocol::{BudgetStatus, GpuUse, JobStatus, RegionFigures};
 use crate::regions::{RegionCatalog, RegionProfile};
 use crate::{Region, Studio};
 
@@ -15,9 +15,27 @@ impl RegionFigures {
     /// price per core-hour plus egress for the bytes moved in; facility energy (busy
     /// core-hours x watts per core x PUE) and its carbon.
     pub fn price(&mut self, profile: &RegionProfile) {
-        self.cost = profile.compute_cost(self.core_seconds) + profile.transfer_cost(self.bytes_in);
-        self.energy_kwh = profile.energy_kwh(self.core_seconds);
-        self.carbon_kg = profile.carbon_kg(self.core_seconds);
+        // GPU time not attributed to a model (none should be) is priced at the region's rate.
+        let by_model: f64 = self.gpu_models.values().sum();
+        let unattributed = (self.gpu_seconds - by_model).max(0.0);
+        let gpu_cost: f64 = self
+            .gpu_models
+            .iter()
+            .map(|(model, secs)| profile.gpu_cost(*secs, Some(model)))
+            .sum::<f64>()
+            + profile.gpu_cost(unattributed, None);
+        self.cost = profile.compute_cost(self.core_seconds)
+            + gpu_cost
+            + profile.transfer_cost(self.bytes_in);
+        self.energy_kwh =
+            profile.energy_kwh(self.core_seconds) + profile.gpu_energy_kwh(self.gpu_seconds);
+        self.carbon_kg = self.energy_kwh * profile.carbon_g_per_kwh / 1000.0;
+    }
+
+    /// Adds one task's GPU time.
+    pub fn add_gpu(&mut self, gpu: &GpuUse) {
+        self.gpu_seconds += gpu.seconds;
+        *self.gpu_models.entry(gpu.model.clone()).or_default() += gpu.seconds;
     }
 
     /// Adds another region's (or job's) figures to these.
@@ -25,6 +43,10 @@ impl RegionFigures {
         self.frames_done += other.frames_done;
         self.core_seconds += other.core_seconds;
         self.bytes_in += other.bytes_in;
+        self.gpu_seconds += other.gpu_seconds;
+        for (model, secs) in &other.gpu_models {
+            *self.gpu_models.entry(model.clone()).or_default() += secs;
+        }
         self.cost += other.cost;
         self.energy_kwh += other.energy_kwh;
         self.carbon_kg += other.carbon_kg;
@@ -42,15 +64,23 @@ impl JobStatus {
     }
 }
 
-/// What one rendered task cost: its figures priced like a ledger row (compute plus egress), so
-/// a budget is spent by exactly what `suanli ledger` shows.
-pub fn task_cost(profile: &RegionProfile, core_seconds: f64, bytes_in: u64) -> f64 {
+/// What one rendered task cost: its figures priced like a ledger row (compute, GPU time and
+/// egress), so a budget is spent by exactly what `suanli ledger` shows.
+pub fn task_cost(
+    profile: &RegionProfile,
+    core_seconds: f64,
+    gpu: Option<&GpuUse>,
+    bytes_in: u64,
+) -> f64 {
     let mut figures = RegionFigures {
         frames_done: 0,
         core_seconds,
         bytes_in,
         ..Default::default()
     };
+    if let Some(gpu) = gpu {
+        figures.add_gpu(gpu);
+    }
     figures.price(profile);
     figures.cost
 }
@@ -175,7 +205,7 @@ mod tests {
         );
         // A task's cost, as a budget is charged, is its row in the ledger.
         assert_eq!(
-            task_cost(&guian, 3600.0, 1_000_000_000),
+            task_cost(&guian, 3600.0, None, 1_000_000_000),
             a.regions["guian"].cost
         );
     }

@@ -35,6 +35,16 @@ pub struct RegionProfile {
     /// Bandwidth from the object store into this region, megabits per second.
     #[serde(default = "defaults::bandwidth_mbps")]
     pub bandwidth_mbps: f64,
+    /// Price of one busy GPU for one hour, on top of the cores its task holds.
+    #[serde(default)]
+    pub price_per_gpu_hour: f64,
+    /// Prices per GPU-hour by model, where they differ from `price_per_gpu_hour`: a key
+    /// matches a GPU whose name contains it, ignoring case (`"4090" = 6.0`, `"H100" = 18.0`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gpu_prices: BTreeMap<String, f64>,
+    /// IT power drawn by one busy GPU, in watts (before PUE).
+    #[serde(default = "defaults::watts_per_gpu")]
+    pub watts_per_gpu: f64,
 }
 
 mod defaults {
@@ -53,6 +63,9 @@ mod defaults {
     pub fn bandwidth_mbps() -> f64 {
         1000.0
     }
+    pub fn watts_per_gpu() -> f64 {
+        300.0
+    }
 }
 
 impl RegionProfile {
@@ -67,6 +80,9 @@ impl RegionProfile {
             watts_per_core: defaults::watts_per_core(),
             egress_per_gb: 0.0,
             bandwidth_mbps: defaults::bandwidth_mbps(),
+            price_per_gpu_hour: 0.0,
+            gpu_prices: BTreeMap::new(),
+            watts_per_gpu: defaults::watts_per_gpu(),
         }
     }
 }
@@ -89,6 +105,8 @@ impl RegionProfile {
             ("watts_per_core", self.watts_per_core),
             ("egress_per_gb", self.egress_per_gb),
             ("bandwidth_mbps", self.bandwidth_mbps),
+            ("price_per_gpu_hour", self.price_per_gpu_hour),
+            ("watts_per_gpu", self.watts_per_gpu),
         ];
         for (field, value) in figures {
             if !value.is_finite() {
@@ -96,6 +114,23 @@ impl RegionProfile {
             }
             if value < 0.0 {
                 return bad(field, format!("is {value}; it cannot be negative"));
+            }
+        }
+        for (model, price) in &self.gpu_prices {
+            if model.trim().is_empty() || model.len() > 128 {
+                return bad(
+                    "gpu_prices",
+                    "names a model of no or over 128 characters".into(),
+                );
+            }
+            if !(price.is_finite() && *price >= 0.0) {
+                return bad(
+                    "gpu_prices",
+                    format!(
+                        "gives '{}' the price {price}; give a finite price of 0 or more",
+                        crate::names::shown(model)
+                    ),
+                );
             }
         }
         if self.pue < 1.0 {
@@ -129,6 +164,29 @@ impl RegionProfile {
     /// Carbon of `core_seconds` of busy cores, in kg of CO2.
     pub fn carbon_kg(&self, core_seconds: f64) -> f64 {
         self.energy_kwh(core_seconds) * self.carbon_g_per_kwh / 1000.0
+    }
+
+    /// The price of one GPU-hour of this model here: the first `gpu_prices` key (in name
+    /// order) its name contains, else `price_per_gpu_hour`. `None` (a model not reported):
+    /// `price_per_gpu_hour`.
+    pub fn gpu_price(&self, model: Option<&str>) -> f64 {
+        let Some(model) = model.map(str::to_ascii_lowercase) else {
+            return self.price_per_gpu_hour;
+        };
+        self.gpu_prices
+            .iter()
+            .find(|(key, _)| model.contains(&key.to_ascii_lowercase()))
+            .map_or(self.price_per_gpu_hour, |(_, price)| *price)
+    }
+
+    /// What `gpu_seconds` of busy GPUs of `model` cost here.
+    pub fn gpu_cost(&self, gpu_seconds: f64, model: Option<&str>) -> f64 {
+        self.gpu_price(model) * gpu_seconds / 3600.0
+    }
+
+    /// Facility energy of `gpu_seconds` of busy GPUs, in kWh: IT power times PUE.
+    pub fn gpu_energy_kwh(&self, gpu_seconds: f64) -> f64 {
+        gpu_seconds / 3600.0 * self.watts_per_gpu / 1000.0 * self.pue
     }
 
     /// What moving `bytes` from the store into this region costs.
@@ -183,6 +241,9 @@ struct CatalogFile {
     carbon_price_per_tonne: f64,
     #[serde(default)]
     region: Vec<RegionProfile>,
+    /// Farm-wide floating licence pools: seats per pool name (`redshift = 20`).
+    #[serde(default)]
+    licenses: BTreeMap<String, u32>,
 }
 
 /// How much longer than `fastest` a job under `cheapest` or `greenest` may take, when neither
@@ -332,6 +393,9 @@ pub struct RegionCatalog {
     /// The farm's placement terms, for jobs that set none: patience, value of an hour of a
     /// priority-0 job, carbon price.
     pub terms: PlacementTerms,
+    /// Floating licence pools, seats per pool, farm-wide (a task holds its seats while it is
+    /// released or running, in whatever region); set with [`RegionCatalog::set_licenses`].
+    pub licenses: BTreeMap<String, u32>,
     regions: BTreeMap<Region, RegionProfile>,
 }
 
@@ -341,6 +405,7 @@ impl Default for RegionCatalog {
             currency: default_currency(),
             policy: Policy::default(),
             terms: PlacementTerms::default(),
+            licenses: BTreeMap::new(),
             regions: BTreeMap::new(),
         }
     }
@@ -372,6 +437,7 @@ impl RegionCatalog {
             currency,
             policy,
             terms: PlacementTerms::default(),
+            licenses: BTreeMap::new(),
             regions,
         })
     }
@@ -389,6 +455,7 @@ impl RegionCatalog {
             value_of_hour: file.value_of_hour,
             carbon_per_tonne: file.carbon_price_per_tonne,
         })?;
+        catalog.set_licenses(file.licenses)?;
         Ok(catalog)
     }
 
@@ -396,6 +463,25 @@ impl RegionCatalog {
     pub fn set_terms(&mut self, terms: PlacementTerms) -> Result<(), CatalogError> {
         terms.check().map_err(CatalogError::Terms)?;
         self.terms = terms;
+        Ok(())
+    }
+
+    /// Sets the farm's licence pools, checked: names as pool names go, at least one seat each.
+    pub fn set_licenses(&mut self, pools: BTreeMap<String, u32>) -> Result<(), CatalogError> {
+        for (name, seats) in &pools {
+            if !crate::protocol::valid_pool_name(name) {
+                return Err(CatalogError::Terms(format!(
+                    "licence pool '{}' must be 1-64 letters, digits, '-' or '_'",
+                    crate::names::shown(name)
+                )));
+            }
+            if *seats == 0 {
+                return Err(CatalogError::Terms(format!(
+                    "licence pool '{name}' has 0 seats; give it 1 or more, or leave it out"
+                )));
+            }
+        }
+        self.licenses = pools;
         Ok(())
     }
 

@@ -511,16 +511,20 @@ fn requirements() -> impl Strategy<Value = Requirements> {
             any::<Option<u64>>(),
             prop::collection::vec(any_text(), 0..3),
             prop::collection::vec(any_text(), 0..3),
+            prop::collection::btree_map(any_text(), any::<u32>(), 0..3),
         ),
     )
         .prop_map(
-            |((cores, memory_mib, gpus), (gpu_memory_mib, gpu_models, tags))| Requirements {
-                cores,
-                memory_mib,
-                gpus,
-                gpu_memory_mib,
-                gpu_models,
-                tags,
+            |((cores, memory_mib, gpus), (gpu_memory_mib, gpu_models, tags, licenses))| {
+                Requirements {
+                    cores,
+                    memory_mib,
+                    gpus,
+                    gpu_memory_mib,
+                    gpu_models,
+                    tags,
+                    licenses,
+                }
             },
         )
 }
@@ -783,6 +787,7 @@ fn worker_info() -> impl Strategy<Value = WorkerInfo> {
                 tasks_done,
                 core_seconds,
                 current,
+                gpus_busy: busy,
             },
         )
 }
@@ -853,6 +858,7 @@ fn task_event_kind() -> impl Strategy<Value = TaskEventKind> {
                     core_seconds,
                     outputs,
                     bytes_in,
+                    gpu: None,
                 }
             }),
         failure().prop_map(|failure| TaskEventKind::Failed { failure }),
@@ -941,16 +947,22 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
         failed: c[2],
         cached: c[3],
     });
-    let figures = (any::<u32>(), prop::array::uniform4(float()), any::<u64>()).prop_map(
-        |(frames_done, f, bytes_in)| RegionFigures {
+    let figures = (
+        any::<u32>(),
+        prop::array::uniform5(float()),
+        any::<u64>(),
+        prop::collection::btree_map(any_text(), float(), 0..2),
+    )
+        .prop_map(|(frames_done, f, bytes_in, gpu_models)| RegionFigures {
             frames_done,
             core_seconds: f[0],
             bytes_in,
+            gpu_seconds: f[4],
+            gpu_models,
             cost: f[1],
             energy_kwh: f[2],
             carbon_kg: f[3],
-        },
-    );
+        });
     let task_failure = (any::<u32>(), any_text(), task_state(), failure()).prop_map(
         |(task, frames, state, failure)| TaskFailure {
             task,
@@ -1008,15 +1020,23 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
 }
 
 fn region_profile() -> impl Strategy<Value = RegionProfile> {
-    (region(), prop::array::uniform6(float())).prop_map(|(name, f)| RegionProfile {
-        name,
-        price_per_core_hour: f[0],
-        pue: f[1],
-        carbon_g_per_kwh: f[2],
-        watts_per_core: f[3],
-        egress_per_gb: f[4],
-        bandwidth_mbps: f[5],
-    })
+    (
+        region(),
+        prop::array::uniform8(float()),
+        prop::collection::btree_map(any_text(), float(), 0..2),
+    )
+        .prop_map(|(name, f, gpu_prices)| RegionProfile {
+            name,
+            price_per_core_hour: f[0],
+            pue: f[1],
+            carbon_g_per_kwh: f[2],
+            watts_per_core: f[3],
+            egress_per_gb: f[4],
+            bandwidth_mbps: f[5],
+            price_per_gpu_hour: f[6],
+            gpu_prices,
+            watts_per_gpu: f[7],
+        })
 }
 
 /// An API reply: the value, or an error of any kind.
@@ -1840,6 +1860,7 @@ fn a_full_chunk_reports_in_one_message() {
             core_seconds: f64::MAX,
             outputs: outputs.clone(),
             bytes_in: u64::MAX,
+            gpu: None,
         },
     };
     let mut record = TaskRecord::new(

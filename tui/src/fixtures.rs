@@ -389,6 +389,7 @@ pub fn completed(
             core_seconds: secs_ms as f64 / 1000.0 * 2.0,
             outputs: rec.outputs,
             bytes_in: 0,
+            gpu: None,
         },
     }
 }

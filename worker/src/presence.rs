@@ -52,6 +52,7 @@ fn info_record(sh: &Shared) -> WorkerInfo {
         core_seconds,
         current,
         resources: Some(sh.pool.total().clone()),
+        gpus_busy: sh.pool.gpus_busy(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use suanli_shared::protocol::{parse_size_mib, Gpu, Requirements, Resources};
+use suanli_shared::protocol::{parse_size_mib, Gpu, GpuUse, Requirements, Resources};
 use tokio::sync::Notify;
 
 use crate::state::lock;
@@ -149,6 +149,28 @@ impl Pool {
 
     pub fn total(&self) -> &Resources {
         &self.total
+    }
+
+    /// GPUs running tasks hold now.
+    pub fn gpus_busy(&self) -> u32 {
+        let free = lock(&self.free).gpus.len();
+        (self.total.gpus.len().saturating_sub(free)) as u32
+    }
+
+    /// The GPU use of a run that held `gpus` for `wall_secs`; `None` when it held none.
+    pub fn gpu_use(&self, gpus: &[u32], wall_secs: f64) -> Option<GpuUse> {
+        let first = gpus.first()?;
+        let model = self
+            .total
+            .gpus
+            .iter()
+            .find(|g| g.index == *first)
+            .map_or_else(String::new, |g| g.name.clone());
+        Some(GpuUse {
+            count: gpus.len() as u32,
+            model,
+            seconds: wall_secs * gpus.len() as f64,
+        })
     }
 
     /// Takes what a task needs if it is free now. Cores and memory asked beyond the whole

@@ -276,6 +276,7 @@ async fn execute(
                 core_seconds: 0.0,
                 outputs: m.files,
                 bytes_in: 0,
+                gpu: None,
             });
         }
         Ok(None) => {}
@@ -349,7 +350,9 @@ async fn execute(
         gpus: gpus.to_vec(),
     };
     let outcome = render::render(job, progress, cancel).await;
-    let core_seconds = t0.elapsed().as_secs_f64() * threads as f64;
+    let wall_secs = t0.elapsed().as_secs_f64();
+    let core_seconds = wall_secs * threads as f64;
+    let gpu = sh.pool.gpu_use(gpus, wall_secs);
     let result = match outcome {
         RenderOutcome::Rendered { frames } => match commit(sh, task, frames).await {
             Ok((outputs, cached)) => Outcome::Completed(TaskEventKind::Completed {
@@ -358,6 +361,7 @@ async fn execute(
                 core_seconds,
                 outputs,
                 bytes_in,
+                gpu,
             }),
             Err(reason) => failed(sh, task, reason),
         },

@@ -37,6 +37,7 @@ fn needs(secs: f64, bytes: u64) -> TaskNeeds {
         core_seconds: secs,
         wall_seconds: secs,
         input_bytes: bytes,
+        gpus: 0,
     }
 }
 
@@ -391,4 +392,31 @@ fn balanced_puts_a_price_on_time_and_carbon() {
     assert_eq!(Terms::value_of_hour_at(1000.0, 0), 1000.0);
     assert_eq!(Terms::value_of_hour_at(1000.0, 10), 4000.0);
     assert_eq!(Terms::value_of_hour_at(1000.0, -5), 500.0);
+}
+
+#[test]
+fn gpu_time_is_priced_and_powered_on_top_of_cores() {
+    let mut p = region("guian", 0.36);
+    p.price_per_gpu_hour = 7.2;
+    p.watts_per_gpu = 350.0;
+    p.watts_per_core = 10.0;
+    p.pue = 1.12;
+    p.carbon_g_per_kwh = 500.0;
+    let cpu = Estimate::new(&p, 1.0, &needs(3600.0, 0), Inputs::Held, 1.0);
+    let gpu_needs = TaskNeeds {
+        gpus: 2,
+        ..needs(3600.0, 0)
+    };
+    let gpu = Estimate::new(&p, 1.0, &gpu_needs, Inputs::Held, 1.0);
+    // One core-hour at 0.36 plus two GPU-hours at 7.2.
+    assert!((cpu.money - 0.36).abs() < 1e-9, "{cpu:?}");
+    assert!((gpu.money - (0.36 + 14.4)).abs() < 1e-9, "{gpu:?}");
+    // (10 W + 2 x 350 W) for an hour, x PUE 1.12, x 500 g/kWh.
+    let kwh = (10.0 + 700.0) / 1000.0 * 1.12;
+    assert!((gpu.carbon_kg - kwh * 0.5).abs() < 1e-9, "{gpu:?}");
+    // A model priced apart in the catalog is charged its own rate in the ledger.
+    p.gpu_prices.insert("h100".into(), 20.0);
+    assert_eq!(p.gpu_price(Some("NVIDIA H100 80GB HBM3")), 20.0);
+    assert_eq!(p.gpu_price(Some("NVIDIA GeForce RTX 4090")), 7.2);
+    assert_eq!(p.gpu_price(None), 7.2);
 }

@@ -118,6 +118,7 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
             core_seconds: j.task_core_seconds,
             wall_seconds: j.task_core_seconds / scenario.cores_per_slot,
             input_bytes: (j.input_gb * 1e9) as u64,
+            gpus: 0,
         };
         jobs.push(view);
         reports.push(JobReport {

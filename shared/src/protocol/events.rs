@@ -21,6 +21,16 @@ pub struct Failure {
     pub at_ms: u64,
 }
 
+/// The GPUs one task run held: how many, of which model, for how long in all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuUse {
+    pub count: u32,
+    /// The model of the first of them, as `nvidia-smi` names it: per-model GPU prices.
+    pub model: String,
+    /// Wall seconds x GPUs held.
+    pub seconds: f64,
+}
+
 /// What happened to a task run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -37,6 +47,9 @@ pub enum TaskEventKind {
         outputs: Vec<OutputFile>,
         /// Input bytes this run downloaded into the region (cache misses).
         bytes_in: u64,
+        /// The GPUs the run held, for the ledger; `None` for a CPU task.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gpu: Option<GpuUse>,
     },
     Failed {
         failure: Failure,

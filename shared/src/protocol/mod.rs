@@ -18,7 +18,7 @@ pub mod task_key;
 
 pub use clock::now_ms;
 pub use codec::{decode, encode, DecodeError, EncodeError};
-pub use events::{Event, EventKind, Failure, JobEvent, TaskEvent, TaskEventKind};
+pub use events::{Event, EventKind, Failure, GpuUse, JobEvent, TaskEvent, TaskEventKind};
 pub use manifest::{InputEntry, InputManifest, OutputFile, OutputManifest};
 pub use queue::TaskAssignment;
 pub use records::{
@@ -29,7 +29,9 @@ pub use renderer::{
     check_arg_value, check_command_template, check_profile_name, template_arg_names, ImageFormat,
     RenderLimits, RendererSpec, ARG_PLACEHOLDER_PREFIX, BUILTIN_VERSION, COMMAND_PLACEHOLDERS,
 };
-pub use resources::{fmt_mib, parse_size_mib, Gpu, Requirements, Resources, Unmet};
+pub use resources::{
+    fmt_mib, parse_size_mib, valid_pool_name, Gpu, Requirements, Resources, Unmet,
+};
 pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
 pub use status::{
     BudgetStatus, FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure,

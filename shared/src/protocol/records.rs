@@ -122,6 +122,9 @@ pub struct TaskRecord {
     /// crash is still dropped as a duplicate.
     #[serde(default)]
     pub releases: u32,
+    /// The GPUs the successful run held (the ledger's GPU-hours); `None` for a CPU task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<super::events::GpuUse>,
 }
 
 impl TaskRecord {
@@ -152,6 +155,7 @@ impl TaskRecord {
             outputs: vec![],
             bytes_in: 0,
             releases: 0,
+            gpu: None,
         }
     }
 }
@@ -200,6 +204,9 @@ pub struct WorkerInfo {
     /// workers that predate resources (they take only jobs that ask for nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<super::resources::Resources>,
+    /// GPUs its running tasks hold now (of `resources.gpus`).
+    #[serde(default)]
+    pub gpus_busy: u32,
 }
 
 impl WorkerInfo {

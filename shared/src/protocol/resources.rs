@@ -4,6 +4,8 @@
 //! fits, and says why a job waits) and the CLI agree on one rule, [`Resources::unmet`].
 //! Requirements never enter the task key: they do not change pixels.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One GPU as `nvidia-smi` reports it.
@@ -55,10 +57,23 @@ pub struct Requirements {
     /// Tags the worker must have, all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Floating licence seats each task holds while it is released and running, by pool name
+    /// (`redshift = 1`). Pools are farm-wide (the region catalog's `[licenses]`), not a
+    /// worker's: the coordinator counts them, workers never see them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub licenses: BTreeMap<String, u32>,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// A licence pool's name: 1-64 ASCII letters, digits, `-` or `_` (`redshift`, `arnold-7`).
+pub fn valid_pool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The most GPUs a task may ask for, and the most tags or models it may list.
@@ -85,6 +100,16 @@ impl Requirements {
         *self == Self::default()
     }
 
+    /// Whether a worker must have something for these requirements (licences are the farm's,
+    /// not a worker's).
+    pub fn asks_worker(&self) -> bool {
+        !Self {
+            licenses: BTreeMap::new(),
+            ..self.clone()
+        }
+        .is_empty()
+    }
+
     /// Refuses values no worker could mean: zero cores or memory, absurd GPU counts, empty
     /// names.
     pub fn validate(&self) -> Result<(), String> {
@@ -102,6 +127,22 @@ impl Requirements {
         }
         if self.gpus == 0 && (self.gpu_memory_mib.is_some() || !self.gpu_models.is_empty()) {
             return Err("gpu_memory and gpu_models need gpus = 1 or more".into());
+        }
+        if self.licenses.len() > MAX_LIST {
+            return Err(format!("licenses lists more than {MAX_LIST} pools"));
+        }
+        for (name, seats) in &self.licenses {
+            if !valid_pool_name(name) {
+                return Err(format!(
+                    "licence pool '{}' must be 1-64 letters, digits, '-' or '_'",
+                    crate::names::shown(name)
+                ));
+            }
+            if *seats == 0 {
+                return Err(format!(
+                    "licenses.{name} = 0: ask for at least 1 seat, or leave it out"
+                ));
+            }
         }
         for (name, list) in [("gpu_models", &self.gpu_models), ("tags", &self.tags)] {
             if list.len() > MAX_LIST {
@@ -141,6 +182,14 @@ impl Requirements {
         if !self.tags.is_empty() {
             parts.push(format!("tags = {}", self.tags.join(",")));
         }
+        if !self.licenses.is_empty() {
+            let seats: Vec<String> = self
+                .licenses
+                .iter()
+                .map(|(name, n)| format!("{name}={n}"))
+                .collect();
+            parts.push(format!("licenses = {}", seats.join(",")));
+        }
         if parts.is_empty() {
             "none".into()
         } else {
@@ -174,7 +223,7 @@ impl Resources {
         let none = Resources::default();
         let r = match have {
             Some(r) => r,
-            None if req.is_empty() => return Vec::new(),
+            None if !req.asks_worker() => return Vec::new(),
             None => &none,
         };
         let mut out = Vec::new();

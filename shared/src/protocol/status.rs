@@ -39,11 +39,19 @@ pub struct RegionFigures {
     pub core_seconds: f64,
     /// Input bytes moved from the store into the region.
     pub bytes_in: u64,
-    /// Compute at the region's price per core-hour plus egress for `bytes_in`, in the
-    /// catalog's currency (0 for regions the catalog does not name).
+    /// Busy GPU seconds (wall seconds x GPUs held), all models.
+    #[serde(default)]
+    pub gpu_seconds: f64,
+    /// The same by GPU model (per-model prices); a handful of entries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gpu_models: BTreeMap<String, f64>,
+    /// Compute at the region's price per core-hour, GPU time at its price per GPU-hour (per
+    /// model where the catalog says), plus egress for `bytes_in`, in the catalog's currency
+    /// (0 for regions the catalog does not name).
     #[serde(default)]
     pub cost: f64,
-    /// Facility energy: busy core-hours x watts per core x PUE.
+    /// Facility energy: (busy core-hours x watts per core + busy GPU-hours x watts per GPU)
+    /// x PUE.
     #[serde(default)]
     pub energy_kwh: f64,
     #[serde(default)]
