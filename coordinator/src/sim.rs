@@ -366,4 +366,87 @@ task_core_seconds = 1200.0
         let e = Scenario::from_toml(&bad, "t").unwrap_err().to_string();
         assert!(e.contains("studio 'small': weight"), "{e}");
     }
+
+    const GPUS: &str = r#"
+name = "gpus"
+cores_per_slot = 10
+tick_s = 1.0
+
+[licenses]
+redshift = 2
+
+[[region]]
+name = "west"
+price_per_core_hour = 0.2
+price_per_gpu_hour = 3.6
+watts_per_gpu = 300.0
+workers = 10
+gpus = 4
+
+[[region]]
+name = "east"
+price_per_core_hour = 0.1
+workers = 10
+
+[[job]]
+name = "gpu"
+tasks = 20
+task_core_seconds = 1000.0
+gpus = 2
+
+[[job]]
+name = "cpu"
+tasks = 10
+task_core_seconds = 1000.0
+
+[[job]]
+name = "licensed"
+tasks = 10
+task_core_seconds = 1000.0
+licenses = { redshift = 1 }
+regions = ["east"]
+"#;
+
+    #[test]
+    fn gpu_jobs_run_where_the_gpus_are_and_licences_bound_their_jobs() {
+        let s = Scenario::from_toml(GPUS, "inline").unwrap();
+        let r = run_scenario(&s, Policy::Cheapest);
+        assert_eq!(r.tasks_done, r.tasks_total);
+        let region = |name: &str| r.regions.iter().find(|x| x.name == name).unwrap();
+        let (west, east) = (region("west"), region("east"));
+        // The GPU job ran only in the west; the CPU jobs in the cheaper east, which had room.
+        assert_eq!(west.tasks, 20, "{west:?}");
+        assert_eq!(east.tasks, 20, "{east:?}");
+        // 20 tasks x 100 s x 2 GPUs, priced and powered apart from the cores.
+        assert!((west.gpu_hours - 4000.0 / 3600.0).abs() < 1e-9, "{west:?}");
+        let core_h = 20.0 * 1000.0 / 3600.0;
+        assert!((west.cost - (core_h * 0.2 + west.gpu_hours * 3.6)).abs() < 1e-9);
+        assert_eq!(east.gpu_hours, 0.0);
+        // Four GPUs hold two 2-GPU tasks at once: ten rounds of 100 s.
+        let job = |name: &str| r.jobs.iter().find(|x| x.name == name).unwrap();
+        assert!(job("gpu").finished_s.unwrap() >= 1000.0, "{:?}", job("gpu"));
+        // Two seats: ten licensed tasks of 100 s take five rounds, though ten slots were free.
+        let licensed = job("licensed").finished_s.unwrap();
+        assert!((500.0..600.0).contains(&licensed), "{licensed}");
+        // Eight east slots beside the two licensed tasks: two rounds.
+        assert!(job("cpu").finished_s.unwrap() <= 200.0, "{:?}", job("cpu"));
+    }
+
+    #[test]
+    fn gpu_and_licence_scenarios_are_checked_and_the_shipped_one_loads() {
+        let e = |text: String| Scenario::from_toml(&text, "t").unwrap_err().to_string();
+        let bad = e(GPUS.replace("gpus = 2", "gpus = 8"));
+        assert!(bad.contains("need 8 GPUs each and no region"), "{bad}");
+        let bad = e(GPUS.replace("{ redshift = 1 }", "{ vray = 1 }"));
+        assert!(
+            bad.contains("licence pool 'vray' is not in [licenses]"),
+            "{bad}"
+        );
+        let bad = e(GPUS.replace("{ redshift = 1 }", "{ redshift = 3 }"));
+        assert!(bad.contains("licenses.redshift = 3"), "{bad}");
+        let shipped = include_str!("../../deploy/sim/guian-gpu.toml");
+        let s = Scenario::from_toml(shipped, "deploy/sim/guian-gpu.toml").unwrap();
+        assert_eq!(s.regions.iter().map(|r| r.gpus).sum::<u32>(), 1200);
+        assert_eq!(s.licenses["redshift"], 20);
+    }
 }

@@ -127,6 +127,17 @@ fn write_report(f: &mut String, r: &SimReport) -> fmt::Result {
             x.utilization * 100.0
         )?;
     }
+    // GPU regions: the GPUs, the GPU-hours held and how busy the GPUs were.
+    for x in r.regions.iter().filter(|x| x.gpus > 0) {
+        writeln!(
+            f,
+            "  {:<12} {} GPUs: {} GPU-h, {:.0}% busy",
+            x.name,
+            x.gpus,
+            grouped(x.gpu_hours),
+            x.gpu_utilization * 100.0
+        )?;
+    }
     for j in &r.jobs {
         let finished = j
             .finished_s

@@ -37,6 +37,10 @@ const ARRIVAL: u32 = u32::MAX;
 
 struct RegionState {
     report: RegionReport,
+    /// GPUs no task holds now.
+    gpus_free: u32,
+    /// GPU-milliseconds rendered (wall x GPUs), for utilization.
+    gpu_ms: u64,
     speed: f64,
     render_ms: u64,
     link_free_ms: u64,
@@ -69,7 +73,12 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
                 carbon_kg: 0.0,
                 gb_in: 0.0,
                 utilization: 0.0,
+                gpus: r.gpus,
+                gpu_hours: 0.0,
+                gpu_utilization: 0.0,
             },
+            gpus_free: r.gpus,
+            gpu_ms: 0,
             speed: r.speed,
             render_ms: 0,
             link_free_ms: 0,
@@ -118,8 +127,18 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
             core_seconds: j.task_core_seconds,
             wall_seconds: j.task_core_seconds / scenario.cores_per_slot,
             input_bytes: (j.input_gb * 1e9) as u64,
-            gpus: 0,
+            gpus: j.gpus,
         };
+        if j.gpus > 0 {
+            // Only regions with GPUs enough for one task (the scenario checked there is one).
+            let with_gpus: Vec<_> = scenario
+                .regions
+                .iter()
+                .filter(|r| r.gpus >= j.gpus && view.allows(&r.profile.name))
+                .map(|r| r.profile.name.clone())
+                .collect();
+            view.allowed = with_gpus;
+        }
         jobs.push(view);
         reports.push(JobReport {
             name: j.name.clone(),
@@ -134,6 +153,7 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
         heap.push(Reverse((submit_ms, seq, ARRIVAL, i as u32, 0)));
         seq += 1;
     }
+    let mut seats_free = scenario.licenses.clone();
     let mut rng = Rng(scenario.seed);
     let mut book = SpeedBook::default();
     let (mut events, mut plan_calls, mut makespan_ms) = (0u64, 0u64, 0u64);
@@ -154,15 +174,24 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
             }
             let render_s = render_ms as f64 / 1000.0;
             let core_s = render_s * scenario.cores_per_slot;
+            let sim_job = &scenario.jobs[ji];
+            let gpu_s = render_s * f64::from(sim_job.gpus);
             let st = &mut states[ri];
             let p = &regions[ri].profile;
-            let cost = p.compute_cost(core_s);
+            let cost = p.compute_cost(core_s) + p.gpu_cost(gpu_s, None);
+            let kwh = p.energy_kwh(core_s) + p.gpu_energy_kwh(gpu_s);
             st.render_ms += render_ms;
+            st.gpu_ms += render_ms * u64::from(sim_job.gpus);
+            st.gpus_free += sim_job.gpus;
+            for (pool, seats) in &sim_job.licenses {
+                *seats_free.entry(pool.clone()).or_default() += seats;
+            }
             st.report.tasks += 1;
             st.report.core_hours += core_s / 3600.0;
+            st.report.gpu_hours += gpu_s / 3600.0;
             st.report.cost += cost;
-            st.report.energy_kwh += p.energy_kwh(core_s);
-            st.report.carbon_kg += p.carbon_kg(core_s);
+            st.report.energy_kwh += kwh;
+            st.report.carbon_kg += kwh * p.carbon_g_per_kwh / 1000.0;
             let view = &mut jobs[ji];
             view.in_flight -= 1;
             let sv = &mut studio_views[view.studio];
@@ -228,13 +257,77 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
         }
         let contended =
             studio_views.len() > 1 && waiting.iter().zip(&stopped_now).all(|(w, s)| *w && !*s);
+        // GPUs and licence seats, the coordinator's rules: a GPU job is offered only the GPUs
+        // free in each region, a job drawing on a pool only the seats free; both shared out
+        // in job order so that one round never plans past them. A job offered nothing sits
+        // the round out.
+        let mut gpus_left: Vec<u32> = states.iter().map(|s| s.gpus_free).collect();
+        let mut seats_left = seats_free.clone();
+        let mut held_back: Vec<(usize, std::collections::VecDeque<u32>)> = Vec::new();
+        for (ji, job) in jobs.iter_mut().enumerate() {
+            let sim_job = &scenario.jobs[ji];
+            if job.ready.is_empty() || (sim_job.gpus == 0 && sim_job.licenses.is_empty()) {
+                continue;
+            }
+            let want = job.ready.len() as u32;
+            let mut by_seats = want;
+            for (pool, seats) in &sim_job.licenses {
+                by_seats = by_seats.min(seats_left.get(pool).copied().unwrap_or(0) / seats);
+            }
+            let mut room = BTreeMap::new();
+            let mut total = 0u32;
+            if sim_job.gpus > 0 {
+                for (ri, r) in regions.iter().enumerate() {
+                    let fit = gpus_left[ri].checked_div(sim_job.gpus).unwrap_or(0);
+                    let n = fit.min(by_seats - total);
+                    if n > 0 && job.allows(r.name()) {
+                        room.insert(r.name().clone(), n);
+                        gpus_left[ri] -= n * sim_job.gpus;
+                        total += n;
+                    }
+                }
+            } else {
+                total = by_seats;
+            }
+            for (pool, seats) in &sim_job.licenses {
+                if let Some(left) = seats_left.get_mut(pool) {
+                    *left -= total * seats;
+                }
+            }
+            if total == 0 {
+                held_back.push((ji, std::mem::take(&mut job.ready)));
+                continue;
+            }
+            job.region_room = room;
+            if !sim_job.licenses.is_empty() {
+                let cap = job.in_flight + total;
+                job.max_slots = Some(job.max_slots.map_or(cap, |m| m.min(cap)));
+            }
+        }
         plan_calls += 1;
-        for release in dispatch::plan_studios(&mut jobs, &mut studio_views, &mut regions, now) {
+        let releases = dispatch::plan_studios(&mut jobs, &mut studio_views, &mut regions, now);
+        for (ji, ready) in held_back {
+            jobs[ji].ready = ready;
+        }
+        for (ji, job) in jobs.iter_mut().enumerate() {
+            // The seat cap holds for this round only: the job's own cap comes back.
+            if !scenario.jobs[ji].licenses.is_empty() {
+                job.max_slots = scenario.jobs[ji].max_slots;
+            }
+        }
+        for release in releases {
             let ri = regions
                 .iter()
                 .position(|r| r.name() == &release.region)
                 .expect("plan releases onto known regions");
             let (job, st) = (&jobs[release.job], &mut states[ri]);
+            let sim_job = &scenario.jobs[release.job];
+            st.gpus_free -= sim_job.gpus;
+            for (pool, seats) in &sim_job.licenses {
+                if let Some(left) = seats_free.get_mut(pool) {
+                    *left -= seats;
+                }
+            }
             let p = &regions[ri].profile;
             let bytes = job.needs.input_bytes;
             let inputs_at = match job.inputs {
@@ -275,6 +368,7 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
         energy_kwh: 0.0,
         carbon_kg: 0.0,
         gb_moved: 0.0,
+        gpu_hours: 0.0,
         mean_turnaround_s: 0.0,
         tasks_done: 0,
         tasks_total: scenario.jobs.iter().map(|j| u64::from(j.tasks)).sum(),
@@ -323,6 +417,11 @@ pub fn run_scenario(scenario: &Scenario, policy: Policy) -> SimReport {
         } else {
             st.render_ms as f64 / (f64::from(st.report.slots) * makespan_ms as f64)
         };
+        if st.report.gpus > 0 && makespan_ms > 0 {
+            st.report.gpu_utilization =
+                st.gpu_ms as f64 / (f64::from(st.report.gpus) * makespan_ms as f64);
+        }
+        out.gpu_hours += st.report.gpu_hours;
         out.cost += st.report.cost;
         out.energy_kwh += st.report.energy_kwh;
         out.carbon_kg += st.report.carbon_kg;

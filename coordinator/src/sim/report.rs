@@ -20,6 +20,11 @@ pub struct RegionReport {
     pub gb_in: f64,
     /// Share of slot time spent rendering, over the makespan.
     pub utilization: f64,
+    /// GPUs in the region, and the GPU-hours its tasks held.
+    pub gpus: u32,
+    pub gpu_hours: f64,
+    /// Share of GPU time held by tasks, over the makespan (0 without GPUs).
+    pub gpu_utilization: f64,
 }
 
 /// One job's outcome.
@@ -73,6 +78,7 @@ pub struct SimReport {
     pub energy_kwh: f64,
     pub carbon_kg: f64,
     pub gb_moved: f64,
+    pub gpu_hours: f64,
     /// Mean of each job's time from submission to its last frame.
     pub mean_turnaround_s: f64,
     pub tasks_done: u64,

@@ -2,6 +2,7 @@
 //! with their work, inputs, deadlines and repeats), read and checked into a [`Scenario`] once,
 //! so the event loop never meets a bad figure.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,11 @@ struct RegionFile {
     watts_per_core: Option<f64>,
     egress_per_gb: Option<f64>,
     bandwidth_mbps: Option<f64>,
+    price_per_gpu_hour: Option<f64>,
+    watts_per_gpu: Option<f64>,
+    /// GPUs in the whole region (its workers' together); GPU jobs run only where there are.
+    #[serde(default)]
+    gpus: u32,
     workers: u32,
     #[serde(default = "one")]
     slots_per_worker: u32,
@@ -109,6 +115,12 @@ pub struct SimJob {
     pub repeat: u32,
     #[serde(default)]
     pub every_s: f64,
+    /// GPUs each task holds (0: a CPU job); its tasks run only in regions with GPUs.
+    #[serde(default)]
+    pub gpus: u32,
+    /// Licence seats each task holds while it runs, from the scenario's `[licenses]`.
+    #[serde(default)]
+    pub licenses: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +150,9 @@ struct ScenarioFile {
     /// scenario is one budget period: `budget_per_month` is the budget of the whole run.
     #[serde(default)]
     studio: Vec<StudioTerms>,
+    /// Farm-wide licence pools, as in a region catalog.
+    #[serde(default)]
+    licenses: BTreeMap<String, u32>,
     job: Vec<SimJob>,
 }
 
@@ -165,6 +180,8 @@ fn default_value_of_hour() -> f64 {
 pub struct SimRegion {
     pub profile: RegionProfile,
     pub slots: u32,
+    /// GPUs in the region, all workers together.
+    pub gpus: u32,
     pub speed: f64,
     pub cached: Vec<String>,
 }
@@ -186,6 +203,8 @@ pub struct Scenario {
     pub regions: Vec<SimRegion>,
     /// The studios' contracts; studios it does not name get open terms.
     pub studios: StudioCatalog,
+    /// Licence pools: seats per name.
+    pub licenses: BTreeMap<String, u32>,
     pub jobs: Vec<SimJob>,
 }
 
@@ -229,6 +248,8 @@ impl Scenario {
             p.watts_per_core = r.watts_per_core.unwrap_or(p.watts_per_core);
             p.egress_per_gb = r.egress_per_gb.unwrap_or(p.egress_per_gb);
             p.bandwidth_mbps = r.bandwidth_mbps.unwrap_or(p.bandwidth_mbps);
+            p.price_per_gpu_hour = r.price_per_gpu_hour.unwrap_or(p.price_per_gpu_hour);
+            p.watts_per_gpu = r.watts_per_gpu.unwrap_or(p.watts_per_gpu);
             if !(r.speed > 0.0 && r.speed.is_finite()) {
                 return invalid(format!("region '{}': speed must be above 0", r.name));
             }
@@ -242,6 +263,7 @@ impl Scenario {
             regions.push(SimRegion {
                 profile: p,
                 slots: slots as u32,
+                gpus: r.gpus,
                 speed: r.speed,
                 cached: r.cached,
             });
@@ -253,6 +275,8 @@ impl Scenario {
             regions.iter().map(|r| r.profile.clone()),
         )?;
         terms.check().map_err(ScenarioError::Invalid)?;
+        let mut pools = RegionCatalog::default();
+        pools.set_licenses(file.licenses)?;
         let studios = StudioCatalog::new(file.studio)?;
         let mut jobs = Vec::new();
         for j in file.job {
@@ -326,6 +350,28 @@ impl Scenario {
                     j.priority, j.studio
                 ));
             }
+            if j.gpus > 0
+                && !regions.iter().any(|r| {
+                    r.gpus >= j.gpus
+                        && (j.regions.is_empty() || j.regions.contains(&r.profile.name))
+                })
+            {
+                return bad(&format!(
+                    "its tasks need {} GPUs each and no region it may use has that many",
+                    j.gpus
+                ));
+            }
+            for (pool, seats) in &j.licenses {
+                match pools.licenses.get(pool) {
+                    None => return bad(&format!("licence pool '{pool}' is not in [licenses]")),
+                    Some(n) if seats > n || *seats == 0 => {
+                        return bad(&format!(
+                            "licenses.{pool} = {seats}: give 1 to the pool's {n} seats"
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
             total += u64::from(j.tasks);
         }
         if total > MAX_TASKS {
@@ -342,6 +388,7 @@ impl Scenario {
             terms,
             regions,
             studios,
+            licenses: pools.licenses,
             jobs,
         })
     }
