@@ -195,15 +195,16 @@ fn table<T>(items: &[T], none: &str, header: String, row: impl Fn(&T) -> String)
 /// The ledger: one row a region, then the total.
 pub fn ledger(ledger: &Ledger) {
     println!(
-        "{:<12} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "REGION", "FRAMES", "CORE-H", "COST", "KWH", "KG CO2", "MB IN"
+        "{:<12} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "REGION", "FRAMES", "CORE-H", "GPU-H", "COST", "KWH", "KG CO2", "MB IN"
     );
     let row = |name: &str, r: &RegionFigures| {
         println!(
-            "{:<12} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.1}",
+            "{:<12} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.1}",
             name,
             r.frames_done,
             r.core_seconds / 3600.0,
+            r.gpu_seconds / 3600.0,
             r.cost,
             r.energy_kwh,
             r.carbon_kg,

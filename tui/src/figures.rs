@@ -28,6 +28,10 @@ pub struct RegionRow {
     pub frames_per_min: f64,
     pub price: Option<f64>,
     pub pue: Option<f64>,
+    /// GPUs of its live workers, how many their tasks hold, and the largest card's VRAM.
+    pub gpus: u32,
+    pub busy_gpus: u32,
+    pub vram_mib: u64,
 }
 
 /// The catalog's figures for a region: its own entry, the neutral ones when the catalog does
@@ -70,6 +74,9 @@ pub fn region_rows(state: &State) -> Vec<RegionRow> {
                 frames_per_min: 0.0,
                 price: p.as_ref().map(|p| p.price_per_core_hour),
                 pue: p.as_ref().map(|p| p.pue),
+                gpus: 0,
+                busy_gpus: 0,
+                vram_mib: 0,
                 region,
             };
             (row.region.clone(), row)
@@ -84,6 +91,13 @@ pub fn region_rows(state: &State) -> Vec<RegionRow> {
             row.live_workers += 1;
             row.busy_slots += w.busy.min(w.slots);
             row.live_slots += w.slots;
+            if let Some(r) = &w.resources {
+                let n = r.gpus.len() as u32;
+                row.gpus += n;
+                row.busy_gpus += w.gpus_busy.min(n);
+                let vram = r.gpus.iter().map(|g| g.memory_mib).max().unwrap_or(0);
+                row.vram_mib = row.vram_mib.max(vram);
+            }
         }
     }
     for row in rows.values_mut() {

@@ -177,6 +177,15 @@ pub fn progress_bar(rendered: u32, cached: u32, failed: u32, total: u32, width: 
     out
 }
 
+/// Video memory in whole GiB, short: `24G`, `80G` (`512M` below a GiB).
+pub fn vram(mib: u64) -> String {
+    if mib >= 1024 {
+        format!("{}G", (mib + 512) / 1024)
+    } else {
+        format!("{mib}M")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

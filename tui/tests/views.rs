@@ -568,3 +568,71 @@ fn overview_shows_a_budget_gauge_per_studio() {
         ],
     );
 }
+
+#[test]
+fn gpus_show_in_the_regions_and_workers_views_and_requirements_in_the_job_view() {
+    use suanli_shared::protocol::{Gpu, Requirements, Resources};
+    let mut s = farm((100, 24));
+    // Before any worker has a GPU there is no GPUS column at all.
+    assert!(!screen(&s).iter().any(|l| l.contains("GPUS")));
+    let card = |index| Gpu {
+        index,
+        name: "NVIDIA GeForce RTX 4090".into(),
+        memory_mib: 24564,
+        uuid: String::new(),
+    };
+    let w = s
+        .workers
+        .iter_mut()
+        .find(|w| w.id.as_str() == "guian-1")
+        .unwrap();
+    w.resources = Some(Resources {
+        cores: 16,
+        memory_mib: 64 * 1024,
+        gpus: vec![card(0), card(1)],
+        tags: Vec::new(),
+    });
+    w.gpus_busy = 1;
+    let lines = screen(&s);
+    let header = lines.iter().find(|l| l.contains("REGION")).unwrap();
+    assert!(header.contains("GPUS"), "{header}");
+    let guian = lines.iter().find(|l| l.starts_with("guian")).unwrap();
+    assert!(guian.contains("1/2 24G"), "{guian}");
+    let ulanqab = lines.iter().find(|l| l.starts_with("ulanqab")).unwrap();
+    assert!(ulanqab.contains(" - "), "{ulanqab}");
+
+    update(&mut s, Action::ShowView(View::Workers));
+    let lines = screen(&s);
+    assert!(lines.iter().any(|l| l.contains("GPUS")), "{lines:#?}");
+    let g1 = lines.iter().find(|l| l.starts_with("guian-1")).unwrap();
+    assert!(g1.contains("1/2 24G"), "{g1}");
+    let g2 = lines.iter().find(|l| l.starts_with("guian-2")).unwrap();
+    assert!(g2.contains(" - "), "{g2}");
+
+    // The open job's requirements, and why its tasks wait.
+    let mut s = job_view((120, 30));
+    let job = s
+        .jobs
+        .iter_mut()
+        .find(|j| j.id == fixtures::job_id(3))
+        .unwrap();
+    job.requirements = Requirements {
+        gpus: 1,
+        gpu_memory_mib: Some(48 * 1024),
+        ..Default::default()
+    };
+    job.waiting = Some("no live worker meets its requirements: gpu_memory = 48 GiB".into());
+    let lines = screen(&s);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("needs gpus = 1, gpu_memory = 48 GiB")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("no live worker meets its requirements")),
+        "{lines:#?}"
+    );
+}

@@ -66,10 +66,20 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
                 Span::styled(job.id.to_string(), t.dim()),
             ]));
             let f = &job.frames;
-            let text = format!(
+            let mut text = format!(
                 " {}/{} frames · {} cached · {} failed",
                 f.done, f.total, f.cached, f.failed
             );
+            // What each task needs, and the GPU time spent, when the job asks for any.
+            if !job.requirements.is_empty() {
+                text.push_str(&format!(" · needs {}", job.requirements.summary()));
+            }
+            if spent.gpu_seconds > 0.0 {
+                text.push_str(&format!(
+                    " · {} GPU-h",
+                    fmt::figure(spent.gpu_seconds / 3600.0)
+                ));
+            }
             let bar_w = (area.width as usize)
                 .saturating_sub(text.chars().count() + 1)
                 .min(40);
@@ -119,6 +129,10 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
         };
         legend.push(Span::styled(format!("{glyph} "), t.task_state(s)));
         legend.push(Span::raw(format!("{name} {n}  ")));
+    }
+    // Why its tasks wait, when they do: no worker fits, or its licence seats are held.
+    if let Some(waiting) = state.job(&jv.job).and_then(|j| j.waiting.as_ref()) {
+        legend.push(Span::styled(format!("· {waiting}"), t.warn()));
     }
     lines.push(Line::from(legend));
     frame.render_widget(Paragraph::new(lines), area);

@@ -61,30 +61,38 @@ const REGION_COLS: [(Constraint, bool); 9] = [
 fn draw_regions(frame: &mut Frame, state: &State, rows: &[RegionRow], area: Rect) {
     let t = state.theme;
     let inner = section(frame, state, area, " Regions ".into());
-    let cols = Columns::new(&REGION_COLS, inner.width);
+    // A GPUS column (busy/total and the largest card's VRAM) only on a farm with GPUs.
+    let gpus = rows.iter().any(|r| r.gpus > 0);
+    let mut spec = REGION_COLS.to_vec();
+    if gpus {
+        spec.insert(3, (Constraint::Length(11), true));
+    }
+    let cols = Columns::new(&spec, inner.width);
+    let spark_col = if gpus { 5 } else { 4 };
     // Whole minutes of history when there is room for one.
     let per_minute = (60_000 / BUCKET_MS) as usize;
-    let col_w = cols.width(4) as usize;
+    let col_w = cols.width(spark_col) as usize;
     let spark_w = if col_w >= per_minute {
         col_w / per_minute * per_minute
     } else {
         col_w
     };
     let spark_title = format!("LAST {}", fmt::window(spark_w as u64 * BUCKET_MS / 1000));
-    let mut lines = vec![cols.header(
-        &[
-            "REGION",
-            "WORKERS",
-            "SLOTS",
-            "UTIL",
-            &spark_title,
-            "QUEUE",
-            "FR/MIN",
-            "PRICE",
-            "PUE",
-        ],
-        t.header(),
-    )];
+    let mut titles = vec![
+        "REGION",
+        "WORKERS",
+        "SLOTS",
+        "UTIL",
+        &spark_title,
+        "QUEUE",
+        "FR/MIN",
+        "PRICE",
+        "PUE",
+    ];
+    if gpus {
+        titles.insert(3, "GPUS");
+    }
+    let mut lines = vec![cols.header(&titles, t.header())];
     if rows.is_empty() {
         lines.push(Line::styled(
             "no regions yet: start workers (`suanli worker` or `suanli up`)",
@@ -105,7 +113,7 @@ fn draw_regions(frame: &mut Frame, state: &State, rows: &[RegionRow], area: Rect
         } else {
             t.normal()
         };
-        lines.push(cols.line(vec![
+        let mut cells = vec![
             (r.region.to_string(), t.normal()),
             (
                 format!("{}/{}", r.live_workers, r.known_workers),
@@ -124,7 +132,16 @@ fn draw_regions(frame: &mut Frame, state: &State, rows: &[RegionRow], area: Rect
                 r.pue.map_or(UNKNOWN.to_string(), |p| format!("{p:.2}")),
                 t.normal(),
             ),
-        ]));
+        ];
+        if gpus {
+            let cell = if r.gpus == 0 {
+                "-".to_string()
+            } else {
+                format!("{}/{} {}", r.busy_gpus, r.gpus, fmt::vram(r.vram_mib))
+            };
+            cells.insert(3, (cell, t.normal()));
+        }
+        lines.push(cols.line(cells));
     }
     frame.render_widget(Paragraph::new(lines), inner);
 }

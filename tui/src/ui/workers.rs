@@ -31,20 +31,25 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
         .count();
     let title = format!(" Workers {} · {} live ", state.workers.len(), live);
     let inner = section(frame, state, area, title);
-    let cols = Columns::new(&COLS, inner.width);
-    let mut lines = vec![cols.header(
-        &[
-            "WORKER",
-            "REGION",
-            "STATE",
-            "SLOTS",
-            "CURRENT",
-            "CORE-S",
-            "BEAT",
-            "RENDERERS",
-        ],
-        t.header(),
-    )];
+    // A GPUS column (busy/total and each card's VRAM) only on a farm with GPUs.
+    let gpus = state.workers.iter().any(|w| gpu_count(w) > 0);
+    let mut spec = COLS.to_vec();
+    let mut titles = vec![
+        "WORKER",
+        "REGION",
+        "STATE",
+        "SLOTS",
+        "CURRENT",
+        "CORE-S",
+        "BEAT",
+        "RENDERERS",
+    ];
+    if gpus {
+        spec.insert(4, (Constraint::Length(11), true));
+        titles.insert(4, "GPUS");
+    }
+    let cols = Columns::new(&spec, inner.width);
+    let mut lines = vec![cols.header(&titles, t.header())];
     if state.workers.is_empty() {
         lines.push(Line::styled(
             "no workers yet: start one with `suanli worker --region R`",
@@ -56,7 +61,7 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
     let start = page_start(sel.unwrap_or(0), visible);
     for (i, w) in state.workers.iter().enumerate().skip(start).take(visible) {
         let beat = state.now_ms.saturating_sub(w.heartbeat_ms) as f64 / 1000.0;
-        let mut line = cols.line(vec![
+        let mut cells = vec![
             (w.id.to_string(), t.normal()),
             (w.region.to_string(), t.normal()),
             (
@@ -82,13 +87,35 @@ pub fn draw(frame: &mut Frame, state: &State, area: Rect) {
                     .join(", "),
                 t.dim(),
             ),
-        ]);
+        ];
+        if gpus {
+            cells.insert(4, (gpu_cell(w), t.normal()));
+        }
+        let mut line = cols.line(cells);
         if Some(i) == sel {
             line = line.patch_style(t.selected());
         }
         lines.push(line);
     }
     frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn gpu_count(w: &WorkerInfo) -> u32 {
+    w.resources.as_ref().map_or(0, |r| r.gpus.len() as u32)
+}
+
+/// `busy/total VRAM` (`1/2 24G`: the largest card's memory), or `-` for a worker without GPUs.
+fn gpu_cell(w: &WorkerInfo) -> String {
+    let Some(r) = w.resources.as_ref().filter(|r| !r.gpus.is_empty()) else {
+        return "-".into();
+    };
+    let vram = r.gpus.iter().map(|g| g.memory_mib).max().unwrap_or(0);
+    format!(
+        "{}/{} {}",
+        w.gpus_busy.min(r.gpus.len() as u32),
+        r.gpus.len(),
+        fmt::vram(vram)
+    )
 }
 
 /// What a worker renders: frames and progress of each running task first (they matter
