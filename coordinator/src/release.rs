@@ -73,6 +73,16 @@ impl Capacity {
         self
     }
 
+    /// The GPU models of a region's live workers.
+    fn gpu_models<'a>(&'a self, region: &Region) -> impl Iterator<Item = &'a str> + 'a {
+        self.resources
+            .get(region)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, r)| r.as_ref())
+            .flat_map(|r| r.gpus.iter().map(|g| g.name.as_str()))
+    }
+
     /// How many more tasks drawing these seats the free pools allow (`u32::MAX` for a job
     /// that draws on none).
     fn seats_allow(&self, wanted: &BTreeMap<String, u32>) -> u32 {
@@ -282,7 +292,17 @@ pub fn plan_round(
         .into_iter()
         .map(|(region, f)| {
             let slots = capacity.regions[region].0;
-            let mut view = RegionView::new(catalog.profile(region), f, slots);
+            let mut profile = catalog.profile(region);
+            // GPU time is priced at the region's GPUs' own rate where the catalog prices
+            // their model apart (the cheapest model live there).
+            if let Some(price) = capacity
+                .gpu_models(region)
+                .map(|m| profile.gpu_price(Some(m)))
+                .reduce(f64::min)
+            {
+                profile.price_per_gpu_hour = price;
+            }
+            let mut view = RegionView::new(profile, f, slots);
             view.queued = queued.get(region).copied().unwrap_or(0);
             view.cached = learned.held.get(region).cloned().unwrap_or_default();
             (view.arriving, view.link_busy_secs) = learned.fetches(region, now);
