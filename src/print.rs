@@ -150,16 +150,16 @@ pub fn workers(list: &[WorkerInfo]) {
                 w.slots,
                 w.tasks_done,
                 format!("{} ago", age(w.heartbeat_ms)),
-                resources(w.resources.as_ref()),
+                resources(w.resources.as_ref(), w.gpus_busy),
                 current.join(", ")
             )
         },
     );
 }
 
-/// A worker's resources in one cell: `16 cores, 64 GiB, 2 GPUs (NVIDIA RTX 4090 24 GiB), tags
-/// arnold`; `-` for a worker that reports none.
-fn resources(r: Option<&suanli_shared::protocol::Resources>) -> String {
+/// A worker's resources in one cell: `16 cores, 64 GiB, 1/2 GPUs busy (NVIDIA RTX 4090 24 GiB),
+/// tags arnold`; `-` for a worker that reports none.
+fn resources(r: Option<&suanli_shared::protocol::Resources>, gpus_busy: u32) -> String {
     use suanli_shared::protocol::fmt_mib;
     let Some(r) = r else {
         return "-".into();
@@ -172,7 +172,12 @@ fn resources(r: Option<&suanli_shared::protocol::Resources>) -> String {
             .map(|g| format!("{} {}", g.name, fmt_mib(g.memory_mib)))
             .collect();
         models.dedup();
-        out.push_str(&format!(", {} GPUs ({})", r.gpus.len(), models.join("; ")));
+        out.push_str(&format!(
+            ", {}/{} GPUs busy ({})",
+            gpus_busy.min(r.gpus.len() as u32),
+            r.gpus.len(),
+            models.join("; ")
+        ));
     }
     if !r.tags.is_empty() {
         out.push_str(&format!(", tags {}", r.tags.join(",")));
