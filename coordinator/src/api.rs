@@ -191,13 +191,14 @@ impl Coordinator {
     ) -> Result<api::TasksPage, ApiError> {
         let job = self.job(caller, &req.job)?;
         let limit = req.limit.min(api::MAX_TASKS_PAGE) as usize;
-        let tasks = job
-            .tasks()
-            .iter()
-            .skip(req.offset as usize)
-            .take(limit)
-            .map(|t| t.rec.clone())
-            .collect();
+        let tasks = page_within(
+            job.tasks()
+                .iter()
+                .skip(req.offset as usize)
+                .take(limit)
+                .map(|t| &t.rec),
+            api::MAX_TASKS_PAGE_BYTES,
+        );
         Ok(api::TasksPage {
             total: job.tasks().len() as u32,
             offset: req.offset,
@@ -318,6 +319,26 @@ impl Coordinator {
     }
 }
 
+/// The records in order while their encoded size stays within `budget` bytes (always the
+/// first one): a page of tasks with many outputs or long failures is cut short rather than
+/// refused for its size; the caller asks again from where it ends.
+fn page_within<'a>(
+    records: impl Iterator<Item = &'a suanli_shared::protocol::TaskRecord>,
+    budget: usize,
+) -> Vec<suanli_shared::protocol::TaskRecord> {
+    let mut used = 0usize;
+    let mut out = Vec::new();
+    for rec in records {
+        let size = serde_json::to_vec(rec).map_or(usize::MAX, |b| b.len() + 1);
+        if !out.is_empty() && used.saturating_add(size) > budget {
+            break;
+        }
+        used = used.saturating_add(size);
+        out.push(rec.clone());
+    }
+    out
+}
+
 /// Why none of `workers` (live, in the job's regions, running its renderer) can run a task
 /// with these requirements: the requirements the closest worker (the one missing the fewest)
 /// does not meet and what it has; `None` if one fits.
@@ -347,4 +368,77 @@ fn unmet_requirements<'a>(
         w.region,
         w.id
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suanli_shared::protocol::{OutputFile, TaskRecord, TaskState};
+    use suanli_shared::{ContentHash, FrameChunk, JobId};
+
+    #[test]
+    fn a_page_of_large_task_records_stays_under_the_message_limit() {
+        let job = JobId::generate();
+        // 500 tasks of 200 frames each: about 40 MB of records, forty times a message.
+        let records: Vec<TaskRecord> = (0..api::MAX_TASKS_PAGE)
+            .map(|i| {
+                let mut t = TaskRecord::new(
+                    job.clone(),
+                    i,
+                    ContentHash::of(&i.to_le_bytes()),
+                    FrameChunk {
+                        start: i * 200 + 1,
+                        end: i * 200 + 200,
+                        step: 1,
+                    },
+                    TaskState::Done,
+                    Some(1),
+                );
+                t.outputs = (0..200)
+                    .map(|f| OutputFile {
+                        frame: i * 200 + f + 1,
+                        name: format!("frame_{:06}.exr", i * 200 + f + 1),
+                        hash: ContentHash::of(&f.to_le_bytes()),
+                        size: 12_345_678,
+                    })
+                    .collect();
+                t
+            })
+            .collect();
+        let page = page_within(records.iter(), api::MAX_TASKS_PAGE_BYTES);
+        assert!(
+            !page.is_empty() && page.len() < records.len(),
+            "{}",
+            page.len()
+        );
+        assert_eq!(page[..], records[..page.len()], "the first ones, in order");
+        let reply = reply_body::<api::Tasks>(Ok(api::TasksPage {
+            total: records.len() as u32,
+            offset: 0,
+            tasks: page,
+        }));
+        assert!(
+            reply.len() <= suanli_shared::protocol::codec::MAX_MESSAGE,
+            "{}",
+            reply.len()
+        );
+        let decoded: api::Reply<api::TasksPage> = serde_json::from_slice(&reply).unwrap();
+        assert!(
+            matches!(decoded, api::Reply::Ok(_)),
+            "an answer, not an error"
+        );
+        // Small records: the whole page.
+        let small: Vec<TaskRecord> = records
+            .iter()
+            .cloned()
+            .map(|mut t| {
+                t.outputs.clear();
+                t
+            })
+            .collect();
+        assert_eq!(
+            page_within(small.iter(), api::MAX_TASKS_PAGE_BYTES).len(),
+            small.len()
+        );
+    }
 }

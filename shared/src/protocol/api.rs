@@ -248,8 +248,11 @@ pub struct JobRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Empty {}
 
-/// Most task records one `tasks` reply carries (keeps replies well under NATS's 1 MiB).
+/// Most task records one `tasks` reply carries.
 pub const MAX_TASKS_PAGE: u32 = 500;
+/// Most bytes of task records one `tasks` reply carries (three quarters of the 1 MiB message
+/// limit): records with many outputs or long failures make a shorter page.
+pub const MAX_TASKS_PAGE_BYTES: usize = 768 * 1024;
 
 /// `suanli.api.tasks`: tasks `offset .. offset + limit` of a job, in task order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,6 +269,8 @@ pub struct TasksPage {
     /// Tasks in the job.
     pub total: u32,
     pub offset: u32,
+    /// Tasks `offset ..`: as many as asked, or fewer when they would pass
+    /// [`MAX_TASKS_PAGE_BYTES`]; ask again from `offset + tasks.len()` for the rest.
     pub tasks: Vec<TaskRecord>,
 }
 

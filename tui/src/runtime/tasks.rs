@@ -180,19 +180,31 @@ impl TaskLoader {
                 vec![mine, self.sweep]
             }
         };
-        let mut queue: std::collections::VecDeque<u32> = pages.into();
-        while let Some(p) = queue.pop_front() {
+        // (offset, limit) of each call: whole pages, and the rest of a page the coordinator
+        // cut short because its records were large.
+        let mut queue: std::collections::VecDeque<(u32, u32)> = pages
+            .into_iter()
+            .map(|p| (p * MAX_TASKS_PAGE, MAX_TASKS_PAGE))
+            .collect();
+        while let Some((offset, limit)) = queue.pop_front() {
             if shutdown.is_cancelled() {
                 return true;
             }
-            let offset = p * MAX_TASKS_PAGE;
-            match call(CALL_TIMEOUT, api.tasks(job, offset, MAX_TASKS_PAGE)).await {
+            match call(CALL_TIMEOUT, api.tasks(job, offset, limit)).await {
                 Ok(page) => {
                     let first_look = self.total == 0 && !self.loaded_all;
                     self.total = page.total;
                     if first_look {
                         // Now the size is known: the rest of the pages.
-                        queue.extend(1..page.total.div_ceil(MAX_TASKS_PAGE));
+                        queue.extend(
+                            (1..page.total.div_ceil(MAX_TASKS_PAGE))
+                                .map(|p| (p * MAX_TASKS_PAGE, MAX_TASKS_PAGE)),
+                        );
+                    }
+                    let got = page.tasks.len() as u32;
+                    let wanted = limit.min(page.total.saturating_sub(offset));
+                    if got > 0 && got < wanted {
+                        queue.push_front((offset + got, wanted - got));
                     }
                     let action = Action::Tasks {
                         job: job.clone(),
@@ -362,6 +374,8 @@ mod tests {
     struct Pages {
         total: u32,
         asked: Mutex<Vec<u32>>,
+        /// The most records one reply carries, as the coordinator cuts pages of large records.
+        cut: u32,
     }
 
     impl Pages {
@@ -369,6 +383,7 @@ mod tests {
             Self {
                 total,
                 asked: Mutex::new(Vec::new()),
+                cut: u32::MAX,
             }
         }
     }
@@ -391,7 +406,7 @@ mod tests {
             limit: u32,
         ) -> Result<TasksPage, FarmError> {
             self.asked.lock().unwrap().push(offset);
-            let end = (offset + limit).min(self.total);
+            let end = (offset + limit.min(self.cut)).min(self.total);
             Ok(TasksPage {
                 total: self.total,
                 offset,
@@ -466,6 +481,19 @@ mod tests {
             refresh(&mut loader, &farm, 0, 0).await,
             (vec![0, 500, 1000], 1_200)
         );
+    }
+
+    #[tokio::test]
+    async fn pages_cut_short_for_their_size_are_completed_by_more_calls() {
+        let farm = Pages {
+            cut: 200,
+            ..Pages::new(1_200)
+        };
+        let mut loader = TaskLoader::default();
+        let (asked, posted) = refresh(&mut loader, &farm, 1_200, 0).await;
+        assert_eq!(posted, 1_200, "every task loaded: {asked:?}");
+        // Pages of 500 in replies of at most 200: each page's rest is asked for at once.
+        assert_eq!(asked, vec![0, 200, 400, 500, 700, 900, 1_000]);
     }
 
     #[tokio::test]
