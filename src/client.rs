@@ -176,8 +176,20 @@ impl Client {
         self.call::<api::Retry>(&job_request(job)).await
     }
 
+    /// Every worker, in (region, name) order: as many calls as pages (a large farm's records
+    /// do not fit one message).
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
-        self.call::<api::Workers>(&api::Empty {}).await
+        let mut all: Vec<WorkerInfo> = Vec::new();
+        loop {
+            let offset = all.len() as u32;
+            let page = self
+                .call::<api::Workers>(&api::WorkersRequest { offset })
+                .await?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
     }
 
     pub async fn regions(&self) -> Result<Vec<RegionProfile>, ClientError> {

@@ -149,7 +149,7 @@ impl Coordinator {
                 self.reply::<api::Jobs>(reply, Ok(list));
             }
             // Operator only: `Request::decode` refuses these to a studio.
-            Request::Workers(_) => {
+            Request::Workers(req) => {
                 let now = now_ms();
                 let lost = self.config.worker_lost_after.as_millis() as u64;
                 let mut list: Vec<WorkerInfo> = self
@@ -162,7 +162,8 @@ impl Coordinator {
                     })
                     .collect();
                 list.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
-                self.reply::<api::Workers>(reply, Ok(list));
+                let page = page_within(list.iter().skip(req.offset as usize), api::MAX_PAGE_BYTES);
+                self.reply::<api::Workers>(reply, Ok(page));
             }
             Request::Tasks(req) => {
                 let r = self.tasks_page(&caller, &req);
@@ -197,7 +198,7 @@ impl Coordinator {
                 .skip(req.offset as usize)
                 .take(limit)
                 .map(|t| &t.rec),
-            api::MAX_TASKS_PAGE_BYTES,
+            api::MAX_PAGE_BYTES,
         );
         Ok(api::TasksPage {
             total: job.tasks().len() as u32,
@@ -322,10 +323,10 @@ impl Coordinator {
 /// The records in order while their encoded size stays within `budget` bytes (always the
 /// first one): a page of tasks with many outputs or long failures is cut short rather than
 /// refused for its size; the caller asks again from where it ends.
-fn page_within<'a>(
-    records: impl Iterator<Item = &'a suanli_shared::protocol::TaskRecord>,
+fn page_within<'a, T: serde::Serialize + Clone + 'a>(
+    records: impl Iterator<Item = &'a T>,
     budget: usize,
-) -> Vec<suanli_shared::protocol::TaskRecord> {
+) -> Vec<T> {
     let mut used = 0usize;
     let mut out = Vec::new();
     for rec in records {
@@ -405,7 +406,7 @@ mod tests {
                 t
             })
             .collect();
-        let page = page_within(records.iter(), api::MAX_TASKS_PAGE_BYTES);
+        let page = page_within(records.iter(), api::MAX_PAGE_BYTES);
         assert!(
             !page.is_empty() && page.len() < records.len(),
             "{}",
@@ -437,8 +438,51 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            page_within(small.iter(), api::MAX_TASKS_PAGE_BYTES).len(),
+            page_within(small.iter(), api::MAX_PAGE_BYTES).len(),
             small.len()
         );
+    }
+
+    #[test]
+    fn a_thousand_gpu_servers_are_listed_in_pages_that_each_fit_a_message() {
+        let gpus: Vec<serde_json::Value> = (0..8)
+            .map(|i| {
+                serde_json::json!({"index": i, "name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559,
+                    "uuid": format!("GPU-{i:08}-aaaa-bbbb-cccc-dddddddddddd")})
+            })
+            .collect();
+        let workers: Vec<WorkerInfo> = (0..1_000)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({
+                    "id": format!("gpu-server-{i:04}"), "region": "guian", "slots": 8, "busy": 8,
+                    "state": "rendering", "renderers": {"blender": "4.2.1", "command": "any"},
+                    "host": format!("gpu-server-{i:04}.guian.example"), "pid": 4242,
+                    "started_ms": 0, "heartbeat_ms": 0, "tasks_done": 123456,
+                    "core_seconds": 1.0e9, "current": [],
+                    "resources": {"cores": 128, "memory_mib": 1_048_576, "gpus": gpus,
+                        "tags": ["redshift", "octane"]},
+                    "gpus_busy": 8,
+                }))
+                .unwrap()
+            })
+            .collect();
+        let whole = reply_body::<api::Workers>(Ok(workers.clone()));
+        assert!(
+            whole.len() < 200,
+            "one reply of every worker is refused for its size: {}",
+            String::from_utf8_lossy(&whole)
+        );
+        // Offset after offset, as the client asks, until an empty page.
+        let mut listed: Vec<WorkerInfo> = Vec::new();
+        loop {
+            let page = page_within(workers.iter().skip(listed.len()), api::MAX_PAGE_BYTES);
+            let body = reply_body::<api::Workers>(Ok(page.clone()));
+            assert!(body.len() <= suanli_shared::protocol::codec::MAX_MESSAGE);
+            if page.is_empty() {
+                break;
+            }
+            listed.extend(page);
+        }
+        assert_eq!(listed, workers);
     }
 }

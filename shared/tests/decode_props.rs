@@ -1526,12 +1526,14 @@ fn request() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
                     round_trip_bytes(&api::JobRequest { job }, "request"),
                 )
             }),
-        prop::sample::select(vec![
-            api::Jobs::SUBJECT,
-            api::Workers::SUBJECT,
-            api::Regions::SUBJECT,
-        ])
-        .prop_map(|subject| (subject, round_trip_bytes(&api::Empty {}, "request"))),
+        prop::sample::select(vec![api::Jobs::SUBJECT, api::Regions::SUBJECT])
+            .prop_map(|subject| (subject, round_trip_bytes(&api::Empty {}, "request"))),
+        any::<u32>().prop_map(|offset| {
+            (
+                api::Workers::SUBJECT,
+                round_trip_bytes(&api::WorkersRequest { offset }, "request"),
+            )
+        }),
         (job_id(), any::<u32>(), any::<u32>()).prop_map(|(job, offset, limit)| {
             (
                 api::Tasks::SUBJECT,

@@ -106,7 +106,7 @@ endpoints! {
     /// Retry a job's failed and canceled tasks.
     Retry = "retry", JobRequest => JobStatus;
     /// Every worker the coordinator knows, with its observed state.
-    Workers = "workers", Empty => Vec<WorkerInfo>;
+    Workers = "workers", WorkersRequest => Vec<WorkerInfo>;
     /// A page of one job's task records, for the TUI's job view.
     Tasks = "tasks", TasksRequest => TasksPage;
     /// Drain one worker: it takes no new tasks, finishes or hands back what it renders, exits.
@@ -248,11 +248,20 @@ pub struct JobRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Empty {}
 
+/// `suanli.api.workers`: the workers from `offset` on, in (region, name) order, as many as
+/// fit in [`MAX_PAGE_BYTES`] (a farm of a thousand GPU servers does not fit one message). An
+/// empty reply is the end; a request without an offset (`{}`) starts at the first.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct WorkersRequest {
+    #[serde(default)]
+    pub offset: u32,
+}
+
 /// Most task records one `tasks` reply carries.
 pub const MAX_TASKS_PAGE: u32 = 500;
-/// Most bytes of task records one `tasks` reply carries (three quarters of the 1 MiB message
-/// limit): records with many outputs or long failures make a shorter page.
-pub const MAX_TASKS_PAGE_BYTES: usize = 768 * 1024;
+/// Most bytes of records one `tasks` or `workers` reply carries (three quarters of the 1 MiB
+/// message limit): records with many outputs, long failures or many GPUs make a shorter page.
+pub const MAX_PAGE_BYTES: usize = 768 * 1024;
 
 /// `suanli.api.tasks`: tasks `offset .. offset + limit` of a job, in task order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -270,7 +279,7 @@ pub struct TasksPage {
     pub total: u32,
     pub offset: u32,
     /// Tasks `offset ..`: as many as asked, or fewer when they would pass
-    /// [`MAX_TASKS_PAGE_BYTES`]; ask again from `offset + tasks.len()` for the rest.
+    /// [`MAX_PAGE_BYTES`]; ask again from `offset + tasks.len()` for the rest.
     pub tasks: Vec<TaskRecord>,
 }
 
