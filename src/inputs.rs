@@ -1,6 +1,7 @@
 //! A job's input files: gathered from the scene's folder (nothing outside it, at most
-//! [`MAX_INPUT_FILES`]), then hashed with BLAKE3 and uploaded, only the blobs the store lacks,
-//! with the manifest that names them. Kept apart from `jobfile`, which decides *which*
+//! [`MAX_INPUT_FILES`]), then hashed with BLAKE3 and uploaded, only the blobs the store lacks
+//! (large files as content-defined chunks, only the chunks it lacks), with the manifest that
+//! names them. Kept apart from `jobfile`, which decides *which*
 //! paths a job names, because this is the part that touches the disk and the store.
 
 use std::collections::BTreeSet;
@@ -8,9 +9,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
+use suanli_shared::chunks::{self, Link};
 use suanli_shared::layout;
 use suanli_shared::protocol::{InputEntry, InputManifest};
-use suanli_shared::store::Store;
+use suanli_shared::store::{Commit, Store};
+use suanli_shared::transfer;
 use suanli_shared::{ContentHash, Studio};
 
 /// Most input files one job may name (directories count by their files).
@@ -139,50 +142,113 @@ fn collect_files(
 pub struct UploadReport {
     pub files: usize,
     pub bytes: u64,
+    /// Blobs uploaded (whole files and chunks) and their bytes: what crossed the link.
     pub uploaded: usize,
     pub uploaded_bytes: u64,
+    /// Bytes read from local files (hashing and uploading).
+    pub read_bytes: u64,
+    /// Chunks of the chunked files, and how many of them were uploaded.
+    pub chunks: usize,
+    pub uploaded_chunks: usize,
+}
+
+/// How an upload runs: the link's cap and progress, shared by every file.
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    pub link: Link,
 }
 
 /// Hashes every file (path inside the manifest, file on disk), uploads the blobs the store
 /// lacks under `studio`'s prefix and stores the manifest there; returns the manifest's hash.
+/// Files above [`suanli_shared::chunks::CHUNK_THRESHOLD`] go up as content-defined chunks,
+/// only those the store lacks; the manifest is written last, so a manifest in the store means
+/// every blob it names is there too.
 pub async fn upload(
     store: &Store,
     studio: &Studio,
     files: &[(String, PathBuf)],
+    opts: &UploadOptions,
 ) -> anyhow::Result<(ContentHash, UploadReport)> {
-    use std::os::unix::fs::PermissionsExt;
     let mut manifest = InputManifest::default();
     let mut report = UploadReport::default();
     for (rel, path) in files {
-        let p = path.clone();
-        let (hash, size, mode) = tokio::task::spawn_blocking(move || {
-            let (hash, size) = ContentHash::of_file(&p)?;
-            let mode = std::fs::metadata(&p)?.permissions().mode() & 0o777;
-            std::io::Result::Ok((hash, size, mode))
-        })
-        .await?
-        .with_context(|| format!("cannot hash {}", path.display()))?;
-        if store
-            .upload_blob(&layout::cas(studio, &hash), &hash, path)
-            .await?
-        {
-            report.uploaded += 1;
-            report.uploaded_bytes += size;
-        }
+        let meta = tokio::fs::metadata(path)
+            .await
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let entry = upload_file(store, studio, path, &meta, opts, &mut report)
+            .await
+            .with_context(|| format!("cannot upload {}", path.display()))?;
         report.files += 1;
-        report.bytes += size;
-        manifest
-            .files
-            .insert(rel.clone(), InputEntry { hash, size, mode });
+        report.bytes += entry.size;
+        manifest.files.insert(rel.clone(), entry);
     }
     let hash = manifest.hash();
-    store
-        .put_if_absent(
-            &layout::input_manifest(studio, &hash),
-            Bytes::from(manifest.to_bytes()),
-        )
-        .await?;
+    let key = layout::input_manifest(studio, &hash);
+    let bytes = Bytes::from(manifest.to_bytes());
+    if store.put_if_absent(&key, bytes.clone()).await? == Commit::AlreadyExisted {
+        // Same files, perhaps listed another way (a manifest from before chunking lists no
+        // chunks): ours names blobs just checked to be in the store, so it replaces one that
+        // differs. Either copy describes the same files.
+        if store.get_bytes(&key).await? != bytes {
+            store.put_bytes(&key, bytes).await?;
+        }
+    }
     Ok((hash, report))
+}
+
+/// Uploads one file, whole or as chunks, and returns its manifest entry.
+async fn upload_file(
+    store: &Store,
+    studio: &Studio,
+    path: &Path,
+    meta: &std::fs::Metadata,
+    opts: &UploadOptions,
+    report: &mut UploadReport,
+) -> anyhow::Result<InputEntry> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if let Some(p) = &opts.link.progress {
+        p.add_total(meta.len());
+    }
+    if chunks::is_chunked(meta.len()) {
+        let (digest, up) = chunks::upload_chunked(store, studio, path, None, &opts.link).await?;
+        report.read_bytes += up.read;
+        report.chunks += up.chunks;
+        report.uploaded_chunks += up.uploaded_chunks;
+        report.uploaded += up.uploaded_chunks;
+        report.uploaded_bytes += up.uploaded;
+        return Ok(InputEntry {
+            hash: digest.hash,
+            size: digest.size,
+            mode,
+            chunks: digest.chunks,
+        });
+    }
+    let p = path.to_path_buf();
+    let (hash, size) = tokio::task::spawn_blocking(move || ContentHash::of_file(&p))
+        .await?
+        .with_context(|| format!("cannot hash {}", path.display()))?;
+    report.read_bytes += size;
+    let key = layout::cas(studio, &hash);
+    let sent = if store.exists(&key).await? {
+        false
+    } else {
+        transfer::acquire(opts.link.rate.as_ref(), size).await;
+        report.read_bytes += size;
+        store.upload_blob(&key, &hash, path).await?
+    };
+    if let Some(p) = &opts.link.progress {
+        if sent {
+            p.moved(size);
+        } else {
+            p.skipped(size);
+        }
+    }
+    if sent {
+        report.uploaded += 1;
+        report.uploaded_bytes += size;
+    }
+    Ok(InputEntry::whole(hash, size, mode))
 }
 
 #[cfg(test)]
@@ -236,5 +302,61 @@ mod tests {
         assert!(refusal(&shot, &["tex"]).contains("not a plain file or folder"));
         // A name that leaves the scene's folder.
         assert!(refusal(&shot, &["../secret.txt"]).contains("outside the job's folder"));
+    }
+
+    /// Deterministic incompressible bytes.
+    pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn large_files_go_up_as_chunks_and_a_change_sends_only_its_chunks() {
+        let (dir, shot) = shot();
+        let big = noise(40 << 20, 5);
+        std::fs::write(shot.join("tex/cache.bin"), &big).unwrap();
+        let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
+        let studio: Studio = "acme".parse().unwrap();
+        let g = gather(&shot, Some(&shot.join("scene.blend")), &[shot.join("tex")]).unwrap();
+        let opts = UploadOptions::default();
+        let (hash, first) = upload(&store, &studio, &g.files, &opts).await.unwrap();
+        assert_eq!(first.uploaded_bytes, first.bytes);
+        assert!(first.chunks >= 2 && first.uploaded_chunks == first.chunks);
+        let m = InputManifest::parse_verified(
+            &store
+                .get_bytes(&layout::input_manifest(&studio, &hash))
+                .await
+                .unwrap(),
+            &hash,
+        )
+        .unwrap();
+        let entry = &m.files["tex/cache.bin"];
+        assert_eq!(entry.hash, ContentHash::of(&big));
+        assert_eq!(entry.chunks.len(), first.chunks);
+        assert!(
+            m.files["scene.blend"].chunks.is_empty(),
+            "small files stay whole"
+        );
+        // The same files again: nothing sent, same manifest.
+        let (again, second) = upload(&store, &studio, &g.files, &opts).await.unwrap();
+        assert_eq!((again, second.uploaded_bytes), (hash, 0));
+        // 1 MiB changed in the middle: a few chunks go up, not the file.
+        let mut edited = big.clone();
+        edited[20 << 20..21 << 20].copy_from_slice(&noise(1 << 20, 6));
+        std::fs::write(shot.join("tex/cache.bin"), &edited).unwrap();
+        let (changed, third) = upload(&store, &studio, &g.files, &opts).await.unwrap();
+        assert_ne!(changed, hash);
+        assert!(
+            third.uploaded_bytes > 0 && third.uploaded_bytes <= 2 * u64::from(chunks::MAX_CHUNK),
+            "{} bytes",
+            third.uploaded_bytes
+        );
     }
 }

@@ -56,7 +56,7 @@ pub async fn submit(
     // Check the coordinator is there before uploading anything.
     let client = api.connect().await?;
     let store = Store::open(store_url)?;
-    let upload = jobfile::upload_inputs(&store, &mut resolved).await?;
+    let upload = jobfile::upload_inputs(&store, &mut resolved, &Default::default()).await?;
     let reply = client.submit(resolved.spec).await.context("job refused")?;
     if !args.wait {
         if args.json {
