@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
-use suanli_shared::chunks::{self, Link};
+use suanli_shared::chunks::{self, FileDigest, Link};
 use suanli_shared::layout;
 use suanli_shared::protocol::{InputEntry, InputManifest};
 use suanli_shared::store::{Commit, Store};
 use suanli_shared::transfer;
 use suanli_shared::{ContentHash, Studio};
+
+use crate::hash_cache::{HashCache, Stamp};
 
 /// Most input files one job may name (directories count by their files).
 pub const MAX_INPUT_FILES: usize = 100_000;
@@ -150,38 +152,95 @@ pub struct UploadReport {
     /// Chunks of the chunked files, and how many of them were uploaded.
     pub chunks: usize,
     pub uploaded_chunks: usize,
+    /// Files the hash cache knew unchanged (not read to be hashed).
+    pub unchanged: usize,
 }
 
-/// How an upload runs: the link's cap and progress, shared by every file.
+/// How an upload runs: the hash cache, the link's cap and progress, shared by every file.
 #[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
     pub link: Link,
+    /// The hash cache file (`--hash-cache`); `None` hashes every file (`--no-hash-cache`).
+    pub hash_cache: Option<PathBuf>,
 }
 
 /// Hashes every file (path inside the manifest, file on disk), uploads the blobs the store
 /// lacks under `studio`'s prefix and stores the manifest there; returns the manifest's hash.
 /// Files above [`suanli_shared::chunks::CHUNK_THRESHOLD`] go up as content-defined chunks,
 /// only those the store lacks; the manifest is written last, so a manifest in the store means
-/// every blob it names is there too.
+/// every blob it names is there too. Files the hash cache knows unchanged are not read to be
+/// hashed, and when every file is known and the store already holds the very manifest they
+/// make, nothing is read or sent.
 pub async fn upload(
     store: &Store,
     studio: &Studio,
     files: &[(String, PathBuf)],
     opts: &UploadOptions,
 ) -> anyhow::Result<(ContentHash, UploadReport)> {
-    let mut manifest = InputManifest::default();
+    let mut cache = match opts.hash_cache.clone() {
+        Some(p) => tokio::task::spawn_blocking(move || HashCache::load(&p)).await?,
+        None => HashCache::disabled(),
+    };
     let mut report = UploadReport::default();
+    let mut stated = Vec::with_capacity(files.len());
+    let mut all_known = true;
     for (rel, path) in files {
         let meta = tokio::fs::metadata(path)
             .await
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let entry = upload_file(store, studio, path, &meta, opts, &mut report)
+        let stamp = Stamp::of(&meta);
+        let known = cache.get(path, &stamp);
+        all_known &= known.is_some();
+        stated.push((rel, path, meta, stamp, known));
+    }
+    if all_known {
+        let mut manifest = InputManifest::default();
+        for (rel, _, meta, _, known) in &stated {
+            let d = known.clone().expect("every file is known");
+            manifest.files.insert((*rel).clone(), entry_of(d, meta));
+        }
+        let hash = manifest.hash();
+        let key = layout::input_manifest(studio, &hash);
+        if store.exists(&key).await? && store.get_bytes(&key).await? == manifest.to_bytes() {
+            report.files = manifest.files.len();
+            report.bytes = manifest.total_bytes();
+            report.unchanged = report.files;
+            if let Some(p) = &opts.link.progress {
+                p.add_total(report.bytes);
+                p.skipped(report.bytes);
+            }
+            return Ok((hash, report));
+        }
+    }
+    if let Some(p) = &opts.link.progress {
+        p.add_total(stated.iter().map(|s| s.2.len()).sum());
+    }
+    let mut manifest = InputManifest::default();
+    for (rel, path, meta, stamp, known) in stated {
+        if known.is_some() {
+            report.unchanged += 1;
+        }
+        let was_known = known.is_some();
+        let digest = upload_file(store, studio, path, meta.len(), known, opts, &mut report)
             .await
             .with_context(|| format!("cannot upload {}", path.display()))?;
+        if !was_known {
+            // Recorded only if the file did not change while it was read.
+            if let Ok(after) = tokio::fs::metadata(path).await {
+                if Stamp::of(&after) == stamp {
+                    cache.insert(path, stamp, digest.clone());
+                }
+            }
+            if !digest.chunks.is_empty() {
+                // A large file is worth keeping even if this submit is stopped later.
+                save_cache(&mut cache).await;
+            }
+        }
         report.files += 1;
-        report.bytes += entry.size;
-        manifest.files.insert(rel.clone(), entry);
+        report.bytes += digest.size;
+        manifest.files.insert(rel.clone(), entry_of(digest, &meta));
     }
+    save_cache(&mut cache).await;
     let hash = manifest.hash();
     let key = layout::input_manifest(studio, &hash);
     let bytes = Bytes::from(manifest.to_bytes());
@@ -196,39 +255,64 @@ pub async fn upload(
     Ok((hash, report))
 }
 
-/// Uploads one file, whole or as chunks, and returns its manifest entry.
+fn entry_of(d: FileDigest, meta: &std::fs::Metadata) -> InputEntry {
+    use std::os::unix::fs::PermissionsExt;
+    InputEntry {
+        hash: d.hash,
+        size: d.size,
+        mode: meta.permissions().mode() & 0o777,
+        chunks: d.chunks,
+    }
+}
+
+/// Saves the hash cache off the runtime; a cache that cannot be written only costs the next
+/// submit a re-read, so it is a warning.
+async fn save_cache(cache: &mut HashCache) {
+    let mut taken = std::mem::take(cache);
+    let (back, result) = tokio::task::spawn_blocking(move || {
+        let r = taken.save();
+        (taken, r)
+    })
+    .await
+    .unwrap_or_else(|e| (HashCache::disabled(), Err(anyhow::anyhow!("{e}"))));
+    *cache = back;
+    if let Err(e) = result {
+        tracing::warn!("{e:#}; the next submit hashes these files again");
+    }
+}
+
+/// Uploads one file, whole or as chunks (`known`: its digest from the hash cache), and
+/// returns its digest.
 async fn upload_file(
     store: &Store,
     studio: &Studio,
     path: &Path,
-    meta: &std::fs::Metadata,
+    size: u64,
+    known: Option<FileDigest>,
     opts: &UploadOptions,
     report: &mut UploadReport,
-) -> anyhow::Result<InputEntry> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode() & 0o777;
-    if let Some(p) = &opts.link.progress {
-        p.add_total(meta.len());
-    }
-    if chunks::is_chunked(meta.len()) {
-        let (digest, up) = chunks::upload_chunked(store, studio, path, None, &opts.link).await?;
+) -> anyhow::Result<FileDigest> {
+    if chunks::is_chunked(size) {
+        let (digest, up) =
+            chunks::upload_chunked(store, studio, path, known.as_ref(), &opts.link).await?;
         report.read_bytes += up.read;
         report.chunks += up.chunks;
         report.uploaded_chunks += up.uploaded_chunks;
         report.uploaded += up.uploaded_chunks;
         report.uploaded_bytes += up.uploaded;
-        return Ok(InputEntry {
-            hash: digest.hash,
-            size: digest.size,
-            mode,
-            chunks: digest.chunks,
-        });
+        return Ok(digest);
     }
-    let p = path.to_path_buf();
-    let (hash, size) = tokio::task::spawn_blocking(move || ContentHash::of_file(&p))
-        .await?
-        .with_context(|| format!("cannot hash {}", path.display()))?;
-    report.read_bytes += size;
+    let (hash, size) = match known {
+        Some(d) => (d.hash, d.size),
+        None => {
+            let p = path.to_path_buf();
+            let got = tokio::task::spawn_blocking(move || ContentHash::of_file(&p))
+                .await?
+                .with_context(|| format!("cannot hash {}", path.display()))?;
+            report.read_bytes += got.1;
+            got
+        }
+    };
     let key = layout::cas(studio, &hash);
     let sent = if store.exists(&key).await? {
         false
@@ -248,7 +332,11 @@ async fn upload_file(
         report.uploaded += 1;
         report.uploaded_bytes += size;
     }
-    Ok(InputEntry::whole(hash, size, mode))
+    Ok(FileDigest {
+        hash,
+        size,
+        chunks: vec![],
+    })
 }
 
 #[cfg(test)]
@@ -358,5 +446,64 @@ mod tests {
             "{} bytes",
             third.uploaded_bytes
         );
+    }
+
+    fn age(path: &Path, secs: u64) {
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_hash_cache_skips_reading_unchanged_files_and_rereads_changed_ones() {
+        let (dir, shot) = shot();
+        let big = noise(20 << 20, 7);
+        std::fs::write(shot.join("tex/cache.bin"), &big).unwrap();
+        for f in ["scene.blend", "tex/wood.png", "tex/cache.bin"] {
+            age(&shot.join(f), 100);
+        }
+        let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
+        let studio: Studio = "acme".parse().unwrap();
+        let g = gather(&shot, Some(&shot.join("scene.blend")), &[shot.join("tex")]).unwrap();
+        let opts = UploadOptions {
+            hash_cache: Some(dir.path().join("cache/hashes.json")),
+            ..Default::default()
+        };
+        let (hash, first) = upload(&store, &studio, &g.files, &opts).await.unwrap();
+        assert!(first.read_bytes >= first.bytes);
+        let before = store.counts();
+        let (again, second) = upload(&store, &studio, &g.files, &opts).await.unwrap();
+        assert_eq!(again, hash);
+        assert_eq!((second.read_bytes, second.uploaded_bytes), (0, 0));
+        assert_eq!(second.unchanged, 3);
+        let after = store.counts();
+        assert_eq!(after.bytes_written, before.bytes_written);
+        // Same size, new content and mtime: read again, and the new hash is used.
+        let mut edited = big.clone();
+        edited[1 << 20] ^= 0xff;
+        std::fs::write(shot.join("tex/cache.bin"), &edited).unwrap();
+        age(&shot.join("tex/cache.bin"), 50);
+        let (changed, third) = upload(&store, &studio, &g.files, &opts).await.unwrap();
+        assert_ne!(changed, hash);
+        assert_eq!(third.unchanged, 2);
+        assert_eq!(third.read_bytes, edited.len() as u64);
+        let m = InputManifest::parse_verified(
+            &store
+                .get_bytes(&layout::input_manifest(&studio, &changed))
+                .await
+                .unwrap(),
+            &changed,
+        )
+        .unwrap();
+        assert_eq!(m.files["tex/cache.bin"].hash, ContentHash::of(&edited));
+        // Without the cache every file is read again.
+        let (_, fourth) = upload(&store, &studio, &g.files, &UploadOptions::default())
+            .await
+            .unwrap();
+        assert!(fourth.read_bytes >= fourth.bytes && fourth.unchanged == 0);
     }
 }
