@@ -811,4 +811,27 @@ mod tests {
             assert!(std::fs::read(dir.path().join(t).join("cache/sim.bin")).unwrap() == data);
         }
     }
+
+    #[tokio::test]
+    async fn a_capped_cache_downloads_no_faster_than_its_cap() {
+        let data = noise(24 << 20, 5);
+        let (dir, store, entry) = chunked_store(&data).await;
+        let rate = 40 << 20;
+        let cache = Cache::open(&dir.path().join("cache"), 1 << 30, store)
+            .await
+            .unwrap()
+            .with_download_rate(Some(RateLimit::new(rate)));
+        let start = std::time::Instant::now();
+        let n = cache
+            .materialize(&acme(), &one_file(&entry), &dir.path().join("task"))
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        let least = std::time::Duration::from_secs_f64(n as f64 / rate as f64);
+        assert!(
+            start.elapsed() >= least,
+            "{:?} < {least:?}",
+            start.elapsed()
+        );
+    }
 }
