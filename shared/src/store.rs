@@ -222,6 +222,9 @@ pub struct StoreCounts {
     pub puts: u64,
     /// Body bytes of writes that completed.
     pub bytes_written: u64,
+    /// Body bytes of single-put writes started, complete or not (a write cut short by a
+    /// stopped upload may have used the link all the same).
+    pub bytes_offered: u64,
 }
 
 #[derive(Debug, Default)]
@@ -231,6 +234,7 @@ struct Counters {
     heads: std::sync::atomic::AtomicU64,
     puts: std::sync::atomic::AtomicU64,
     bytes_written: std::sync::atomic::AtomicU64,
+    bytes_offered: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
@@ -374,6 +378,7 @@ impl Store {
             heads: c.heads.load(Relaxed),
             puts: c.puts.load(Relaxed),
             bytes_written: c.bytes_written.load(Relaxed),
+            bytes_offered: c.bytes_offered.load(Relaxed),
         }
     }
 
@@ -398,6 +403,7 @@ impl Store {
     /// Write `bytes` to `key`, replacing what is there.
     pub async fn put_bytes(&self, key: &ObjPath, bytes: Bytes) -> Result<(), StoreError> {
         let len = bytes.len() as u64;
+        Counters::add(&self.counts.bytes_offered, len);
         self.inner
             .put(key, PutPayload::from(bytes))
             .await
