@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
+use futures::StreamExt as _;
 use suanli_shared::chunks::{self, FileDigest, Link};
 use suanli_shared::layout;
 use suanli_shared::protocol::{InputEntry, InputManifest};
@@ -156,6 +157,29 @@ pub struct UploadReport {
     pub unchanged: usize,
 }
 
+/// Whole (small) files uploaded at once.
+const FILES_AT_ONCE: usize = 8;
+
+/// A file to upload: its name in the manifest, its path, what stat said, and its digest when
+/// the hash cache knows it.
+type Stated<'a> = (
+    &'a String,
+    &'a PathBuf,
+    std::fs::Metadata,
+    Stamp,
+    Option<FileDigest>,
+);
+
+impl UploadReport {
+    fn add(&mut self, o: &UploadReport) {
+        self.uploaded += o.uploaded;
+        self.uploaded_bytes += o.uploaded_bytes;
+        self.read_bytes += o.read_bytes;
+        self.chunks += o.chunks;
+        self.uploaded_chunks += o.uploaded_chunks;
+    }
+}
+
 /// How an upload runs: the hash cache, the link's cap and progress, shared by every file.
 #[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
@@ -215,22 +239,20 @@ pub async fn upload(
     if let Some(p) = &opts.link.progress {
         p.add_total(stated.iter().map(|s| s.2.len()).sum());
     }
+    // Whole files go up a few at once (each in memory, at most CHUNK_THRESHOLD), chunked
+    // files one at a time (each with its own few chunks in flight): memory stays bounded and
+    // a tree of many small files does not wait a round trip per file.
+    let big_file = tokio::sync::Semaphore::new(1);
+    let mut uploads = futures::stream::iter(stated)
+        .map(|file| upload_one(store, studio, opts, &big_file, file))
+        .buffer_unordered(FILES_AT_ONCE);
     let mut manifest = InputManifest::default();
-    for (rel, path, meta, stamp, known) in stated {
-        if known.is_some() {
-            report.unchanged += 1;
-        }
-        let was_known = known.is_some();
-        let digest = upload_file(store, studio, path, meta.len(), known, opts, &mut report)
-            .await
-            .with_context(|| format!("cannot upload {}", path.display()))?;
-        if !was_known {
-            // Recorded only if the file did not change while it was read.
-            if let Ok(after) = tokio::fs::metadata(path).await {
-                if Stamp::of(&after) == stamp {
-                    cache.insert(path, stamp, digest.clone());
-                }
-            }
+    while let Some(done) = uploads.next().await {
+        let (rel, path, meta, stamp, was_known, steady, digest, r) = done?;
+        report.add(&r);
+        report.unchanged += usize::from(was_known);
+        if steady {
+            cache.insert(path, stamp, digest.clone());
             if !digest.chunks.is_empty() {
                 // A large file is worth keeping even if this submit is stopped later.
                 save_cache(&mut cache).await;
@@ -240,6 +262,7 @@ pub async fn upload(
         report.bytes += digest.size;
         manifest.files.insert(rel.clone(), entry_of(digest, &meta));
     }
+    drop(uploads);
     save_cache(&mut cache).await;
     let hash = manifest.hash();
     let key = layout::input_manifest(studio, &hash);
@@ -253,6 +276,42 @@ pub async fn upload(
         }
     }
     Ok((hash, report))
+}
+
+/// What uploading one file gave: its name, path, stat and stamp, whether the hash cache knew
+/// it, whether it stayed the same while read, its digest and its share of the report.
+type Uploaded<'a> = (
+    &'a String,
+    &'a PathBuf,
+    std::fs::Metadata,
+    Stamp,
+    bool,
+    bool,
+    FileDigest,
+    UploadReport,
+);
+
+async fn upload_one<'a>(
+    store: &Store,
+    studio: &Studio,
+    opts: &UploadOptions,
+    big_file: &tokio::sync::Semaphore,
+    (rel, path, meta, stamp, known): Stated<'a>,
+) -> anyhow::Result<Uploaded<'a>> {
+    let _turn = if chunks::is_chunked(meta.len()) {
+        Some(big_file.acquire().await?)
+    } else {
+        None
+    };
+    let mut r = UploadReport::default();
+    let was_known = known.is_some();
+    let digest = upload_file(store, studio, path, meta.len(), known, opts, &mut r)
+        .await
+        .with_context(|| format!("cannot upload {}", path.display()))?;
+    // Recorded in the hash cache only if the file did not change while it was read.
+    let steady =
+        !was_known && tokio::fs::metadata(path).await.ok().map(|m| Stamp::of(&m)) == Some(stamp);
+    Ok((rel, path, meta, stamp, was_known, steady, digest, r))
 }
 
 fn entry_of(d: FileDigest, meta: &std::fs::Metadata) -> InputEntry {
