@@ -229,6 +229,7 @@ pub async fn upload(
             report.files = manifest.files.len();
             report.bytes = manifest.total_bytes();
             report.unchanged = report.files;
+            report.chunks = manifest.files.values().map(|e| e.chunks.len()).sum();
             if let Some(p) = &opts.link.progress {
                 p.add_total(report.bytes);
                 p.skipped(report.bytes);
@@ -539,6 +540,7 @@ mod tests {
         assert_eq!(again, hash);
         assert_eq!((second.read_bytes, second.uploaded_bytes), (0, 0));
         assert_eq!(second.unchanged, 3);
+        assert_eq!(second.chunks, first.chunks);
         let after = store.counts();
         assert_eq!(after.bytes_written, before.bytes_written);
         // Same size, new content and mtime: read again, and the new hash is used.
