@@ -537,8 +537,13 @@ fn datetime_ms(dt: &toml::value::Datetime) -> anyhow::Result<u64> {
 
 /// Hashes every input, uploads the blobs the store lacks, stores the manifest and fills in
 /// `spec.inputs`.
-pub async fn upload_inputs(store: &Store, resolved: &mut Resolved) -> anyhow::Result<UploadReport> {
-    let (hash, report) = inputs::upload(store, &resolved.spec.studio, &resolved.files).await?;
+pub async fn upload_inputs(
+    store: &Store,
+    resolved: &mut Resolved,
+    opts: &inputs::UploadOptions,
+) -> anyhow::Result<UploadReport> {
+    let (hash, report) =
+        inputs::upload(store, &resolved.spec.studio, &resolved.files, opts).await?;
     resolved.spec.inputs = hash;
     Ok(report)
 }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod exit;
+pub mod hash_cache;
 pub mod inputs;
 pub mod jobfile;
 pub mod localfarm;

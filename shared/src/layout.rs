@@ -4,7 +4,8 @@
 //! (bucket policies, credentials scoped to a prefix) and kept apart from every other studio's:
 //!
 //! ```text
-//! studios/<studio>/cas/<hash>                        input blobs, content-addressed, written once
+//! studios/<studio>/cas/<hash>                        input blobs (whole small files and the
+//!                                                    chunks of large ones), content-addressed
 //! studios/<studio>/manifests/<hash>                  input manifests (JSON), content-addressed
 //! studios/<studio>/outputs/<task key>/<hash>/<name>  a task's output files, keyed by content so
 //!                                                    that two runs of one task never overwrite

@@ -3,6 +3,7 @@
 //! boundary is defined here; policy (what to retry, where to place) lives in the roles.
 
 pub mod access;
+pub mod chunks;
 pub mod fold;
 pub mod frames;
 pub mod hash;
@@ -16,6 +17,7 @@ pub mod regions;
 pub mod store;
 pub mod studios;
 pub mod sys;
+pub mod transfer;
 
 pub use frames::{FrameChunk, FrameSpec};
 pub use hash::ContentHash;

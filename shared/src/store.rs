@@ -119,7 +119,7 @@ impl StoreError {
         self.kind
     }
 
-    fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
@@ -139,15 +139,15 @@ impl StoreError {
         }
     }
 
-    fn config(message: impl Into<String>) -> Self {
+    pub(crate) fn config(message: impl Into<String>) -> Self {
         Self::new(StoreErrorKind::Config, message)
     }
 
-    fn corrupt(message: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(message: impl Into<String>) -> Self {
         Self::new(StoreErrorKind::Corrupt, message)
     }
 
-    fn io(context: impl fmt::Display, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl fmt::Display, source: std::io::Error) -> Self {
         Self::with_source(StoreErrorKind::Io, format!("{context}: {source}"), source)
     }
 
@@ -204,6 +204,48 @@ pub struct Store {
     multipart_threshold: u64,
     /// Size of each multipart part but the last.
     part_size: usize,
+    /// Requests and bytes through this handle and its clones (what transfers cost).
+    counts: Arc<Counters>,
+}
+
+/// What a [`Store`] handle and its clones have asked of the store, for reports, benchmarks
+/// and tests: bytes moved are the WAN cost Suanli tries to keep down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Reads started (GET).
+    pub gets: u64,
+    /// Body bytes received by reads.
+    pub bytes_read: u64,
+    /// Existence checks (HEAD).
+    pub heads: u64,
+    /// Writes that completed (PUT, create-if-absent, multipart).
+    pub puts: u64,
+    /// Body bytes of writes that completed.
+    pub bytes_written: u64,
+    /// Body bytes of single-put writes started, complete or not (a write cut short by a
+    /// stopped upload may have used the link all the same).
+    pub bytes_offered: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    gets: std::sync::atomic::AtomicU64,
+    bytes_read: std::sync::atomic::AtomicU64,
+    heads: std::sync::atomic::AtomicU64,
+    puts: std::sync::atomic::AtomicU64,
+    bytes_written: std::sync::atomic::AtomicU64,
+    bytes_offered: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn wrote(&self, bytes: u64) {
+        Self::add(&self.puts, 1);
+        Self::add(&self.bytes_written, bytes);
+    }
 }
 
 impl fmt::Debug for Store {
@@ -314,6 +356,7 @@ impl Store {
             url: shown.into(),
             multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
             part_size: DEFAULT_PART_SIZE,
+            counts: Arc::default(),
         })
     }
 
@@ -325,6 +368,20 @@ impl Store {
         self
     }
 
+    /// Requests and bytes so far through this handle and its clones.
+    pub fn counts(&self) -> StoreCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counts;
+        StoreCounts {
+            gets: c.gets.load(Relaxed),
+            bytes_read: c.bytes_read.load(Relaxed),
+            heads: c.heads.load(Relaxed),
+            puts: c.puts.load(Relaxed),
+            bytes_written: c.bytes_written.load(Relaxed),
+            bytes_offered: c.bytes_offered.load(Relaxed),
+        }
+    }
+
     /// The store's URL, for display (normalised, without credentials).
     pub fn url(&self) -> &str {
         &self.url
@@ -332,6 +389,7 @@ impl Store {
 
     /// Whether an object exists at `key`.
     pub async fn exists(&self, key: &ObjPath) -> Result<bool, StoreError> {
+        Counters::add(&self.counts.heads, 1);
         match self.inner.head(key).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -344,10 +402,13 @@ impl Store {
 
     /// Write `bytes` to `key`, replacing what is there.
     pub async fn put_bytes(&self, key: &ObjPath, bytes: Bytes) -> Result<(), StoreError> {
+        let len = bytes.len() as u64;
+        Counters::add(&self.counts.bytes_offered, len);
         self.inner
             .put(key, PutPayload::from(bytes))
             .await
             .map_err(|e| StoreError::store(format!("cannot write '{key}' to {}", self.url), e))?;
+        self.counts.wrote(len);
         Ok(())
     }
 
@@ -366,7 +427,10 @@ impl Store {
                 .put_opts(key, PutPayload::from(bytes.clone()), opts)
                 .await
             {
-                Ok(_) => return Ok(Commit::Created),
+                Ok(_) => {
+                    self.counts.wrote(bytes.len() as u64);
+                    return Ok(Commit::Created);
+                }
                 Err(e) if classify(&e) == StoreErrorKind::AlreadyExists => {
                     // S3 also answers 409 while a concurrent conditional write is in flight,
                     // which object_store reports as AlreadyExists; only a visible winner is one.
@@ -394,6 +458,7 @@ impl Store {
 
     /// Starts reading `key`; the error names the object and the store.
     async fn open_read(&self, key: &ObjPath) -> Result<object_store::GetResult, StoreError> {
+        Counters::add(&self.counts.gets, 1);
         self.inner
             .get(key)
             .await
@@ -408,10 +473,12 @@ impl Store {
     pub async fn get_bytes(&self, key: &ObjPath) -> Result<Bytes, StoreError> {
         let context = || self.read_context(key);
         let result = self.open_read(key).await?;
-        result
+        let bytes = result
             .bytes()
             .await
-            .map_err(|e| StoreError::store(context(), e))
+            .map_err(|e| StoreError::store(context(), e))?;
+        Counters::add(&self.counts.bytes_read, bytes.len() as u64);
+        Ok(bytes)
     }
 
     /// Download `key` and check its BLAKE3 hash while it streams. A hash mismatch or a body
@@ -437,6 +504,7 @@ impl Store {
                     self.url
                 )));
             }
+            Counters::add(&self.counts.bytes_read, chunk.len() as u64);
             // Network chunks are small: hashing one costs microseconds, less than a hop to
             // the blocking pool would.
             hasher.update(&chunk);
@@ -521,6 +589,7 @@ impl Store {
         let mut stream = result.into_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| StoreError::store(context(), e))?;
+            Counters::add(&self.counts.bytes_read, chunk.len() as u64);
             written += chunk.len() as u64;
             if written > expected_size {
                 return Err(StoreError::corrupt(format!(
@@ -626,6 +695,9 @@ impl Store {
                     .finish()
                     .await
                     .map_err(|e| StoreError::store(context(), e))?;
+                if let Ok(meta) = tokio::fs::metadata(src).await {
+                    self.counts.wrote(meta.len());
+                }
                 return Ok(());
             }
         };
@@ -827,7 +899,7 @@ fn build_error(shown: &str, e: object_store::Error) -> StoreError {
     )
 }
 
-fn join_error(src: &Path, e: tokio::task::JoinError) -> StoreError {
+pub(crate) fn join_error(src: &Path, e: tokio::task::JoinError) -> StoreError {
     StoreError::with_source(
         StoreErrorKind::Io,
         format!("reading '{}' stopped unexpectedly", src.display()),
@@ -835,7 +907,7 @@ fn join_error(src: &Path, e: tokio::task::JoinError) -> StoreError {
     )
 }
 
-fn changed_source(src: &Path, claimed: &ContentHash, got: &ContentHash) -> StoreError {
+pub(crate) fn changed_source(src: &Path, claimed: &ContentHash, got: &ContentHash) -> StoreError {
     StoreError::corrupt(format!(
         "'{}' hashes to {} while uploading, not the claimed {}: it changed since it was hashed; \
          nothing was stored",

@@ -26,11 +26,11 @@ use suanli_shared::protocol::codec::{decode_limited, MAX_MESSAGE};
 use suanli_shared::protocol::manifest::MAX_MANIFEST;
 use suanli_shared::protocol::records::Blocklisted;
 use suanli_shared::protocol::{
-    decode, encode, CurrentTask, DecodeError, EncodeError, Event, EventKind, Failure, FrameCounts,
-    Gpu, ImageFormat, InputEntry, InputManifest, JobEvent, JobRecord, JobSpec, JobState, JobStatus,
-    LeaseHolder, OutputFile, OutputManifest, Placement, Policy, RegionFigures, RendererSpec,
-    Requirements, Resources, TaskAssignment, TaskCounts, TaskEvent, TaskEventKind, TaskFailure,
-    TaskRecord, TaskState, WorkerInfo, WorkerState,
+    decode, encode, ChunkRef, CurrentTask, DecodeError, EncodeError, Event, EventKind, Failure,
+    FrameCounts, Gpu, ImageFormat, InputEntry, InputManifest, JobEvent, JobRecord, JobSpec,
+    JobState, JobStatus, LeaseHolder, OutputFile, OutputManifest, Placement, Policy, RegionFigures,
+    RendererSpec, Requirements, Resources, TaskAssignment, TaskCounts, TaskEvent, TaskEventKind,
+    TaskFailure, TaskRecord, TaskState, WorkerInfo, WorkerState,
 };
 use suanli_shared::regions::{RegionCatalog, RegionProfile};
 use suanli_shared::{ContentHash, FrameChunk, FrameSpec, JobId, Region, Studio, WorkerId};
@@ -900,11 +900,26 @@ fn job_event() -> impl Strategy<Value = JobEvent> {
 }
 
 fn input_manifest() -> impl Strategy<Value = InputManifest> {
-    let entry = (hash(), any::<u64>(), any::<u32>()).prop_map(|(hash, size, mode)| InputEntry {
-        hash,
-        size,
-        mode,
-    });
+    // A file stored whole (any size), or chunked (its size the sum of its chunks').
+    let chunks = prop::collection::vec((hash(), 1..u64::from(u32::MAX)), 0..4);
+    let entry =
+        (hash(), any::<u64>(), any::<u32>(), chunks).prop_map(|(hash, size, mode, chunks)| {
+            let chunks: Vec<ChunkRef> = chunks
+                .into_iter()
+                .map(|(hash, size)| ChunkRef { hash, size })
+                .collect();
+            let size = if chunks.is_empty() {
+                size
+            } else {
+                chunks.iter().map(|c| c.size).sum()
+            };
+            InputEntry {
+                hash,
+                size,
+                mode,
+                chunks,
+            }
+        });
     prop::collection::btree_map(rel_path(), entry, 0..6).prop_map(|files| InputManifest { files })
 }
 
@@ -1970,11 +1985,7 @@ fn manifests_have_their_own_larger_limit() {
     for i in 0..20_000u64 {
         m.files.insert(
             format!("textures/t{i:05}.png"),
-            InputEntry {
-                hash: ContentHash::of(&i.to_le_bytes()),
-                size: i,
-                mode: 0o644,
-            },
+            InputEntry::whole(ContentHash::of(&i.to_le_bytes()), i, 0o644),
         );
     }
     let bytes = m.to_bytes();

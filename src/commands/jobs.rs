@@ -4,12 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
+use suanli_shared::chunks::Link;
 use suanli_shared::store::Store;
+use suanli_shared::transfer::{Progress, RateLimit};
 use suanli_shared::JobId;
 
 use crate::client::ClientConfig;
 use crate::exit::{self, BadInput, EXIT_ERROR, EXIT_JOB_FAILED, EXIT_TIMEOUT};
+use crate::hash_cache;
+use crate::inputs::UploadOptions;
 use crate::jobfile::{self, JobFile, Overrides};
 use crate::print;
 
@@ -24,6 +30,60 @@ pub struct SubmitArgs {
     pub wait: bool,
     #[arg(long)]
     pub json: bool,
+    /// The hash cache: (path, size, mtime, inode) → hash, so unchanged inputs are not read
+    /// again [default: $XDG_CACHE_HOME/suanli/hashes.json or ~/.cache/suanli/hashes.json].
+    #[arg(long, env = "SUANLI_HASH_CACHE", value_name = "PATH")]
+    pub hash_cache: Option<PathBuf>,
+    /// Hash every input again, and remember nothing.
+    #[arg(long, conflicts_with = "hash_cache")]
+    pub no_hash_cache: bool,
+    /// Cap on upload bandwidth, e.g. 50MiB or 200MB (per second); no cap by default.
+    #[arg(long, env = "SUANLI_MAX_UPLOAD_RATE", value_name = "RATE", value_parser = suanli_shared::transfer::parse_rate)]
+    pub max_upload_rate: Option<u64>,
+}
+
+impl SubmitArgs {
+    /// The upload settings these flags ask for, reporting progress into `progress`.
+    fn upload_options(&self, progress: Option<Arc<Progress>>) -> UploadOptions {
+        UploadOptions {
+            link: Link {
+                rate: self.max_upload_rate.map(RateLimit::new),
+                progress,
+            },
+            hash_cache: if self.no_hash_cache {
+                None
+            } else {
+                self.hash_cache.clone().or_else(hash_cache::default_path)
+            },
+        }
+    }
+}
+
+/// Shows an upload's progress on stderr until `done` is cancelled: one line rewritten every
+/// half second on a terminal, a plain line every 5 seconds otherwise (logs, CI).
+async fn show_progress(progress: Arc<Progress>, done: tokio_util::sync::CancellationToken) {
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stderr().is_terminal();
+    let every = Duration::from_millis(if terminal { 500 } else { 5000 });
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    let mut shown = false;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = ticks.tick() => {
+                if terminal {
+                    eprint!("\r\x1b[2Kuploading inputs: {}", progress.line());
+                } else {
+                    eprintln!("uploading inputs: {}", progress.line());
+                }
+                shown = true;
+            }
+        }
+    }
+    if terminal && shown {
+        eprintln!("\r\x1b[2Kuploaded inputs: {}", progress.line());
+    }
 }
 
 /// `suanli submit`: resolves and checks the job, uploads its inputs, submits it and, with
@@ -51,25 +111,47 @@ pub async fn submit(
         }
         None => (JobFile::default(), PathBuf::from(".")),
     };
+    let progress = Progress::new(0);
+    let opts = args.upload_options((!args.json).then(|| progress.clone()));
     let mut resolved =
         jobfile::resolve(file, args.flags, &base).map_err(|e| BadInput(format!("{e:#}")))?;
     // Check the coordinator is there before uploading anything.
     let client = api.connect().await?;
     let store = Store::open(store_url)?;
-    let upload = jobfile::upload_inputs(&store, &mut resolved).await?;
+    let done = tokio_util::sync::CancellationToken::new();
+    let shower = (!args.json).then(|| tokio::spawn(show_progress(progress, done.clone())));
+    let upload = jobfile::upload_inputs(&store, &mut resolved, &opts).await;
+    done.cancel();
+    if let Some(shower) = shower {
+        let _ = shower.await;
+    }
+    let upload = upload?;
     let reply = client.submit(resolved.spec).await.context("job refused")?;
     if !args.wait {
         if args.json {
-            print::json(
-                &serde_json::json!({"id": reply.id, "tasks": reply.tasks, "cached": reply.cached}),
-            );
+            print::json(&serde_json::json!({
+                "id": reply.id,
+                "tasks": reply.tasks,
+                "cached": reply.cached,
+                "inputs": {
+                    "files": upload.files,
+                    "bytes": upload.bytes,
+                    "unchanged": upload.unchanged,
+                    "read_bytes": upload.read_bytes,
+                    "uploaded": upload.uploaded,
+                    "uploaded_bytes": upload.uploaded_bytes,
+                    "chunks": upload.chunks,
+                    "uploaded_chunks": upload.uploaded_chunks,
+                },
+            }));
         } else {
             println!("{}", reply.id);
             eprintln!(
-                "submitted: {} tasks ({} cached); inputs: {} files, {} uploaded ({:.1} MB)",
+                "submitted: {} tasks ({} cached); inputs: {} files ({} unchanged), {} uploaded ({:.1} MB)",
                 reply.tasks,
                 reply.cached,
                 upload.files,
+                upload.unchanged,
                 upload.uploaded,
                 upload.uploaded_bytes as f64 / 1e6
             );

@@ -48,6 +48,10 @@ pub struct WorkerArgs {
     /// Input cache bound in GiB.
     #[arg(long, default_value_t = 20)]
     pub cache_gib: u64,
+    /// Cap on input download bandwidth, all tasks together, e.g. 50MiB or 200MB (per
+    /// second); no cap by default.
+    #[arg(long, env = "SUANLI_MAX_DOWNLOAD_RATE", value_name = "RATE", value_parser = suanli_shared::transfer::parse_rate)]
+    pub max_download_rate: Option<u64>,
     /// Worker name, unique within the region (default: host name and pid).
     #[arg(long)]
     pub name: Option<WorkerId>,
@@ -289,6 +293,7 @@ pub async fn worker(
     config.access = access;
     config.slots = args.slots.max(1);
     config.cache_max_bytes = args.cache_gib << 30;
+    config.max_download_rate = args.max_download_rate;
     config.drain_grace = args.drain_grace;
     config.ack_wait = args.ack_wait.max(Duration::from_secs(1));
     config.threads_per_slot = (config.threads_per_slot / config.slots).max(1);

@@ -25,7 +25,7 @@ pub fn write(path: &Path, text: &str) -> PathBuf {
 /// Resolves and uploads a job the way `suanli submit` does.
 pub async fn prepare(store: &Store, flags: Overrides, base: &Path) -> JobSpec {
     let mut resolved = jobfile::resolve(JobFile::default(), flags, base).expect("valid job");
-    jobfile::upload_inputs(store, &mut resolved)
+    jobfile::upload_inputs(store, &mut resolved, &Default::default())
         .await
         .expect("inputs uploaded");
     resolved.spec

@@ -7,8 +7,15 @@
 //! keeps its inputs even if the cache evicts them. Blobs are kept per studio like the store
 //! keeps them: a task of one studio gets only blobs found under its own studio's prefix, never
 //! one that another studio's task brought in (knowing a hash must not be enough to read
-//! another studio's file). Concurrent requests for one blob wait for a single download.
-//! Eviction removes the least recently used blobs once the cache is over its bound.
+//! another studio's file). Concurrent requests for one blob wait for a single download, in
+//! this process (a lock per blob) and across workers sharing the cache folder (a file lock,
+//! one of [`LOCK_STRIPES`] picked by the blob's hash, held while it downloads).
+//!
+//! A chunked file (see `suanli_shared::chunks`) is fetched as its chunks, each a blob like any
+//! other, so a file that changed a little downloads only its new chunks; it is then rebuilt
+//! into the cache under its whole-file hash and checked against it before any task sees it.
+//! Chunks stay cached for the file's next version. Eviction removes the least recently used
+//! blobs once the cache is over its bound.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,11 +23,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use futures::StreamExt;
+use suanli_shared::chunks;
 use suanli_shared::layout;
-use suanli_shared::protocol::InputManifest;
+use suanli_shared::protocol::{InputEntry, InputManifest};
 use suanli_shared::store::{Store, StoreError, StoreErrorKind};
+use suanli_shared::transfer::{self, Progress, RateLimit};
 use suanli_shared::{ContentHash, Studio};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+/// Lock files that downloads into one cache folder take, picked by the blob's hash: workers
+/// sharing the folder fetch each blob once, and the folder holds a fixed number of them.
+pub const LOCK_STRIPES: usize = 256;
+
+/// Chunks of one file downloaded at once.
+const FETCH_CONCURRENCY: usize = 4;
+
+/// How often a long fetch logs its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why inputs could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +85,8 @@ pub struct Cache {
     used: AtomicU64,
     /// One lock per blob being downloaded, so concurrent tasks fetch it once.
     inflight: Mutex<HashMap<BlobId, Arc<tokio::sync::Mutex<()>>>>,
+    /// `--max-download-rate`: a cap shared by every download of this worker.
+    rate: Option<RateLimit>,
 }
 
 impl Cache {
@@ -86,7 +108,14 @@ impl Cache {
             store,
             used: AtomicU64::new(used),
             inflight: Mutex::new(HashMap::new()),
+            rate: None,
         })
+    }
+
+    /// Caps this cache's downloads at `limit` (all of them together).
+    pub fn with_download_rate(mut self, limit: Option<RateLimit>) -> Self {
+        self.rate = limit;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -112,44 +141,175 @@ impl Cache {
         hash: &ContentHash,
         size: u64,
     ) -> Result<(PathBuf, u64), CacheError> {
+        let got = self.fetch(studio, hash, size, None).await?;
+        if got.1 > 0 {
+            self.evict_if_needed().await;
+        }
+        Ok(got)
+    }
+
+    /// [`blob`](Self::blob) without eviction, so the chunks of a file being rebuilt stay.
+    async fn fetch(
+        &self,
+        studio: &Studio,
+        hash: &ContentHash,
+        size: u64,
+        progress: Option<&Progress>,
+    ) -> Result<(PathBuf, u64), CacheError> {
         let path = self.blob_path(studio, hash);
         if let Some(hit) = self.hit(&path, size).await {
             return Ok((hit, 0));
         }
+        let result = self
+            .single_flight(studio, hash, || async {
+                if let Some(hit) = self.hit(&path, size).await {
+                    return Ok((hit, 0));
+                }
+                debug!(%studio, blob = %hash.short(), size, "cache miss");
+                transfer::acquire(self.rate.as_ref(), size).await;
+                let key = layout::cas(studio, hash);
+                self.store
+                    .download_verified(&key, hash, size, &path)
+                    .await?;
+                set_read_only(&path);
+                self.used.fetch_add(size, Ordering::Relaxed);
+                Ok((path.clone(), size))
+            })
+            .await?;
+        if let Some(p) = progress {
+            if result.1 > 0 {
+                p.moved(size);
+            } else {
+                p.skipped(size);
+            }
+        }
+        Ok(result)
+    }
+
+    /// Runs `work` (which fills the blob `hash` of `studio`) while holding its lock in this
+    /// process and its stripe's file lock in the cache folder, so neither another task here
+    /// nor another worker sharing the folder fetches it at the same time. `work` must check
+    /// for the blob again: the one before may have filled it.
+    async fn single_flight<T, F, Fut>(
+        &self,
+        studio: &Studio,
+        hash: &ContentHash,
+        work: F,
+    ) -> Result<T, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CacheError>>,
+    {
         let flight = (studio.clone(), *hash);
         let lock = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(flight.clone()).or_default().clone()
         };
-        let _guard = lock.lock().await;
-        // Someone else may have fetched it while we waited.
-        if let Some(hit) = self.hit(&path, size).await {
-            return Ok((hit, 0));
-        }
-        debug!(%studio, blob = %hash.short(), size, "cache miss");
         let result = async {
-            if let Some(folder) = path.parent() {
-                tokio::fs::create_dir_all(folder)
-                    .await
-                    .map_err(|e| CacheError::io(folder, e))?;
-            }
-            let key = layout::cas(studio, hash);
-            Ok::<_, CacheError>(
-                self.store
-                    .download_verified(&key, hash, size, &path)
-                    .await?,
-            )
+            let _guard = lock.lock().await;
+            let _file_lock = self.lock_folder(hash).await?;
+            work().await
         }
         .await;
         {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            map.remove(&flight);
+            if Arc::strong_count(&lock) <= 2 {
+                map.remove(&flight);
+            }
         }
-        result?;
-        set_read_only(&path);
-        self.used.fetch_add(size, Ordering::Relaxed);
-        self.evict_if_needed().await;
-        Ok((path, size))
+        result
+    }
+
+    /// Takes the file lock of `hash`'s stripe in the cache folder (waiting on the blocking
+    /// pool); released when the returned file is dropped.
+    async fn lock_folder(&self, hash: &ContentHash) -> Result<std::fs::File, CacheError> {
+        let stripe = hash.as_bytes()[0] as usize % LOCK_STRIPES;
+        let path = self.dir.join("locks").join(format!("{stripe:02x}"));
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, e))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| CacheError::io(&path, e))?;
+            use std::os::fd::AsRawFd;
+            loop {
+                // SAFETY: flock on a descriptor this function owns; no memory is involved.
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                    return Ok(file);
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(CacheError::io(&path, e));
+                }
+            }
+        })
+        .await
+        .map_err(|e| CacheError::Manifest(format!("input cache lock task failed: {e}")))?
+    }
+
+    /// The local path of a verified input file of `studio`: a whole blob, or a chunked file
+    /// rebuilt from its chunks (fetching only the chunks the cache lacks) and checked against
+    /// its whole-file hash. Returns the path and the bytes downloaded.
+    async fn file(
+        &self,
+        studio: &Studio,
+        entry: &InputEntry,
+        progress: &Progress,
+    ) -> Result<(PathBuf, u64), CacheError> {
+        if entry.chunks.is_empty() {
+            return self
+                .fetch(studio, &entry.hash, entry.size, Some(progress))
+                .await;
+        }
+        let path = self.blob_path(studio, &entry.hash);
+        if let Some(hit) = self.hit(&path, entry.size).await {
+            progress.skipped(entry.size);
+            return Ok((hit, 0));
+        }
+        let mut parts = vec![PathBuf::new(); entry.chunks.len()];
+        let mut downloaded = 0;
+        let mut todo = entry.chunks.iter().copied().enumerate();
+        let mut fetches = futures::stream::FuturesUnordered::new();
+        loop {
+            while fetches.len() < FETCH_CONCURRENCY {
+                let Some((i, c)) = todo.next() else { break };
+                fetches.push(async move {
+                    self.fetch(studio, &c.hash, c.size, Some(progress))
+                        .await
+                        .map(|got| (i, got))
+                });
+            }
+            let Some(r) = fetches.next().await else { break };
+            let (i, (part, n)) = r?;
+            parts[i] = part;
+            downloaded += n;
+        }
+        drop(fetches);
+        let (hash, size) = (entry.hash, entry.size);
+        self.single_flight(studio, &hash, || async {
+            if self.hit(&path, size).await.is_some() {
+                return Ok(());
+            }
+            let dest = path.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(folder) = dest.parent() {
+                    std::fs::create_dir_all(folder).map_err(|e| CacheError::io(folder, e))?;
+                }
+                chunks::rebuild(&parts, &hash, size, &dest)?;
+                set_read_only(&dest);
+                Ok::<_, CacheError>(())
+            })
+            .await
+            .map_err(|e| CacheError::Manifest(format!("input rebuild task failed: {e}")))??;
+            self.used.fetch_add(size, Ordering::Relaxed);
+            Ok(())
+        })
+        .await?;
+        Ok((path, downloaded))
     }
 
     /// A cached blob of the right size, touched for LRU.
@@ -178,11 +338,12 @@ impl Cache {
         studio: &Studio,
         hash: &ContentHash,
     ) -> Result<InputManifest, CacheError> {
+        // Its key is the hash of what it names, chunk lists left out: checked once parsed.
         let bytes = self
             .store
-            .get_verified(&layout::input_manifest(studio, hash), hash)
+            .get_bytes(&layout::input_manifest(studio, hash))
             .await?;
-        InputManifest::parse(&bytes).map_err(|e| CacheError::Manifest(e.to_string()))
+        InputManifest::parse_verified(&bytes, hash).map_err(|e| CacheError::Manifest(e.to_string()))
     }
 
     /// Lays out every input of a manifest of `studio` under `dest`; returns the bytes
@@ -197,21 +358,37 @@ impl Cache {
         for (rel, entry) in &manifest.files {
             check_input(rel, entry.mode)?;
         }
-        let mut downloaded = 0;
-        for (rel, entry) in &manifest.files {
-            let (blob, n) = self.blob(studio, &entry.hash, entry.size).await?;
-            downloaded += n;
-            let target = dest.join(rel);
-            let executable = entry.mode & 0o111 != 0;
-            let root = dest.to_path_buf();
-            tokio::task::spawn_blocking(move || {
-                link_or_copy(&blob, &target, executable)?;
-                check_laid_out(&root, &target)
-            })
-            .await
-            .map_err(|e| CacheError::Manifest(format!("input layout task failed: {e}")))??;
+        let progress = Progress::new(manifest.total_bytes());
+        let fetch = async {
+            let mut downloaded = 0;
+            for (rel, entry) in &manifest.files {
+                let (blob, n) = self.file(studio, entry, &progress).await?;
+                downloaded += n;
+                let target = dest.join(rel);
+                let executable = entry.mode & 0o111 != 0;
+                let root = dest.to_path_buf();
+                tokio::task::spawn_blocking(move || {
+                    link_or_copy(&blob, &target, executable)?;
+                    check_laid_out(&root, &target)
+                })
+                .await
+                .map_err(|e| CacheError::Manifest(format!("input layout task failed: {e}")))??;
+            }
+            Ok::<_, CacheError>(downloaded)
+        };
+        tokio::pin!(fetch);
+        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        ticks.tick().await;
+        let result = loop {
+            tokio::select! {
+                r = &mut fetch => break r,
+                _ = ticks.tick() => info!(%studio, "fetching inputs: {}", progress.line()),
+            }
+        };
+        if progress.moved_bytes() > 0 {
+            self.evict_if_needed().await;
         }
-        Ok(downloaded)
+        result
     }
 
     /// Removes least recently used blobs until the cache is under 90% of its bound.
@@ -339,7 +516,6 @@ fn link_or_copy(blob: &Path, target: &Path, executable: bool) -> Result<(), Cach
 #[cfg(test)]
 mod tests {
     use super::*;
-    use suanli_shared::protocol::InputEntry;
 
     fn acme() -> Studio {
         "acme".parse().unwrap()
@@ -434,22 +610,10 @@ mod tests {
             .await
             .unwrap();
         let mut m = InputManifest::default();
-        m.files.insert(
-            "a/x.bin".into(),
-            InputEntry {
-                hash: h[0],
-                size: 600,
-                mode: 0o644,
-            },
-        );
-        m.files.insert(
-            "y.bin".into(),
-            InputEntry {
-                hash: h[1],
-                size: 600,
-                mode: 0o755,
-            },
-        );
+        m.files
+            .insert("a/x.bin".into(), InputEntry::whole(h[0], 600, 0o644));
+        m.files
+            .insert("y.bin".into(), InputEntry::whole(h[1], 600, 0o755));
         let out = dir.path().join("task");
         assert_eq!(cache.materialize(&acme(), &m, &out).await.unwrap(), 1200);
         assert_eq!(std::fs::read(out.join("a/x.bin")).unwrap(), vec![1u8; 600]);
@@ -463,11 +627,7 @@ mod tests {
         let cache = Cache::open(&dir.path().join("cache"), 1 << 20, store)
             .await
             .unwrap();
-        let entry = |mode| InputEntry {
-            hash: h[0],
-            size: 10,
-            mode,
-        };
+        let entry = |mode| InputEntry::whole(h[0], 10, mode);
         for (path, mode, says) in [
             ("../escape.bin", 0o644, "refused"),
             ("/etc/passwd", 0o644, "refused"),
@@ -483,5 +643,195 @@ mod tests {
             assert!(err.to_string().contains(says), "{path}: {err}");
             assert!(!out.join("ok.bin").exists(), "{path}: nothing laid out");
         }
+    }
+    /// Deterministic incompressible bytes.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A store holding `data` as a chunked file of acme, and its manifest entry.
+    async fn chunked_store(data: &[u8]) -> (tempfile::TempDir, Store, InputEntry) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
+        let src = dir.path().join("src.bin");
+        std::fs::write(&src, data).unwrap();
+        let (digest, up) = chunks::upload_chunked(&store, &acme(), &src, None, &Default::default())
+            .await
+            .unwrap();
+        assert!(digest.chunks.len() >= 2, "{} chunks", digest.chunks.len());
+        assert_eq!(up.uploaded, data.len() as u64);
+        let entry = InputEntry {
+            chunks: digest.chunks,
+            ..InputEntry::whole(digest.hash, digest.size, 0o644)
+        };
+        (dir, store, entry)
+    }
+
+    fn one_file(entry: &InputEntry) -> InputManifest {
+        let mut m = InputManifest::default();
+        m.files.insert("cache/sim.bin".into(), entry.clone());
+        m
+    }
+
+    #[tokio::test]
+    async fn chunked_files_are_rebuilt_and_a_new_version_fetches_only_new_chunks() {
+        let data = noise(40 << 20, 1);
+        let (dir, store, entry) = chunked_store(&data).await;
+        let cache = Cache::open(&dir.path().join("cache"), 1 << 30, store.clone())
+            .await
+            .unwrap();
+        let out = dir.path().join("task1");
+        let n = cache
+            .materialize(&acme(), &one_file(&entry), &out)
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert!(std::fs::read(out.join("cache/sim.bin")).unwrap() == data);
+        // 1 MiB changed in the middle: only the chunks around it come down.
+        let mut edited = data.clone();
+        edited[20 << 20..21 << 20].copy_from_slice(&noise(1 << 20, 9));
+        let src = dir.path().join("src.bin");
+        std::fs::write(&src, &edited).unwrap();
+        let (digest, _) = chunks::upload_chunked(&store, &acme(), &src, None, &Default::default())
+            .await
+            .unwrap();
+        let edited_entry = InputEntry {
+            chunks: digest.chunks,
+            ..InputEntry::whole(digest.hash, digest.size, 0o644)
+        };
+        let out = dir.path().join("task2");
+        let n = cache
+            .materialize(&acme(), &one_file(&edited_entry), &out)
+            .await
+            .unwrap();
+        assert!(n > 0 && n <= 2 * u64::from(chunks::MAX_CHUNK), "{n} bytes");
+        assert!(std::fs::read(out.join("cache/sim.bin")).unwrap() == edited);
+    }
+
+    #[tokio::test]
+    async fn bad_chunks_fail_the_fetch_commit_nothing_and_are_fetched_again() {
+        let data = noise(40 << 20, 2);
+        let (dir, store, entry) = chunked_store(&data).await;
+        let cache = Cache::open(&dir.path().join("cache"), 1 << 30, store.clone())
+            .await
+            .unwrap();
+        let victim = entry.chunks[1];
+        let key = layout::cas(&acme(), &victim.hash);
+        let good = store.get_bytes(&key).await.unwrap();
+        let whole = cache.blob_path(&acme(), &entry.hash);
+        let tries: [(&str, bytes::Bytes, &str); 3] = [
+            (
+                "corrupt",
+                bytes::Bytes::from(vec![7u8; victim.size as usize]),
+                "hashes to",
+            ),
+            ("truncated", good.slice(..good.len() / 2), "expected"),
+            ("missing", bytes::Bytes::new(), "not found"),
+        ];
+        for (what, bad, says) in tries {
+            if what == "missing" {
+                let local = dir.path().join("store").join(key.as_ref());
+                std::fs::remove_file(local).unwrap();
+            } else {
+                store.put_bytes(&key, bad).await.unwrap();
+            }
+            let out = dir.path().join(format!("task-{what}"));
+            let err = cache
+                .materialize(&acme(), &one_file(&entry), &out)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(says), "{what}: {err}");
+            assert!(err.is_retryable(), "{what}: {err}");
+            assert!(!whole.exists(), "{what}: no rebuilt file kept");
+            assert!(!cache.blob_path(&acme(), &victim.hash).exists(), "{what}");
+            assert!(
+                !out.join("cache/sim.bin").exists(),
+                "{what}: nothing laid out"
+            );
+        }
+        // Repaired in the store: the retry fetches that chunk again and succeeds (chunks
+        // whose fetch the failure cut short come down too).
+        store.put_bytes(&key, good).await.unwrap();
+        let out = dir.path().join("task-retry");
+        let n = cache
+            .materialize(&acme(), &one_file(&entry), &out)
+            .await
+            .unwrap();
+        assert!(n >= victim.size, "{n}");
+        assert!(cache.blob_path(&acme(), &victim.hash).exists());
+        assert!(std::fs::read(out.join("cache/sim.bin")).unwrap() == data);
+    }
+
+    #[tokio::test]
+    async fn a_forged_chunk_list_is_refused_by_the_whole_file_hash() {
+        let data = noise(40 << 20, 3);
+        let (dir, store, entry) = chunked_store(&data).await;
+        let cache = Cache::open(&dir.path().join("cache"), 1 << 30, store)
+            .await
+            .unwrap();
+        // Genuine chunks in another order: each verifies, the file does not.
+        let mut forged = entry.clone();
+        forged.chunks.reverse();
+        let out = dir.path().join("task");
+        let err = cache
+            .materialize(&acme(), &one_file(&forged), &out)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("chunk list is wrong"), "{err}");
+        assert!(!cache.blob_path(&acme(), &entry.hash).exists());
+        assert!(!out.join("cache/sim.bin").exists());
+    }
+
+    #[tokio::test]
+    async fn two_workers_sharing_a_cache_folder_fetch_each_chunk_once() {
+        let data = noise(40 << 20, 4);
+        let (dir, store, entry) = chunked_store(&data).await;
+        let folder = dir.path().join("shared-cache");
+        // Two caches on one folder, as two worker processes would open it.
+        let a = Cache::open(&folder, 1 << 30, store.clone()).await.unwrap();
+        let b = Cache::open(&folder, 1 << 30, store.clone()).await.unwrap();
+        let before = store.counts();
+        let (m, acme) = (one_file(&entry), acme());
+        let (ta, tb) = (dir.path().join("ta"), dir.path().join("tb"));
+        let (ra, rb) = tokio::join!(a.materialize(&acme, &m, &ta), b.materialize(&acme, &m, &tb));
+        let moved = ra.unwrap() + rb.unwrap();
+        let after = store.counts();
+        assert_eq!(after.gets - before.gets, entry.chunks.len() as u64);
+        assert_eq!(after.bytes_read - before.bytes_read, data.len() as u64);
+        assert_eq!(moved, data.len() as u64);
+        for t in ["ta", "tb"] {
+            assert!(std::fs::read(dir.path().join(t).join("cache/sim.bin")).unwrap() == data);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_capped_cache_downloads_no_faster_than_its_cap() {
+        let data = noise(24 << 20, 5);
+        let (dir, store, entry) = chunked_store(&data).await;
+        let rate = 40 << 20;
+        let cache = Cache::open(&dir.path().join("cache"), 1 << 30, store)
+            .await
+            .unwrap()
+            .with_download_rate(Some(RateLimit::new(rate)));
+        let start = std::time::Instant::now();
+        let n = cache
+            .materialize(&acme(), &one_file(&entry), &dir.path().join("task"))
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        let least = std::time::Duration::from_secs_f64(n as f64 / rate as f64);
+        assert!(
+            start.elapsed() >= least,
+            "{:?} < {least:?}",
+            start.elapsed()
+        );
     }
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub slots: u32,
     pub cache_dir: PathBuf,
     pub cache_max_bytes: u64,
+    /// `--max-download-rate`: bytes per second all input downloads share; `None`: no cap.
+    pub max_download_rate: Option<u64>,
     /// Ack wait of the region's consumer (set when the consumer is first created): how long a
     /// silent worker keeps a task before it is redelivered. On a secure farm the coordinator
     /// creates the consumer with [`nats::DEFAULT_ACK_WAIT`] and this is not used.
@@ -66,6 +68,7 @@ impl Config {
             slots: 1,
             cache_dir,
             cache_max_bytes: 20 << 30,
+            max_download_rate: None,
             ack_wait: nats::DEFAULT_ACK_WAIT,
             heartbeat: Duration::from_secs(2),
             drain_grace: Duration::from_secs(30),

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use suanli_shared::nats;
 use suanli_shared::protocol::now_ms;
 use suanli_shared::store::Store;
+use suanli_shared::transfer::RateLimit;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,7 +53,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let store = Store::open(&config.store_url)?;
     let cache = Cache::open(&config.cache_dir, config.cache_max_bytes, store.clone())
         .await
-        .context("cannot open the input cache")?;
+        .context("cannot open the input cache")?
+        .with_download_rate(config.max_download_rate.map(RateLimit::new));
     config.renderers.check()?;
     let renderers = config
         .renderers

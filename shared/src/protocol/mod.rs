@@ -19,7 +19,9 @@ pub mod task_key;
 pub use clock::now_ms;
 pub use codec::{decode, encode, DecodeError, EncodeError};
 pub use events::{Event, EventKind, Failure, GpuUse, JobEvent, TaskEvent, TaskEventKind};
-pub use manifest::{InputEntry, InputManifest, OutputFile, OutputManifest};
+pub use manifest::{
+    ChunkRef, InputEntry, InputManifest, OutputFile, OutputManifest, MAX_CHUNKS_PER_FILE,
+};
 pub use queue::TaskAssignment;
 pub use records::{
     Blocklisted, CurrentTask, JobRecord, JobState, LeaseHolder, TaskRecord, TaskState, WorkerInfo,

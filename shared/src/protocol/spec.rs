@@ -307,6 +307,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn chunking_the_inputs_does_not_change_task_keys() {
+        use crate::protocol::manifest::{ChunkRef, InputEntry};
+        let data = b"a large cache file";
+        let mut whole = InputManifest::default();
+        whole.files.insert(
+            "cache.vdb".into(),
+            InputEntry::whole(ContentHash::of(data), data.len() as u64, 0o644),
+        );
+        let mut chunked = whole.clone();
+        chunked.files.get_mut("cache.vdb").unwrap().chunks = data
+            .chunks(5)
+            .map(|c| ChunkRef {
+                hash: ContentHash::of(c),
+                size: c.len() as u64,
+            })
+            .collect();
+        let keys = |m: &InputManifest| {
+            let s = JobSpec {
+                inputs: m.hash(),
+                ..spec()
+            };
+            s.tasks()
+                .unwrap()
+                .into_iter()
+                .map(|t| t.1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&whole), keys(&chunked));
+        // The key still follows the files' content.
+        let mut other = whole.clone();
+        other.files.get_mut("cache.vdb").unwrap().hash = ContentHash::of(b"changed");
+        assert_ne!(keys(&whole), keys(&other));
+    }
+
+    #[test]
     fn task_keys_ignore_names_and_follow_pixels() {
         let a = spec();
         let keys = |s: &JobSpec| {
