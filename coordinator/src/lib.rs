@@ -20,6 +20,7 @@ pub mod index;
 mod kv;
 pub mod learned;
 pub mod lease;
+pub mod metrics;
 pub mod placement;
 pub mod region_loss;
 pub mod release;
@@ -27,6 +28,7 @@ pub mod sim;
 pub mod state;
 pub mod submit;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use suanli_shared::access::Access;
@@ -56,6 +58,8 @@ pub struct Config {
     /// A region with no live worker for this long loses its queued and running tasks to the
     /// other regions.
     pub region_lost_after: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -70,6 +74,7 @@ impl Config {
             catalog: RegionCatalog::default(),
             studios: StudioCatalog::default(),
             region_lost_after: Duration::from_secs(60),
+            metrics_listen: None,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct Cache {
     used: AtomicU64,
     /// One lock per blob being downloaded, so concurrent tasks fetch it once.
     inflight: Mutex<HashMap<BlobId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Hits, misses, downloads and evictions, for the worker's metrics.
+    pub counters: crate::metrics::CacheCounters,
 }
 
 impl Cache {
@@ -86,6 +88,7 @@ impl Cache {
             store,
             used: AtomicU64::new(used),
             inflight: Mutex::new(HashMap::new()),
+            counters: Default::default(),
         })
     }
 
@@ -114,6 +117,7 @@ impl Cache {
     ) -> Result<(PathBuf, u64), CacheError> {
         let path = self.blob_path(studio, hash);
         if let Some(hit) = self.hit(&path, size).await {
+            self.counters.hits.inc();
             return Ok((hit, 0));
         }
         let flight = (studio.clone(), *hash);
@@ -124,8 +128,10 @@ impl Cache {
         let _guard = lock.lock().await;
         // Someone else may have fetched it while we waited.
         if let Some(hit) = self.hit(&path, size).await {
+            self.counters.hits.inc();
             return Ok((hit, 0));
         }
+        let download_started = std::time::Instant::now();
         debug!(%studio, blob = %hash.short(), size, "cache miss");
         let result = async {
             if let Some(folder) = path.parent() {
@@ -146,6 +152,11 @@ impl Cache {
             map.remove(&flight);
         }
         result?;
+        self.counters.misses.inc();
+        self.counters.download_bytes.inc_by(size);
+        self.counters
+            .download_seconds
+            .inc_by(download_started.elapsed().as_secs_f64());
         set_read_only(&path);
         self.used.fetch_add(size, Ordering::Relaxed);
         self.evict_if_needed().await;
@@ -221,11 +232,11 @@ impl Cache {
         }
         let blobs_dir = self.dir.join("cas");
         let target = self.max_bytes / 10 * 9;
-        let freed = tokio::task::spawn_blocking(move || {
+        let (freed, evicted) = tokio::task::spawn_blocking(move || {
             let mut blobs = list_blobs(&blobs_dir);
             let mut total: u64 = blobs.iter().map(|b| b.size).sum();
             blobs.sort_by_key(|b| b.modified);
-            let mut freed = 0u64;
+            let (mut freed, mut evicted) = (0u64, 0u64);
             for b in blobs {
                 if total <= target {
                     break;
@@ -233,12 +244,15 @@ impl Cache {
                 if std::fs::remove_file(&b.path).is_ok() {
                     total -= b.size;
                     freed += b.size;
+                    evicted += 1;
                 }
             }
-            freed
+            (freed, evicted)
         })
         .await
-        .unwrap_or(0);
+        .unwrap_or((0, 0));
+        self.counters.evictions.inc_by(evicted);
+        self.counters.evicted_bytes.inc_by(freed);
         if freed > 0 {
             debug!(freed, "evicted blobs from the input cache");
             let _ = self
