@@ -183,6 +183,8 @@ pub(crate) struct Coordinator {
     pub(crate) unplaceable: HashMap<JobId, String>,
     /// The Prometheus series, kept by small calls where state changes.
     pub(crate) metrics: Arc<Metrics>,
+    /// Worker incarnations on this host found dead, whose tasks were taken back (each once).
+    pub(crate) buried: HashSet<(String, crate::recovery::Incarnation)>,
 }
 
 impl Coordinator {
@@ -283,6 +285,7 @@ impl Coordinator {
             budgets,
             unplaceable: HashMap::new(),
             metrics,
+            buried: HashSet::new(),
         })
     }
 
@@ -371,7 +374,10 @@ impl Coordinator {
                 },
                 entry = next_of(&mut workers_watch) => match entry {
                     Some(Ok(entry)) => {
-                        self.handle_worker(entry);
+                        let restarted = self.handle_worker(entry);
+                        if let (Some(gone), true) = (restarted, self.config.fast_recovery) {
+                            self.release_orphans(gone, "restarted").await;
+                        }
                         self.open_region_queues().await;
                     }
                     Some(Err(e)) => warn!(error = %e, "worker watch error"),
@@ -401,6 +407,11 @@ impl Coordinator {
                     // Region loss is measured in tens of seconds: checked on the timer, not
                     // after every message.
                     self.withdraw_from_lost_regions(now_ms()).await;
+                    if self.config.fast_recovery {
+                        for gone in self.dead_here(now_ms()) {
+                            self.release_orphans(gone, "died (its process is gone)").await;
+                        }
+                    }
                     if events.is_none() {
                         match self.open_events().await {
                             Ok(s) => events = Some(s),

@@ -22,6 +22,7 @@ pub mod learned;
 pub mod lease;
 pub mod metrics;
 pub mod placement;
+pub mod recovery;
 pub mod region_loss;
 pub mod release;
 pub mod sim;
@@ -60,6 +61,9 @@ pub struct Config {
     pub region_lost_after: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`); none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// Take back a restarted (or, on this host, dead) worker's tasks at once instead of
+    /// waiting for the queue's ack wait (`recovery`). Off only to measure the difference.
+    pub fast_recovery: bool,
 }
 
 impl Config {
@@ -75,6 +79,7 @@ impl Config {
             studios: StudioCatalog::default(),
             region_lost_after: Duration::from_secs(60),
             metrics_listen: None,
+            fast_recovery: true,
         }
     }
 }

@@ -187,6 +187,10 @@ pub struct CoordinatorArgs {
     /// cost, energy, carbon. Off by default.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Wait out the queue's ack wait for a restarted worker's tasks instead of releasing them
+    /// again at once (only to measure the difference: scripts/chaos.sh --slow-recovery).
+    #[arg(long, hide = true)]
+    pub no_fast_recovery: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -238,6 +242,7 @@ pub async fn coordinator(
     config.region_lost_after = args.region_lost_after;
     config.prefetch = args.prefetch;
     config.metrics_listen = args.metrics_listen;
+    config.fast_recovery = !args.no_fast_recovery;
     if let Some(path) = &args.catalog {
         config.catalog = load_catalog(path)?;
     }
