@@ -155,13 +155,15 @@ fi
 # Each task key may be committed once, ever: count keys with more than one successful commit.
 duplicates=$(grep -h "output committed" "$dir"/logs/worker-*.log | sed -n 's/.*key=\([0-9a-f]*\).*/\1/p' \
   | sort | uniq -d | wc -l)
-# The tail: from the last-but-one commit to the last, by the workers' log timestamps.
+# The tail: from the last-but-one commit to the last, and the longest gap between two commits
+# (a task waiting for recovery while the rest are done), by the workers' log timestamps.
 tail_s=$(grep -h "output committed" "$dir"/logs/worker-*.log | python3 -c '
 import re, sys
 from datetime import datetime
 times = sorted(datetime.fromisoformat(m.group(1)[:26]).timestamp()
                for m in (re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)", l) for l in sys.stdin) if m)
-print(f"{times[-1] - times[-2]:.1f}" if len(times) > 1 else "n/a")
+gaps = [b - a for a, b in zip(times, times[1:])]
+print(f"{gaps[-1]:.1f}s longest_gap={max(gaps):.1f}" if gaps else "n/a")
 ')
 recovery=fast; [ "${#coordinator_flags[@]}" -gt 0 ] && recovery=slow
 # Stop the farm, then look for renderers that outlived their workers.
