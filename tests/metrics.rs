@@ -374,3 +374,50 @@ async fn a_bad_metrics_address_is_refused_with_a_clear_error() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_farm_serves_the_coordinator_at_its_address_and_each_worker_at_the_next_ports() {
+    // Two free ports in a row for the coordinator and the one worker (`suanli up` does this).
+    let base = loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            break port;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = suanli::localfarm::FarmOptions::new(dir.path(), &["guian"]).unwrap();
+    options.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], base)));
+    let farm = suanli::localfarm::LocalFarm::start(options).await.unwrap();
+    let coordinator = SocketAddr::from(([127, 0, 0, 1], base));
+    let worker = SocketAddr::from(([127, 0, 0, 1], base + 1));
+    let c = scrape(coordinator).await;
+    assert_eq!(
+        value(&c, "suanli_region_workers", &[("region", "guian")]),
+        1.0
+    );
+    assert_eq!(value(&c, "suanli_lease_holder", &[]), 1.0);
+    let w = scrape(worker).await;
+    assert_eq!(value(&w, "suanli_worker_slots", &[]), 1.0);
+    farm.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_coordinator_says_it_does_not_hold_the_lease() {
+    let farm = ProcFarm::start();
+    let serving = farm.coordinator("c1", &["--metrics-listen", "127.0.0.1:0"]);
+    let client = farm.client().await;
+    farm.wait_for_workers(&client, 0).await; // the first one answers: it serves
+    let standby = farm.coordinator("c2", &["--metrics-listen", "127.0.0.1:0"]);
+    assert!(
+        standby
+            .wait_for_log("standing by", Duration::from_secs(30))
+            .await,
+        "{}",
+        standby.log_text()
+    );
+    let s = scrape(metrics_addr(&standby).await).await;
+    assert_eq!(value(&s, "suanli_lease_holder", &[]), 0.0);
+    let c = scrape(metrics_addr(&serving).await).await;
+    assert_eq!(value(&c, "suanli_lease_holder", &[]), 1.0);
+}

@@ -104,7 +104,8 @@ async fn serve_metrics(
         let refresh = refresh.clone();
         Box::pin(async move {
             let (done, refreshed) = oneshot::channel();
-            if refresh.try_send(done).is_ok() {
+            // Only a serving coordinator's actor answers; a standby shows its last values.
+            if metrics.is_serving() && refresh.try_send(done).is_ok() {
                 let _ = tokio::time::timeout(Duration::from_secs(2), refreshed).await;
             }
             metrics.encode()
@@ -376,6 +377,9 @@ impl Coordinator {
                     Some(Ok(entry)) => {
                         let restarted = self.handle_worker(entry);
                         if let (Some(gone), true) = (restarted, self.config.fast_recovery) {
+                            if !fresh.is_fresh() {
+                                break;
+                            }
                             self.release_orphans(gone, "restarted").await;
                         }
                         self.open_region_queues().await;
@@ -407,7 +411,7 @@ impl Coordinator {
                     // Region loss is measured in tens of seconds: checked on the timer, not
                     // after every message.
                     self.withdraw_from_lost_regions(now_ms()).await;
-                    if self.config.fast_recovery {
+                    if self.config.fast_recovery && fresh.is_fresh() {
                         for gone in self.dead_here(now_ms()) {
                             self.release_orphans(gone, "died (its process is gone)").await;
                         }

@@ -244,6 +244,11 @@ impl Metrics {
         self.lease_holder.set(i64::from(holding));
     }
 
+    /// Whether this coordinator serves (its actor answers refresh requests).
+    pub fn is_serving(&self) -> bool {
+        self.lease_holder.get() == 1
+    }
+
     /// Sets the gauges from the actor's state: job and task counts per state, queue depth per
     /// region, live workers and their slots per region.
     pub fn refresh<'a>(
