@@ -260,11 +260,41 @@ async fn a_live_farm_serves_metrics_with_the_values_of_a_known_job() {
     assert_eq!(value(&c, "suanli_tasks", &[("state", "cached")]), 3.0);
     assert_eq!(value(&c, "suanli_tasks_completed_total", &here), 5.0);
 
+    // A renderer that exits 3, retried once: two failures of class `render`, one retry.
+    let mut flags = sh_flags("9", "exit 3");
+    flags.max_retries = Some(1);
+    let spec = farm.job(flags).await;
+    let failing = client.submit(spec).await.unwrap().id;
+    assert_eq!(wait_done(&client, &failing).await.state, JobState::Failed);
+    let c = scrape(c_addr).await;
+    assert_eq!(
+        value(&c, "suanli_task_failures_total", &[("reason", "render")]),
+        2.0
+    );
+    assert_eq!(
+        value(&c, "suanli_task_failures_total", &[("reason", "timeout")]),
+        0.0
+    );
+    assert_eq!(value(&c, "suanli_task_retries_total", &[]), 1.0);
+    assert_eq!(value(&c, "suanli_jobs", &[("state", "failed")]), 1.0);
+    assert_eq!(value(&c, "suanli_tasks", &[("state", "failed")]), 1.0);
+    let w = scrape(w_addr).await;
+    assert_eq!(
+        value(&w, "suanli_worker_tasks_total", &[("outcome", "failed")]),
+        2.0
+    );
+
     // No label carries a job id, a task or a worker name.
     for scrape in [&c, &scrape(w_addr).await] {
         for s in &scrape.samples {
             let text = format!("{:?}", s.labels);
-            for id in [job.as_str(), again.as_str(), cached.as_str(), "w1"] {
+            for id in [
+                job.as_str(),
+                again.as_str(),
+                cached.as_str(),
+                failing.as_str(),
+                "w1",
+            ] {
                 assert!(
                     !text.contains(id),
                     "{} has a label naming {id}: {text}",

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{sh_flags, wait_for_text, write, ProcFarm};
+use common::{sh_flags, wait_for_text, wait_until, write, ProcFarm, Role};
 use futures::StreamExt;
 use suanli::client::Client;
 use suanli_shared::nats;
@@ -99,6 +99,35 @@ fn story(events: &[Result<TaskEvent, JobEvent>]) -> Vec<String> {
         .collect()
 }
 
+/// One counter of the coordinator's `/metrics` (it was started with `--metrics-listen`), read
+/// with a Prometheus text parser.
+async fn counter(coordinator: &Role, name: &str, label: Option<(&str, &str)>) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let prefix = "serving metrics on http://";
+    let addr: std::net::SocketAddr = wait_until(Duration::from_secs(30), || {
+        let log = coordinator.log_text();
+        let rest = &log[log.find(prefix)? + prefix.len()..];
+        rest[..rest.find("/metrics")?].parse().ok()
+    })
+    .await
+    .expect("the coordinator logs its metrics address");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no {name} {label:?}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v) => v,
+        ref other => panic!("{name} is not a counter: {other:?}"),
+    }
+}
+
 /// Checks the story of a task taken back from `worker`: attempt 0 started there, the coordinator
 /// announced the re-release (`why`), then attempt 1 started and completed on `finisher`, and
 /// attempt 0 never started again.
@@ -127,7 +156,7 @@ fn assert_released_again(story: &[String], worker: &str, why: &str, finisher: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_and_restarted_gets_its_task_back_as_a_new_attempt_at_once() {
     let farm = ProcFarm::start();
-    let _coordinator = farm.coordinator("coordinator", &[]);
+    let coordinator = farm.coordinator("coordinator", &["--metrics-listen", "127.0.0.1:0"]);
     let mut a = farm.worker("guian", "a", &["--ack-wait", ACK_WAIT]);
     let client = farm.client().await;
     farm.wait_for_workers(&client, 1).await;
@@ -146,6 +175,15 @@ async fn a_worker_killed_mid_task_and_restarted_gets_its_task_back_as_a_new_atte
     assert_eq!(page.tasks[0].attempt, 1, "{:?}", page.tasks[0]);
     let story = story(&stored_events(&client, &job).await);
     assert_released_again(&story, "a", "restarted", "a");
+    let rereleased = Some(("reason", "worker_restart"));
+    assert_eq!(
+        counter(&coordinator, "suanli_task_rereleases_total", rereleased).await,
+        1.0
+    );
+    assert_eq!(
+        counter(&coordinator, "suanli_task_redeliveries_total", None).await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +214,10 @@ async fn without_fast_recovery_the_task_waits_for_the_queue_to_redeliver_it() {
     // The baseline the fast path is measured against (scripts/chaos.sh --slow-recovery): the
     // same attempt is redelivered after the ack wait (3 s here, to keep the test short).
     let farm = ProcFarm::start();
-    let _coordinator = farm.coordinator("coordinator", &["--no-fast-recovery"]);
+    let coordinator = farm.coordinator(
+        "coordinator",
+        &["--no-fast-recovery", "--metrics-listen", "127.0.0.1:0"],
+    );
     let mut a = farm.worker("guian", "a", &["--ack-wait", "3s"]);
     let client = farm.client().await;
     farm.wait_for_workers(&client, 1).await;
@@ -201,5 +242,14 @@ async fn without_fast_recovery_the_task_waits_for_the_queue_to_redeliver_it() {
     assert!(
         !story.iter().any(|s| s.contains("released again")),
         "{story:#?}"
+    );
+    assert_eq!(
+        counter(&coordinator, "suanli_task_redeliveries_total", None).await,
+        1.0
+    );
+    let rereleased = Some(("reason", "worker_restart"));
+    assert_eq!(
+        counter(&coordinator, "suanli_task_rereleases_total", rereleased).await,
+        0.0
     );
 }
