@@ -6,20 +6,29 @@
 # renderer), so renderer processes left behind by killed workers would show.
 #
 # It ends with one line of figures and passes only with 0 frames missing, 0 outputs that do not
-# verify, 0 duplicate commits and 0 renderer processes left running.
+# verify, 0 duplicate commits and 0 renderer processes left running. The figures include the
+# tail: the time from the last-but-one frame's commit to the last one's, which is what a killed
+# worker's task costs when it is the last to finish.
 #
-#   scripts/chaos.sh            # 200 tasks
-#   scripts/chaos.sh --short    # 80 tasks, for CI
+#   scripts/chaos.sh                   # 200 tasks
+#   scripts/chaos.sh --short           # 80 tasks, for CI
+#   scripts/chaos.sh --slow-recovery   # the coordinator waits out the ack wait for a killed
+#                                      # worker's tasks (the behaviour before fast recovery)
+#   scripts/chaos.sh --ack-wait=60s    # the region queue's ack wait (default 4s; a farm's is 60s)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 n_tasks=200
 limit_s=600
+coordinator_flags=()
+ack_wait=4s
 for arg in "$@"; do
   case "$arg" in
+    --ack-wait=*) ack_wait=${arg#--ack-wait=} ;;
     --short) n_tasks=80; limit_s=400 ;;
-    *) echo "chaos: unknown argument '$arg' (known: --short)" >&2; exit 2 ;;
+    --slow-recovery) coordinator_flags+=(--no-fast-recovery) ;;
+    *) echo "chaos: unknown argument '$arg' (known: --short, --slow-recovery, --ack-wait=DUR)" >&2; exit 2 ;;
   esac
 done
 
@@ -53,14 +62,14 @@ start_nats() {
 }
 
 start_coordinator() {
-  RUST_LOG=$role_log "$bin" coordinator --worker-lost-after 5s >>"$dir/logs/coordinator.log" 2>&1 &
+  RUST_LOG=$role_log "$bin" coordinator --worker-lost-after 5s "${coordinator_flags[@]}" >>"$dir/logs/coordinator.log" 2>&1 &
   pids[coordinator]=$!
 }
 
 workers=(guian.g1 guian.g2 ulanqab.u1 ulanqab.u2)
 start_worker() {
   local region=${1%%.*} name=${1#*.}
-  RUST_LOG=$role_log "$bin" worker --region "$region" --name "$name" --ack-wait 4s --drain-grace 2s --allow-any-command --sandbox off \
+  RUST_LOG=$role_log "$bin" worker --region "$region" --name "$name" --ack-wait "$ack_wait" --drain-grace 2s --allow-any-command --sandbox off \
     --cache-dir "$dir/cache-$name" >>"$dir/logs/worker-$name.log" 2>&1 &
   pids[$name]=$!
 }
@@ -146,6 +155,17 @@ fi
 # Each task key may be committed once, ever: count keys with more than one successful commit.
 duplicates=$(grep -h "output committed" "$dir"/logs/worker-*.log | sed -n 's/.*key=\([0-9a-f]*\).*/\1/p' \
   | sort | uniq -d | wc -l)
+# The tail: from the last-but-one commit to the last, and the longest gap between two commits
+# (a task waiting for recovery while the rest are done), by the workers' log timestamps.
+tail_s=$(grep -h "output committed" "$dir"/logs/worker-*.log | python3 -c '
+import re, sys
+from datetime import datetime
+times = sorted(datetime.fromisoformat(m.group(1)[:26]).timestamp()
+               for m in (re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)", l) for l in sys.stdin) if m)
+gaps = [b - a for a, b in zip(times, times[1:])]
+print(f"{gaps[-1]:.1f}s longest_gap={max(gaps):.1f}" if gaps else "n/a")
+')
+recovery=fast; [ "${#coordinator_flags[@]}" -gt 0 ] && recovery=slow
 # Stop the farm, then look for renderers that outlived their workers.
 for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 wait "${pids[@]}" 2>/dev/null || true
@@ -156,7 +176,7 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-echo "chaos: state=$state tasks=$n_tasks worker_kills=$worker_kills coordinator_kills=$coordinator_kills nats_restarts=$nats_restarts frames_fetched=$fetched frames_missing=$missing unverified=$unverified duplicate_commits=$duplicates renderers_left=$left wall=${wall}s"
+echo "chaos: state=$state tasks=$n_tasks worker_kills=$worker_kills coordinator_kills=$coordinator_kills nats_restarts=$nats_restarts frames_fetched=$fetched frames_missing=$missing unverified=$unverified duplicate_commits=$duplicates renderers_left=$left wall=${wall}s ack_wait=$ack_wait recovery=$recovery tail=${tail_s}s"
 [ "$state" = done ] && [ "$missing" -eq 0 ] && [ "$unverified" -eq 0 ] && [ "$duplicates" -eq 0 ] \
   && [ "$left" -eq 0 ] && [ "$fetched" -eq "$n_tasks" ] && [ "$coordinator_kills" -ge 3 ] \
   && [ "$nats_restarts" -ge 1 ] || { echo "chaos: FAILED" >&2; exit 1; }

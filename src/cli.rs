@@ -212,7 +212,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             ..
         }) => farm::drain_worker(&api()?, &worker, json).await,
         Command::Worker(roles::WorkerCommand { run: args, .. }) => {
-            roles::worker(args, &nats, &store, access()?).await
+            roles::worker(*args, &nats, &store, access()?).await
         }
         Command::Up(_) => unreachable!("handled above"),
         Command::Demo(args) => crate::demo::run(args).await,

@@ -254,6 +254,9 @@ pub struct FarmOptions {
     pub renderers: suanli_worker::RendererPolicy,
     /// How the farm's workers confine renders: not at all by default (one trusted machine).
     pub sandbox: suanli_worker::render::sandbox::SandboxSettings,
+    /// Prometheus metrics: the coordinator at this address, the n-th worker started at its
+    /// port + n (each at a free port of its own when the port is 0).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl FarmOptions {
@@ -281,6 +284,7 @@ impl FarmOptions {
                 mode: suanli_worker::render::sandbox::SandboxMode::Off,
                 ..Default::default()
             },
+            metrics_listen: None,
         })
     }
 }
@@ -357,6 +361,7 @@ impl LocalFarm {
         config.prefetch = self.options.prefetch;
         config.region_lost_after = self.options.region_lost_after;
         config.access = self.access(&Role::Coordinator);
+        config.metrics_listen = self.options.metrics_listen;
         let token = self.shutdown.child_token();
         self.tracker.spawn(async move {
             if let Err(e) = suanli_coordinator::run(config, token).await {
@@ -379,6 +384,13 @@ impl LocalFarm {
         config.access = self.access(&Role::Worker(region.clone()));
         config.renderers = self.options.renderers.clone();
         config.sandbox = self.options.sandbox.clone();
+        config.metrics_listen = self.options.metrics_listen.map(|mut addr| {
+            if addr.port() != 0 {
+                let n = self.workers.len() as u16 + 1;
+                addr.set_port(addr.port().saturating_add(n));
+            }
+            addr
+        });
         let token = self.shutdown.child_token();
         self.workers.push((name, token.clone()));
         self.tracker.spawn(async move {

@@ -4,6 +4,7 @@
 //! that decides when it serves, loading its state from KV, and the select loop that feeds it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,19 +16,26 @@ use suanli_shared::protocol::decode;
 use suanli_shared::protocol::{now_ms, JobRecord, TaskRecord, TaskState, WorkerInfo};
 use suanli_shared::store::Store;
 use suanli_shared::{JobId, Region, Studio};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::budgets::Budgets;
 use crate::learned::Learned;
+use crate::metrics::Metrics;
 use crate::state::{Job, Versioned};
 use crate::{lease, Config};
 
 /// Runs the coordinator until `shutdown` fires. It serves only while it holds the lease (see
 /// [`lease`]); without it, it stands by, and after losing it, it stands by again.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let (refresh_tx, mut refresh_rx) = mpsc::channel::<oneshot::Sender<()>>(4);
+    let _scrapes = match config.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, metrics.clone(), refresh_tx).await?),
+        None => None,
+    };
     let (client, reconnects) =
         nats::connect_watched(&config.nats_url, "suanli-coordinator", &config.access).await?;
     let farm = nats::setup(client).await?;
@@ -46,12 +54,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let renewer = tokio::spawn(keep_lease(lease, lost.clone(), stop_renewing.clone()));
         let served = async {
             let coordinator =
-                Coordinator::load(farm.clone(), store.clone(), config.clone()).await?;
+                Coordinator::load(farm.clone(), store.clone(), config.clone(), metrics.clone())
+                    .await?;
+            metrics.set_lease_holder(true);
             coordinator
-                .serve(&shutdown, &lost, &fresh, reconnects.clone())
+                .serve(
+                    &shutdown,
+                    &lost,
+                    &fresh,
+                    reconnects.clone(),
+                    &mut refresh_rx,
+                )
                 .await
         }
         .await;
+        metrics.set_lease_holder(false);
         stop_renewing.cancel();
         let lease = renewer.await.context("the lease task panicked")?;
         if shutdown.is_cancelled() || served.is_err() {
@@ -62,6 +79,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         warn!("lost the coordinator lease: stopped serving; standing by");
     }
+}
+
+/// Aborts the task it holds when dropped (the metrics endpoint ends with the role).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds the metrics endpoint and serves it. A scrape first asks the actor to set the gauges
+/// from its state (waiting at most a moment: a standby or a busy actor answers with the last
+/// values).
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    refresh: mpsc::Sender<oneshot::Sender<()>>,
+) -> anyhow::Result<AbortOnDrop> {
+    let listener = suanli_shared::scrape::bind(addr).await?;
+    let render: suanli_shared::scrape::Render = Arc::new(move || {
+        let metrics = metrics.clone();
+        let refresh = refresh.clone();
+        Box::pin(async move {
+            let (done, refreshed) = oneshot::channel();
+            // Only a serving coordinator's actor answers; a standby shows its last values.
+            if metrics.is_serving() && refresh.try_send(done).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), refreshed).await;
+            }
+            metrics.encode()
+        })
+    });
+    Ok(AbortOnDrop(tokio::spawn(suanli_shared::scrape::serve(
+        listener, render,
+    ))))
 }
 
 /// Renews the lease until told to stop (giving the lease back) or until it is lost (`None`,
@@ -130,11 +182,20 @@ pub(crate) struct Coordinator {
     /// Jobs with requirements that no live worker meets, with the reason last announced in a
     /// job event (so each change is announced once, not every round).
     pub(crate) unplaceable: HashMap<JobId, String>,
+    /// The Prometheus series, kept by small calls where state changes.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Worker incarnations on this host found dead, whose tasks were taken back (each once).
+    pub(crate) buried: HashSet<(String, crate::recovery::Incarnation)>,
 }
 
 impl Coordinator {
     /// Rebuilds the mirror from KV.
-    async fn load(farm: Farm, store: Store, config: Config) -> anyhow::Result<Self> {
+    async fn load(
+        farm: Farm,
+        store: Store,
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let keys: Vec<String> = farm
             .jobs_kv
             .keys()
@@ -224,6 +285,8 @@ impl Coordinator {
             budget_rooms: BTreeMap::new(),
             budgets,
             unplaceable: HashMap::new(),
+            metrics,
+            buried: HashSet::new(),
         })
     }
 
@@ -260,6 +323,7 @@ impl Coordinator {
         lost: &CancellationToken,
         fresh: &lease::Freshness,
         mut reconnects: tokio::sync::watch::Receiver<u64>,
+        refresh: &mut mpsc::Receiver<oneshot::Sender<()>>,
     ) -> anyhow::Result<()> {
         let client = self.farm.client.clone();
         // Not a queue group: only the lease holder subscribes, and a holder that hung keeps its
@@ -311,7 +375,13 @@ impl Coordinator {
                 },
                 entry = next_of(&mut workers_watch) => match entry {
                     Some(Ok(entry)) => {
-                        self.handle_worker(entry);
+                        let restarted = self.handle_worker(entry);
+                        if let (Some(gone), true) = (restarted, self.config.fast_recovery) {
+                            if !fresh.is_fresh() {
+                                break;
+                            }
+                            self.release_orphans(gone, "restarted").await;
+                        }
                         self.open_region_queues().await;
                     }
                     Some(Err(e)) => warn!(error = %e, "worker watch error"),
@@ -326,6 +396,11 @@ impl Coordinator {
                     workers_watch = None;
                     tick.reset_immediately();
                 }
+                Some(done) = refresh.recv() => {
+                    self.refresh_metrics();
+                    let _ = done.send(());
+                    continue;
+                }
                 Some(prepared) = submit_rx.recv() => {
                     if !fresh.is_fresh() {
                         break;
@@ -336,6 +411,11 @@ impl Coordinator {
                     // Region loss is measured in tens of seconds: checked on the timer, not
                     // after every message.
                     self.withdraw_from_lost_regions(now_ms()).await;
+                    if self.config.fast_recovery && fresh.is_fresh() {
+                        for gone in self.dead_here(now_ms()) {
+                            self.release_orphans(gone, "died (its process is gone)").await;
+                        }
+                    }
                     if events.is_none() {
                         match self.open_events().await {
                             Ok(s) => events = Some(s),

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::actor::Coordinator;
 use crate::budgets::Budgets;
+use crate::recovery::{Gone, Incarnation, DEAD_SILENCE_MS};
 use crate::state::{apply_event, Applied, Versioned};
 
 impl Coordinator {
@@ -191,7 +192,10 @@ impl Coordinator {
         }
     }
 
-    pub(crate) fn handle_worker(&mut self, entry: Entry) {
+    /// Keeps the mirror of worker records; returns the worker whose record shows a new
+    /// incarnation (first seen, or another pid or start time than before), whose previous
+    /// incarnations' tasks [`Coordinator::release_orphans`] takes back.
+    pub(crate) fn handle_worker(&mut self, entry: Entry) -> Option<Gone> {
         match entry.operation {
             Operation::Put => match decode::<WorkerInfo>(&entry.value, "worker record") {
                 // A worker identity may write only its own region's keys (nats-server enforces
@@ -201,10 +205,14 @@ impl Coordinator {
                     warn!(key = entry.key, region = %w.region, worker = %w.id, "ignoring a worker record filed under another region's or worker's key");
                 }
                 Ok(w) => {
-                    if !self.workers.contains_key(&entry.key) {
+                    let before = self.workers.get(&entry.key).map(Incarnation::of);
+                    if before.is_none() {
                         info!(worker = %w.id, region = %w.region, slots = w.slots, "worker joined");
                     }
+                    let new = before != Some(Incarnation::of(&w));
+                    let gone = new.then(|| Gone::restarted(&w));
                     self.workers.insert(entry.key, w);
+                    return gone;
                 }
                 Err(e) => warn!(key = entry.key, error = %e, "ignoring a malformed worker record"),
             },
@@ -212,5 +220,30 @@ impl Coordinator {
                 self.workers.remove(&entry.key);
             }
         }
+        None
+    }
+
+    /// Workers whose record names a process on this host that no longer runs and that have
+    /// been silent for [`DEAD_SILENCE_MS`]: every task they were running is orphaned (each
+    /// incarnation is handled once).
+    pub(crate) fn dead_here(&mut self, now_ms: u64) -> Vec<Gone> {
+        let here = suanli_shared::sys::hostname();
+        let mut gone = Vec::new();
+        for (key, w) in &self.workers {
+            let incarnation = Incarnation::of(w);
+            if w.host == here
+                && now_ms.saturating_sub(w.heartbeat_ms) > DEAD_SILENCE_MS
+                && !self.buried.contains(&(key.clone(), incarnation.clone()))
+                && !suanli_shared::sys::pid_alive(w.pid)
+            {
+                gone.push(Gone::dead(w));
+                self.buried.insert((key.clone(), incarnation));
+            }
+        }
+        // Forget incarnations no record names any more.
+        let workers = &self.workers;
+        self.buried
+            .retain(|(key, inc)| workers.get(key).is_some_and(|w| &Incarnation::of(w) == inc));
+        gone
     }
 }

@@ -63,11 +63,29 @@ impl Coordinator {
     pub(crate) async fn set_task(&mut self, job: &JobId, next: TaskRecord) -> anyhow::Result<()> {
         let rev = self.jobs[job].tasks()[next.task as usize].rev;
         let rev = self.write_task(&next, rev).await?;
+        let job_now = &self.jobs[job];
+        self.metrics.task_changed(
+            &job_now.tasks()[next.task as usize].rec,
+            &next,
+            job_now.rec.rec.spec.renderer.kind(),
+            &self.config.catalog,
+            now_ms(),
+        );
         self.jobs
             .get_mut(job)
             .expect("job exists")
             .set_task(Versioned { rec: next, rev });
         Ok(())
+    }
+
+    /// Sets the metrics' gauges from the mirror (a scrape asked).
+    pub(crate) fn refresh_metrics(&self) {
+        self.metrics.refresh(
+            self.jobs.values(),
+            self.workers.values(),
+            now_ms(),
+            self.config.worker_lost_after.as_millis() as u64,
+        );
     }
 
     /// Moves the job to the state its tasks imply, persisting and announcing a change.

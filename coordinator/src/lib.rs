@@ -21,13 +21,16 @@ mod kv;
 pub mod learned;
 pub mod lease;
 pub mod licenses;
+pub mod metrics;
 pub mod placement;
+pub mod recovery;
 pub mod region_loss;
 pub mod release;
 pub mod sim;
 pub mod state;
 pub mod submit;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use suanli_shared::access::Access;
@@ -57,6 +60,11 @@ pub struct Config {
     /// A region with no live worker for this long loses its queued and running tasks to the
     /// other regions.
     pub region_lost_after: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Take back a restarted (or, on this host, dead) worker's tasks at once instead of
+    /// waiting for the queue's ack wait (`recovery`). Off only to measure the difference.
+    pub fast_recovery: bool,
 }
 
 impl Config {
@@ -71,6 +79,8 @@ impl Config {
             catalog: RegionCatalog::default(),
             studios: StudioCatalog::default(),
             region_lost_after: Duration::from_secs(60),
+            metrics_listen: None,
+            fast_recovery: true,
         }
     }
 }

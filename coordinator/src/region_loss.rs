@@ -69,6 +69,8 @@ impl Coordinator {
                 }
                 *moved.entry(job).or_default() += 1;
             }
+            self.metrics
+                .rereleased("region_lost", moved.values().map(|n| u64::from(*n)).sum());
             for (job, n) in moved {
                 let reason = format!(
                     "region {region} lost (no live worker for {:?}): {n} task(s) withdrawn to be placed elsewhere",

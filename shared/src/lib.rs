@@ -14,6 +14,7 @@ pub mod names;
 pub mod nats;
 pub mod protocol;
 pub mod regions;
+pub mod scrape;
 pub mod store;
 pub mod studios;
 pub mod sys;

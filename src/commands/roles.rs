@@ -19,7 +19,7 @@ pub struct WorkerCommand {
     #[command(subcommand)]
     pub action: Option<WorkerAction>,
     #[command(flatten)]
-    pub run: WorkerArgs,
+    pub run: Box<WorkerArgs>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -115,6 +115,10 @@ pub struct WorkerArgs {
     /// Labels jobs may require (`[requirements] tags`), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub tags: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9465; port 0 picks a
+    /// free one, logged at start): cache, transfers, tasks run. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_gpus(s: &str) -> Result<suanli_worker::resources::GpuChoice, String> {
@@ -182,6 +186,15 @@ pub struct CoordinatorArgs {
     /// and budgets are held exactly.
     #[arg(long, default_value_t = 1)]
     pub prefetch: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 picks a
+    /// free one, logged at start): jobs, tasks, queues, slots, latencies, failures, bytes,
+    /// cost, energy, carbon. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Wait out the queue's ack wait for a restarted worker's tasks instead of releasing them
+    /// again at once (only to measure the difference: scripts/chaos.sh --slow-recovery).
+    #[arg(long, hide = true)]
+    pub no_fast_recovery: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -209,6 +222,10 @@ pub struct UpArgs {
     /// Studios to give identities on a secure farm (DIR/auth/studio-<name>.nk).
     #[arg(long, value_delimiter = ',', requires = "secure")]
     pub studios: Vec<suanli_shared::Studio>,
+    /// Serve Prometheus metrics: the coordinator at http://ADDR/metrics, the n-th worker at
+    /// ADDR's port + n. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `suanli coordinator`: leads (or stands by) until a signal.
@@ -228,6 +245,8 @@ pub async fn coordinator(
     config.worker_lost_after = args.worker_lost_after;
     config.region_lost_after = args.region_lost_after;
     config.prefetch = args.prefetch;
+    config.metrics_listen = args.metrics_listen;
+    config.fast_recovery = !args.no_fast_recovery;
     if let Some(path) = &args.catalog {
         config.catalog = load_catalog(path)?;
     }
@@ -298,6 +317,7 @@ pub async fn worker(
     config.ack_wait = args.ack_wait.max(Duration::from_secs(1));
     config.threads_per_slot = (config.threads_per_slot / config.slots).max(1);
     config.renderers = renderers;
+    config.metrics_listen = args.metrics_listen;
     if let Some(cores) = args.cores {
         config.resources.cores = cores;
     }
@@ -350,6 +370,7 @@ pub async fn up(args: UpArgs, nats: Option<String>, store: Option<String>) -> an
     options.store_url = store;
     options.secure = args.secure;
     options.studios = args.studios;
+    options.metrics_listen = args.metrics_listen;
     if let Some(path) = &args.catalog {
         options.catalog = load_catalog(path)?;
     }
@@ -372,6 +393,9 @@ pub async fn up(args: UpArgs, nats: Option<String>, store: Option<String>) -> an
             "  (identities of every role are in {}; a studio uses its studio-<name>.nk)",
             auth.display()
         );
+    }
+    if let Some(addr) = args.metrics_listen {
+        println!("  metrics: coordinator http://{addr}/metrics, workers at the ports after it");
     }
     println!("Ctrl-C stops it.");
     shutdown_on_signals().cancelled().await;

@@ -87,6 +87,8 @@ pub struct Cache {
     inflight: Mutex<HashMap<BlobId, Arc<tokio::sync::Mutex<()>>>>,
     /// `--max-download-rate`: a cap shared by every download of this worker.
     rate: Option<RateLimit>,
+    /// Hits, misses, downloads and evictions, for the worker's metrics.
+    pub counters: crate::metrics::CacheCounters,
 }
 
 impl Cache {
@@ -109,6 +111,7 @@ impl Cache {
             used: AtomicU64::new(used),
             inflight: Mutex::new(HashMap::new()),
             rate: None,
+            counters: Default::default(),
         })
     }
 
@@ -158,19 +161,28 @@ impl Cache {
     ) -> Result<(PathBuf, u64), CacheError> {
         let path = self.blob_path(studio, hash);
         if let Some(hit) = self.hit(&path, size).await {
+            self.counters.hits.inc();
             return Ok((hit, 0));
         }
         let result = self
             .single_flight(studio, hash, || async {
+                // Someone else may have fetched it while we waited.
                 if let Some(hit) = self.hit(&path, size).await {
+                    self.counters.hits.inc();
                     return Ok((hit, 0));
                 }
                 debug!(%studio, blob = %hash.short(), size, "cache miss");
                 transfer::acquire(self.rate.as_ref(), size).await;
+                let download_started = std::time::Instant::now();
                 let key = layout::cas(studio, hash);
                 self.store
                     .download_verified(&key, hash, size, &path)
                     .await?;
+                self.counters.misses.inc();
+                self.counters.download_bytes.inc_by(size);
+                self.counters
+                    .download_seconds
+                    .inc_by(download_started.elapsed().as_secs_f64());
                 set_read_only(&path);
                 self.used.fetch_add(size, Ordering::Relaxed);
                 Ok((path.clone(), size))
@@ -267,6 +279,7 @@ impl Cache {
         }
         let path = self.blob_path(studio, &entry.hash);
         if let Some(hit) = self.hit(&path, entry.size).await {
+            self.counters.hits.inc();
             progress.skipped(entry.size);
             return Ok((hit, 0));
         }
@@ -398,11 +411,11 @@ impl Cache {
         }
         let blobs_dir = self.dir.join("cas");
         let target = self.max_bytes / 10 * 9;
-        let freed = tokio::task::spawn_blocking(move || {
+        let (freed, evicted) = tokio::task::spawn_blocking(move || {
             let mut blobs = list_blobs(&blobs_dir);
             let mut total: u64 = blobs.iter().map(|b| b.size).sum();
             blobs.sort_by_key(|b| b.modified);
-            let mut freed = 0u64;
+            let (mut freed, mut evicted) = (0u64, 0u64);
             for b in blobs {
                 if total <= target {
                     break;
@@ -410,12 +423,15 @@ impl Cache {
                 if std::fs::remove_file(&b.path).is_ok() {
                     total -= b.size;
                     freed += b.size;
+                    evicted += 1;
                 }
             }
-            freed
+            (freed, evicted)
         })
         .await
-        .unwrap_or(0);
+        .unwrap_or((0, 0));
+        self.counters.evictions.inc_by(evicted);
+        self.counters.evicted_bytes.inc_by(freed);
         if freed > 0 {
             debug!(freed, "evicted blobs from the input cache");
             let _ = self

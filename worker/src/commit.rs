@@ -95,6 +95,7 @@ async fn upload_frame(
             .await
             .map_err(|e| format!("hashing failed: {e}"))?
     };
+    let upload_started = std::time::Instant::now();
     sh.store
         .put_content(
             &layout::output_file(&task.studio, &task.key, &hash, &name),
@@ -103,6 +104,8 @@ async fn upload_frame(
         )
         .await
         .map_err(|e| format!("cannot upload frame {frame}: {e}"))?;
+    sh.metrics
+        .uploaded(bytes.len() as u64, upload_started.elapsed().as_secs_f64());
     Ok(OutputFile {
         frame,
         name,

@@ -46,6 +46,8 @@ pub struct Config {
     /// Cores, memory, GPUs and tags this worker offers: tasks run at once only as far as they
     /// fit (and no more than `slots`), and the record advertises them for placement.
     pub resources: Resources,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none by default.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -85,6 +87,7 @@ impl Config {
                 gpus: Vec::new(),
                 tags: Vec::new(),
             },
+            metrics_listen: None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod cache;
 mod commit;
 mod config;
 mod control;
+pub mod metrics;
 pub mod policy;
 mod presence;
 pub mod render;

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::control::{cancel_listener, drain_listener};
+use crate::metrics::WorkerMetrics;
 use crate::presence::{heartbeats, register};
 use crate::render;
 use crate::render::sandbox::Confinement;
@@ -33,6 +34,11 @@ use crate::task::handle;
 /// the grace period or go back to the queue, and the worker's record is removed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.renderers.check()?;
+    // Bound first, so a bad address stops the worker before it joins the farm.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(suanli_shared::scrape::bind(addr).await?),
+        None => None,
+    };
     // Looking bwrap up and trying it runs processes: off the async threads.
     let settings = config.clone();
     let confinement = tokio::task::spawn_blocking(move || confinement(&settings))
@@ -60,6 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .renderers
         .advertised(&render::detect_versions().await);
     let config_resources = config.resources.clone();
+    let metrics = Arc::new(WorkerMetrics::new(&cache.counters));
     let shared = Arc::new(Shared {
         farm,
         store,
@@ -73,7 +80,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         handing_back: AtomicBool::new(false),
         started_ms: now_ms(),
         pool: Pool::new(config_resources),
+        metrics,
     });
+    let _scrapes = metrics_listener.map(|listener| serve_metrics(listener, shared.clone()));
     let cfg = &shared.config;
     let key = nats::worker_key(&cfg.region, &cfg.name);
     let rev = register(&shared, &key).await?;
@@ -146,6 +155,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     info!(worker = %shared.config.name, "worker stopped");
     Ok(())
+}
+
+/// Aborts the task it holds when dropped (the metrics endpoint ends with the worker).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves this worker's metrics on `listener`, the gauges read from its state at each scrape.
+fn serve_metrics(listener: tokio::net::TcpListener, sh: Arc<Shared>) -> AbortOnDrop {
+    let render: suanli_shared::scrape::Render = Arc::new(move || {
+        let sh = sh.clone();
+        Box::pin(async move {
+            let busy = lock(&sh.running).len();
+            sh.metrics.encode(
+                sh.config.slots,
+                busy,
+                sh.cache.used_bytes(),
+                sh.config.cache_max_bytes,
+            )
+        })
+    });
+    AbortOnDrop(tokio::spawn(suanli_shared::scrape::serve(listener, render)))
 }
 
 /// How this worker confines renders: its settings, with the cache folder, the identity file

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub started_ms: u64,
     /// The worker's cores, memory and GPUs, and what running tasks hold of them.
     pub pool: Arc<Pool>,
+    /// The Prometheus series this worker serves.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 /// Locks a mutex, carrying on through poisoning: every critical section here leaves its value

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::commit::{commit, committed};
+use crate::metrics::RunOutcome;
 use crate::render::sandbox::Limits;
 use crate::render::{self, RenderJob, RenderOutcome, TaskConfinement};
 use crate::report::{failure, publish_event, publish_progress};
@@ -60,12 +61,14 @@ pub(crate) async fn handle(
     };
     if !still_wanted(&sh, &task).await {
         debug!(job = %task.job, task = task.task, "task already settled; skipping");
+        sh.metrics.task_ended(RunOutcome::Skipped, None);
         let _ = acker.ack().await;
         return;
     }
     let job = job_record(&sh, &task.job).await;
     if job.as_ref().is_some_and(|rec| blocklisted(&sh, rec)) {
         debug!(job = %task.job, task = task.task, "blocklisted for this job; handing the task back");
+        sh.metrics.task_ended(RunOutcome::Skipped, None);
         let _ = acker
             .ack_with(AckKind::Nak(Some(BLOCKLISTED_NAK_DELAY)))
             .await;
@@ -80,6 +83,7 @@ pub(crate) async fn handle(
         // The coordinator releases only to regions with a worker that fits; this one does
         // not, so another worker of the region takes it.
         debug!(job = %task.job, task = task.task, unmet = %unmet[0], "task does not fit this worker; handing it back");
+        sh.metrics.task_ended(RunOutcome::Skipped, None);
         let _ = acker.ack_with(AckKind::Nak(Some(UNFIT_NAK_DELAY))).await;
         return;
     }
@@ -111,6 +115,7 @@ pub(crate) async fn handle(
         keepalive.clone(),
     ));
     let limits = job.map(|rec| limits_of(&rec)).unwrap_or_default();
+    let run_started = Instant::now();
     let outcome = execute(
         &sh,
         &task,
@@ -125,6 +130,19 @@ pub(crate) async fn handle(
     keepalive.cancel();
     let _ = ticker.await;
     lock(&sh.running).remove(&(task.job.clone(), task.task));
+    let ran = match &outcome {
+        // A run that found the output committed rendered nothing (it spent no core-seconds).
+        Outcome::Completed(TaskEventKind::Completed {
+            cached,
+            core_seconds,
+            ..
+        }) if *cached || *core_seconds == 0.0 => RunOutcome::Cached,
+        Outcome::Completed(_) => RunOutcome::Completed,
+        Outcome::Failed(_) => RunOutcome::Failed,
+        Outcome::Stopped => RunOutcome::Stopped,
+    };
+    sh.metrics
+        .task_ended(ran, Some(run_started.elapsed().as_secs_f64()));
 
     match outcome {
         Outcome::Completed(kind) => {
