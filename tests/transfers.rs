@@ -37,8 +37,15 @@ fn stored(dir: &Path) -> (usize, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return (0, 0);
     };
+    // Only stored objects (named by their hash): an upload in progress is a staging file
+    // beside them (`<hash>#<n>`), which a killed upload leaves behind unfinished.
     let sizes: Vec<u64> = entries
         .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+        })
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
         .map(|m| m.len())
