@@ -12,7 +12,7 @@ use suanli_shared::protocol::api::Caller;
 use suanli_shared::{JobId, Studio};
 
 use crate::client::ClientConfig;
-use crate::commands::{farm, jobs, local, roles};
+use crate::commands::{events, farm, jobs, local, roles};
 use crate::exit::{self, BadInput};
 
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
@@ -98,6 +98,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The farm's events (job state changes, task starts, completions and failures, budget
+    /// and region warnings) as lines a pipeline can read, each with its stream sequence:
+    /// `--since SEQ` resumes after it, `--follow` keeps reading. A studio reads only its own.
+    Events(events::EventsArgs),
     /// List workers: region, state, slots, current tasks.
     Workers {
         #[arg(long)]
@@ -223,6 +227,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Fetch { job, out, json } => jobs::fetch(&api()?, &store, job, &out, json).await,
         Command::Cancel { job, json } => jobs::cancel(&api()?, job, json).await,
         Command::Retry { job, json } => jobs::retry(&api()?, job, json).await,
+        Command::Events(args) => events::events(&api()?, args).await,
         Command::Ledger { job, json } => farm::ledger(&api()?, job, json).await,
         Command::Workers { json } => farm::workers(&api()?, json).await,
         Command::RenderFrame(args) => local::render_frame(args).await,

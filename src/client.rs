@@ -109,6 +109,12 @@ impl Client {
         &self.nats
     }
 
+    /// The server's permission violations on this connection, for callers that wait on
+    /// something the server may refuse (see [`Client::call`]).
+    pub fn denied(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.denied.clone()
+    }
+
     pub fn caller(&self) -> &Caller {
         &self.caller
     }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod events;
 pub mod exit;
 pub mod inputs;
 pub mod jobfile;
