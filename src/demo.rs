@@ -86,6 +86,7 @@ async fn render_film(
         )
         .await?;
     let spec = JobSpec {
+        webhooks: vec![],
         limits: Default::default(),
         requirements: Default::default(),
         name: "suanli-short-film".into(),

@@ -254,6 +254,8 @@ pub struct FarmOptions {
     pub renderers: suanli_worker::RendererPolicy,
     /// How the farm's workers confine renders: not at all by default (one trusted machine).
     pub sandbox: suanli_worker::render::sandbox::SandboxSettings,
+    /// Where the coordinator posts job state changes (none by default).
+    pub webhooks: suanli_coordinator::webhooks::WebhookConfig,
 }
 
 impl FarmOptions {
@@ -281,6 +283,7 @@ impl FarmOptions {
                 mode: suanli_worker::render::sandbox::SandboxMode::Off,
                 ..Default::default()
             },
+            webhooks: Default::default(),
         })
     }
 }
@@ -356,6 +359,7 @@ impl LocalFarm {
         config.studios = self.options.studio_catalog.clone();
         config.prefetch = self.options.prefetch;
         config.region_lost_after = self.options.region_lost_after;
+        config.webhooks = self.options.webhooks.clone();
         config.access = self.access(&Role::Coordinator);
         let token = self.shutdown.child_token();
         self.tracker.spawn(async move {

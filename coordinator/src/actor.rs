@@ -33,6 +33,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let farm = nats::setup(client).await?;
     let store = Store::open(&config.store_url)?;
     let me = lease::Holder::this_process();
+    // Webhook deliveries outlive a lost lease (events already announced are still posted)
+    // and stop with the coordinator.
+    let hooks_tracker = TaskTracker::new();
+    let hooks_stop = shutdown.child_token();
+    let webhooks = crate::webhooks::Webhooks::start(
+        config.webhooks.clone(),
+        &hooks_tracker,
+        hooks_stop.clone(),
+    )?;
+    let _stop_hooks = hooks_stop.drop_guard();
     loop {
         let Some(lease) =
             lease::acquire(&farm.lease_kv, me.clone(), config.lease_ttl, &shutdown).await?
@@ -47,6 +57,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let served = async {
             let coordinator =
                 Coordinator::load(farm.clone(), store.clone(), config.clone()).await?;
+            let coordinator = Coordinator {
+                webhooks: webhooks.clone(),
+                ..coordinator
+            };
             coordinator
                 .serve(&shutdown, &lost, &fresh, reconnects.clone())
                 .await
@@ -130,6 +144,8 @@ pub(crate) struct Coordinator {
     /// Jobs with requirements that no live worker meets, with the reason last announced in a
     /// job event (so each change is announced once, not every round).
     pub(crate) unplaceable: HashMap<JobId, String>,
+    /// Where job state changes are posted (never waited on).
+    pub(crate) webhooks: crate::webhooks::Webhooks,
 }
 
 impl Coordinator {
@@ -224,6 +240,7 @@ impl Coordinator {
             budget_rooms: BTreeMap::new(),
             budgets,
             unplaceable: HashMap::new(),
+            webhooks: crate::webhooks::Webhooks::none(),
         })
     }
 

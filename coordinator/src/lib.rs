@@ -26,6 +26,7 @@ pub mod release;
 pub mod sim;
 pub mod state;
 pub mod submit;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -56,6 +57,8 @@ pub struct Config {
     /// A region with no live worker for this long loses its queued and running tasks to the
     /// other regions.
     pub region_lost_after: Duration,
+    /// Where job state changes are posted (`--webhook`), and how.
+    pub webhooks: webhooks::WebhookConfig,
 }
 
 impl Config {
@@ -70,6 +73,7 @@ impl Config {
             catalog: RegionCatalog::default(),
             studios: StudioCatalog::default(),
             region_lost_after: Duration::from_secs(60),
+            webhooks: webhooks::WebhookConfig::default(),
         }
     }
 }

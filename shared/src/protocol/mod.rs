@@ -30,7 +30,10 @@ pub use renderer::{
     RenderLimits, RendererSpec, ARG_PLACEHOLDER_PREFIX, BUILTIN_VERSION, COMMAND_PLACEHOLDERS,
 };
 pub use resources::{fmt_mib, parse_size_mib, Gpu, Requirements, Resources, Unmet};
-pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
+pub use spec::{
+    check_webhook_url, output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError,
+    MAX_JOB_WEBHOOKS,
+};
 pub use status::{
     BudgetStatus, FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure,
     MAX_FAILURES_SHOWN,
