@@ -16,4 +16,5 @@ pub mod inputs;
 pub mod jobfile;
 pub mod localfarm;
 pub mod print;
+pub mod progress;
 pub mod tui_api;
