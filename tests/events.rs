@@ -21,6 +21,8 @@ use suanli_shared::store::Store;
 use suanli_shared::{JobId, Studio};
 
 const LIMIT: Duration = Duration::from_secs(120);
+/// Events enough (about 1 MiB) for the server's flow control to ask the reader to keep up.
+const BACKLOG: u64 = 40000;
 
 async fn tiny_job(farm: &LocalFarm, studio: &str, name: &str) -> JobSpec {
     let studio: Studio = studio.parse().unwrap();
@@ -171,14 +173,19 @@ fn studio_role(s: &str) -> Role {
     Role::Studio(s.parse().unwrap())
 }
 
-/// The CLI as `studio` on the secure farm.
-fn studio_events(farm: &LocalFarm, auth: &Path, studio: &str) -> Vec<EventLine> {
-    let out = events_cmd(&farm.nats_url, &[])
-        .arg("--identity")
+/// The CLI as `studio` on the secure farm, killed if it does not end within [`LIMIT`].
+async fn studio_events(farm: &LocalFarm, auth: &Path, studio: &str) -> Vec<EventLine> {
+    let mut cmd = events_cmd(&farm.nats_url, &[]);
+    cmd.arg("--identity")
         .arg(auth.join(format!("studio-{studio}.nk")))
         .arg("--ca")
-        .arg(auth.join("ca.pem"))
-        .output()
+        .arg(auth.join("ca.pem"));
+    let out = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(LIMIT, out)
+        .await
+        .unwrap_or_else(|_| panic!("{studio}'s events did not end: a stalled reader"))
         .unwrap();
     assert!(
         out.status.success(),
@@ -246,13 +253,47 @@ async fn a_studio_reads_its_own_events_and_no_one_elses() {
     let a = run_job(&acme, tiny_job(&farm, "acme", "acme-shot").await).await;
     let b = run_job(&blue, tiny_job(&farm, "blue", "blue-shot").await).await;
 
-    // Each studio's reader sees its own job's whole life and nothing of the other's.
-    let mine = studio_events(&farm, &auth, "acme");
+    // A backlog large enough that the server asks the reader for flow control (which a
+    // studio's permissions must allow, or delivery stalls): job events of a job the
+    // coordinator does not know, which it ignores.
+    let coord = nats::open(&farm.nats_url, "backlog", &farm.access(&Role::Coordinator))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(coord.client.clone());
+    let ghost = JobId::generate();
+    let subject = nats::job_event_subject(&"acme".parse().unwrap(), &ghost);
+    let mut acks = Vec::new();
+    for i in 0..BACKLOG {
+        let ev = suanli_shared::protocol::JobEvent {
+            job: ghost.clone(),
+            state: JobState::Running,
+            at_ms: i,
+            reason: Some("x".repeat(200)),
+        };
+        let body = suanli_shared::protocol::encode(&ev, "job event").unwrap();
+        acks.push(js.publish(subject.clone(), body).await.unwrap());
+        // The context bounds acknowledgements in flight: collect them in batches.
+        if acks.len() == 500 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    // Each studio's reader sees its own jobs' whole lives and nothing of the other's.
+    let mine = studio_events(&farm, &auth, "acme").await;
     assert!(mine.iter().any(|l| is_done_of(l, &a)), "{mine:?}");
-    assert!(mine
-        .iter()
-        .all(|l| l.studio == "acme" && l.job == a.as_str()));
-    let theirs = studio_events(&farm, &auth, "blue");
+    assert!(mine.iter().all(|l| l.studio == "acme"));
+    assert_eq!(
+        mine.iter().filter(|l| l.job == ghost.as_str()).count() as u64,
+        BACKLOG
+    );
+    let seqs: Vec<u64> = mine.iter().map(|l| l.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, once");
+    let theirs = studio_events(&farm, &auth, "blue").await;
     assert!(theirs.iter().any(|l| is_done_of(l, &b)));
     assert!(theirs.iter().all(|l| l.studio == "blue"));
 
