@@ -166,6 +166,19 @@ async fn a_follower_resumes_after_a_disconnect_without_gaps_or_repeats() {
     assert!(!only.is_empty() && only.iter().all(|l| l.job == second.as_str()));
     let end = all.last().unwrap().seq.to_string();
     assert!(read_all(&farm.nats_url, &["--since", &end]).is_empty());
+    // For people: one line an event, with its sequence.
+    let out = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["events", "--job", second.as_str(), "--nats", &farm.nats_url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success() && text.lines().count() == only.len(),
+        "{text}"
+    );
+    assert!(text.lines().all(|l| l.starts_with('#')), "{text}");
+    assert!(text.contains(&format!("acme {second} job done")), "{text}");
+    assert!(text.contains("completed: 1 files"), "{text}");
     farm.stop().await;
 }
 

@@ -173,6 +173,10 @@ async fn receivers_get_each_signed_state_change_once_and_a_hanging_one_delays_no
         Some("done"),
         "{states:?}"
     );
+    assert!(
+        states.len() >= 2,
+        "more than one change to deliver: {states:?}"
+    );
 
     // Every change reaches both of the good receiver's paths, signed, once (by event id).
     for path in ["/farm", "/job"] {
