@@ -182,6 +182,97 @@ async fn a_follower_resumes_after_a_disconnect_without_gaps_or_repeats() {
     farm.stop().await;
 }
 
+/// A follower process whose lines arrive on a channel, read in steps.
+struct Follower {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<std::io::Result<String>>,
+    got: Vec<EventLine>,
+}
+
+impl Follower {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            got: Vec::new(),
+        }
+    }
+
+    /// Reads until `done` holds of everything read so far (panics past [`LIMIT`]).
+    fn until(&mut self, mut done: impl FnMut(&[EventLine]) -> bool) {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !done(&self.got) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(Ok(line)) => self.got.push(serde_json::from_str(&line).unwrap()),
+                other => panic!(
+                    "the follower stopped after {} lines: {other:?}",
+                    self.got.len()
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_rides_out_a_nats_restart_without_gaps_or_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut farm = LocalFarm::start(FarmOptions::new(dir.path(), &["guian"]).unwrap())
+        .await
+        .unwrap();
+    farm.wait_for_workers(LIMIT).await.unwrap();
+    let client = Client::connect(&farm.nats_url).await.unwrap();
+    let first = run_job(&client, tiny_job(&farm, "acme", "first").await).await;
+    let mut follower = Follower::start(events_cmd(&farm.nats_url, &["--follow"]));
+    follower.until(|got| got.iter().any(|l| is_done_of(l, &first)));
+
+    // The server goes away and comes back (same port, same stored stream); the follower
+    // keeps going by itself.
+    farm.nats.as_mut().unwrap().restart().unwrap();
+    let spec = JobSpec {
+        frames: "3-4".parse().unwrap(),
+        ..tiny_job(&farm, "acme", "second").await
+    };
+    // The coordinator answers again once its connection is back.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let second = loop {
+        match client.submit(spec.clone()).await {
+            Ok(reply) => break reply.id,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "coordinator not back yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the coordinator did not come back: {e}"),
+        }
+    };
+    let done = client.wait(&second, Some(LIMIT), |_| {}).await.unwrap();
+    assert_eq!(done.expect("finished in time").state, JobState::Done);
+    follower.until(|got| got.iter().any(|l| is_done_of(l, &second)));
+    let seqs: Vec<u64> = follower.got.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let all = read_all(&farm.nats_url, &[]);
+    assert_eq!(follower.got, all[..seqs.len()]);
+    drop(follower);
+    farm.stop().await;
+}
+
 fn studio_role(s: &str) -> Role {
     Role::Studio(s.parse().unwrap())
 }
