@@ -279,9 +279,14 @@ fn studio_role(s: &str) -> Role {
 
 /// The CLI as `studio` on the secure farm, killed if it does not end within [`LIMIT`].
 async fn studio_events(farm: &LocalFarm, auth: &Path, studio: &str) -> Vec<EventLine> {
+    events_as(farm, auth, &format!("studio-{studio}.nk")).await
+}
+
+/// The CLI with the identity in `auth/file`, killed if it does not end within [`LIMIT`].
+async fn events_as(farm: &LocalFarm, auth: &Path, file: &str) -> Vec<EventLine> {
     let mut cmd = events_cmd(&farm.nats_url, &[]);
     cmd.arg("--identity")
-        .arg(auth.join(format!("studio-{studio}.nk")))
+        .arg(auth.join(file))
         .arg("--ca")
         .arg(auth.join("ca.pem"));
     let out = tokio::process::Command::from(cmd)
@@ -289,7 +294,7 @@ async fn studio_events(farm: &LocalFarm, auth: &Path, studio: &str) -> Vec<Event
         .output();
     let out = tokio::time::timeout(LIMIT, out)
         .await
-        .unwrap_or_else(|_| panic!("{studio}'s events did not end: a stalled reader"))
+        .unwrap_or_else(|_| panic!("events as {file} did not end: a stalled reader"))
         .unwrap();
     assert!(
         out.status.success(),
@@ -400,6 +405,10 @@ async fn a_studio_reads_its_own_events_and_no_one_elses() {
     let theirs = studio_events(&farm, &auth, "blue").await;
     assert!(theirs.iter().any(|l| is_done_of(l, &b)));
     assert!(theirs.iter().all(|l| l.studio == "blue"));
+    // The operator reads everyone's.
+    let every = events_as(&farm, &auth, "operator.nk").await;
+    assert_eq!(every.len(), mine.len() + theirs.len());
+    assert!(every.iter().any(|l| is_done_of(l, &b)) && every.iter().any(|l| is_done_of(l, &a)));
 
     // Acme forging readers of blue's events: every attempt refused.
     let conn = nats::open(&farm.nats_url, "forger", &farm.access(&studio_role("acme")))
