@@ -283,6 +283,7 @@ fn print_machine() {
 /// A one-frame-per-task builtin job with no input files.
 fn builtin_job(name: &str, frames: &str, inputs: &InputManifest) -> anyhow::Result<JobSpec> {
     Ok(JobSpec {
+        webhooks: vec![],
         limits: Default::default(),
         requirements: Default::default(),
         name: name.into(),

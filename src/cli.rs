@@ -12,7 +12,7 @@ use suanli_shared::protocol::api::Caller;
 use suanli_shared::{JobId, Studio};
 
 use crate::client::ClientConfig;
-use crate::commands::{farm, jobs, local, roles};
+use crate::commands::{events, farm, jobs, local, roles};
 use crate::exit::{self, BadInput};
 
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
@@ -98,6 +98,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The farm's events (job state changes, task starts, completions and failures, budget
+    /// and region warnings) as lines a pipeline can read, each with its stream sequence:
+    /// `--since SEQ` resumes after it, `--follow` keeps reading. A studio reads only its own.
+    Events(events::EventsArgs),
     /// List workers: region, state, slots, current tasks.
     Workers {
         #[arg(long)]
@@ -120,6 +124,15 @@ pub enum Command {
     /// Render one frame of the built-in film locally, without a farm (for checks and
     /// benchmarks).
     RenderFrame(local::RenderFrameArgs),
+    /// Print a shell completion script: `suanli completions bash > /etc/bash_completion.d/suanli`,
+    /// zsh into a folder on $fpath as `_suanli`, fish into ~/.config/fish/completions/suanli.fish.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) on stdout, or with --out DIR write suanli.1 and one page per
+    /// command (suanli-submit.1, …) there.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Simulate a farm scenario (TOML, see deploy/sim/) with the coordinator's own placement
     /// code: makespan, cost, carbon, utilization and data moved, per policy.
     Sim {
@@ -223,9 +236,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Fetch { job, out, json } => jobs::fetch(&api()?, &store, job, &out, json).await,
         Command::Cancel { job, json } => jobs::cancel(&api()?, job, json).await,
         Command::Retry { job, json } => jobs::retry(&api()?, job, json).await,
+        Command::Events(args) => events::events(&api()?, args).await,
         Command::Ledger { job, json } => farm::ledger(&api()?, job, json).await,
         Command::Workers { json } => farm::workers(&api()?, json).await,
         Command::RenderFrame(args) => local::render_frame(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "suanli",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Man { out } => man(out.as_deref()),
         Command::Sim {
             scenario,
             policy,
@@ -242,6 +266,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             crate::tui_api::run(&api, &store).await
         }
     }
+}
+
+/// `suanli man`: the page of the whole command on stdout, or every page into `out`.
+fn man(out: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = out else {
+        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        return Ok(0);
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BadInput(format!("cannot create {}: {e}", dir.display())))?;
+    clap_mangen::generate_to(cmd, dir)
+        .map_err(|e| anyhow::anyhow!("cannot write man pages into {}: {e}", dir.display()))?;
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -109,6 +109,12 @@ impl Client {
         &self.nats
     }
 
+    /// The server's permission violations on this connection, for callers that wait on
+    /// something the server may refuse (see [`Client::call`]).
+    pub fn denied(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.denied.clone()
+    }
+
     pub fn caller(&self) -> &Caller {
         &self.caller
     }
@@ -315,9 +321,28 @@ enum Fetched {
     Unverified(String),
 }
 
+/// What `fetch` reports as it goes (a progress bar's input).
+#[derive(Debug, Clone, Copy)]
+pub enum FetchProgress {
+    /// Once the committed manifests are read: the files and bytes to fetch.
+    Total { files: usize, bytes: u64 },
+    /// One file done (downloaded, kept or refused), with its size.
+    File { bytes: u64 },
+}
+
 /// Downloads every committed frame of a job into `out`, verifying each file's BLAKE3 hash.
 /// Files already there with the right hash are kept.
 pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result<FetchReport> {
+    fetch_with_progress(job, store, out, |_| {}).await
+}
+
+/// [`fetch`], telling `progress` the totals and each file done.
+pub async fn fetch_with_progress(
+    job: &JobRecord,
+    store: &Store,
+    out: &Path,
+    progress: impl Fn(FetchProgress),
+) -> anyhow::Result<FetchReport> {
     tokio::fs::create_dir_all(out)
         .await
         .with_context(|| format!("cannot create {}", out.display()))?;
@@ -357,10 +382,18 @@ pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result
             downloads.push((key, f));
         }
     }
-    let outcomes = futures::stream::iter(downloads.into_iter().map(|(key, f)| {
-        let (store, studio) = (store.clone(), studio.clone());
-        let dest = out.join(&f.name);
-        async move {
+    progress(FetchProgress::Total {
+        files: downloads.len(),
+        bytes: report.bytes,
+    });
+    let progress = &progress;
+    let outcomes =
+        futures::stream::iter(downloads.into_iter().map(|(key, f)| {
+            let (store, studio) = (store.clone(), studio.clone());
+            let dest = out.join(&f.name);
+            async move {
+                let size = f.size;
+                let done = async {
             // Keep a file that is already there and verifies.
             if let Ok(meta) = tokio::fs::metadata(&dest).await {
                 if meta.len() == f.size {
@@ -394,11 +427,15 @@ pub async fn fetch(job: &JobRecord, store: &Store, out: &Path) -> anyhow::Result
                 }
                 Err(e) => Err(anyhow::Error::new(e).context(format!("cannot fetch {}", f.name))),
             }
-        }
-    }))
-    .buffer_unordered(8)
-    .collect::<Vec<_>>()
-    .await;
+            }
+            .await;
+                progress(FetchProgress::File { bytes: size });
+                done
+            }
+        }))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
     for o in outcomes {
         match o? {
             Fetched::Downloaded => report.downloaded += 1,

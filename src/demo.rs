@@ -2,7 +2,7 @@
 //! two named regions) renders the built-in short film, shows progress, fetches the frames,
 //! writes a contact sheet and prints a summary.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,7 @@ async fn render_film(
         )
         .await?;
     let spec = JobSpec {
+        webhooks: vec![],
         limits: Default::default(),
         requirements: Default::default(),
         name: "suanli-short-film".into(),
@@ -126,8 +127,12 @@ async fn render_film(
         suanli_tui::run(farm, options).await?;
     }
     let mut last_line = Instant::now() - Duration::from_secs(10);
+    let bar = crate::progress::job_bar(crate::progress::Stream::Stdout);
     let end = client
         .wait(&reply.id, Some(Duration::from_secs(1800)), |s| {
+            if let Some(bar) = &bar {
+                return crate::progress::show_job(bar, s);
+            }
             let bar_width = 30usize;
             let filled = (s.frames.done as usize * bar_width) / (s.frames.total.max(1) as usize);
             let regions: Vec<String> = s
@@ -145,17 +150,14 @@ async fn render_film(
                 started.elapsed().as_secs_f64(),
                 regions.join(" · ")
             );
-            if tty {
-                print!("\r{line}");
-                let _ = std::io::stdout().flush();
-            } else if last_line.elapsed() >= Duration::from_secs(2) || s.state.is_final() {
+            if last_line.elapsed() >= Duration::from_secs(2) || s.state.is_final() {
                 println!("{line}");
                 last_line = Instant::now();
             }
         })
         .await?;
-    if tty {
-        println!();
+    if let Some(bar) = bar {
+        bar.finish();
     }
     let wall = started.elapsed();
     let Some(status) = end else {

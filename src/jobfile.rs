@@ -54,6 +54,9 @@ pub struct JobFile {
     /// `[requirements]`: what each task needs of a worker.
     #[serde(default)]
     pub requirements: RequirementsFile,
+    /// URLs that receive this job's state changes (signed POSTs; docs/PIPELINES.md).
+    #[serde(default)]
+    pub webhooks: Vec<String>,
 }
 
 /// The `[requirements]` table: sizes as `"24G"`/`"512M"` or a number of MiB.
@@ -220,6 +223,9 @@ pub struct Overrides {
     /// Command renderer: the workers' command profile to run (instead of an argv after `--`).
     #[arg(long)]
     pub profile: Option<String>,
+    /// A URL that receives this job's state changes, besides the job file's (repeatable).
+    #[arg(long = "webhook", value_name = "URL")]
+    pub webhooks: Vec<String>,
     /// Command renderer: a value for the profile's {arg.NAME} placeholder, NAME=VALUE;
     /// repeatable.
     #[arg(long = "arg", value_name = "NAME=VALUE")]
@@ -451,7 +457,10 @@ pub fn resolve(file: JobFile, flags: Overrides, base: &Path) -> anyhow::Result<R
     let inputs::Gathered { scene_rel, files } =
         inputs::gather(base, scene_path.as_deref(), &input_paths)?;
 
+    let mut webhooks = file.webhooks;
+    webhooks.extend(flags.webhooks);
     let spec = JobSpec {
+        webhooks,
         requirements,
         limits: file.limits,
         name: flags.name.or(file.name).unwrap_or_else(|| {

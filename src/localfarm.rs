@@ -257,6 +257,8 @@ pub struct FarmOptions {
     /// Prometheus metrics: the coordinator at this address, the n-th worker started at its
     /// port + n (each at a free port of its own when the port is 0).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the coordinator posts job state changes (none by default).
+    pub webhooks: suanli_coordinator::webhooks::WebhookConfig,
 }
 
 impl FarmOptions {
@@ -285,6 +287,7 @@ impl FarmOptions {
                 ..Default::default()
             },
             metrics_listen: None,
+            webhooks: Default::default(),
         })
     }
 }
@@ -360,6 +363,7 @@ impl LocalFarm {
         config.studios = self.options.studio_catalog.clone();
         config.prefetch = self.options.prefetch;
         config.region_lost_after = self.options.region_lost_after;
+        config.webhooks = self.options.webhooks.clone();
         config.access = self.access(&Role::Coordinator);
         config.metrics_listen = self.options.metrics_listen;
         let token = self.shutdown.child_token();

@@ -28,6 +28,7 @@ async fn farm(dir: &Path, regions: &[&str]) -> LocalFarm {
 
 fn tiny_builtin(frames: &str, chunk: u32, inputs: &InputManifest) -> JobSpec {
     JobSpec {
+        webhooks: vec![],
         limits: Default::default(),
         requirements: Default::default(),
         name: "tiny".into(),

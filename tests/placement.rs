@@ -52,6 +52,7 @@ async fn farm(dir: &Path, catalog: RegionCatalog) -> LocalFarm {
 
 fn builtin(name: &str, frames: &str, inputs: &InputManifest, policy: Option<Policy>) -> JobSpec {
     JobSpec {
+        webhooks: vec![],
         limits: Default::default(),
         requirements: Default::default(),
         name: name.into(),

@@ -174,6 +174,7 @@ async fn drain_finishes_the_render_or_hands_it_back_and_the_worker_exits_0() {
 
 fn builtin(frames: &str, inputs: &InputManifest) -> JobSpec {
     JobSpec {
+        webhooks: vec![],
         limits: Default::default(),
         requirements: Default::default(),
         name: "chaos".into(),

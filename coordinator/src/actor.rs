@@ -41,6 +41,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let farm = nats::setup(client).await?;
     let store = Store::open(&config.store_url)?;
     let me = lease::Holder::this_process();
+    // Webhook deliveries outlive a lost lease (events already announced are still posted)
+    // and stop with the coordinator.
+    let hooks_tracker = TaskTracker::new();
+    let hooks_stop = shutdown.child_token();
+    let webhooks = crate::webhooks::Webhooks::start(
+        config.webhooks.clone(),
+        &hooks_tracker,
+        hooks_stop.clone(),
+    )?;
+    let _stop_hooks = hooks_stop.drop_guard();
     loop {
         let Some(lease) =
             lease::acquire(&farm.lease_kv, me.clone(), config.lease_ttl, &shutdown).await?
@@ -57,6 +67,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 Coordinator::load(farm.clone(), store.clone(), config.clone(), metrics.clone())
                     .await?;
             metrics.set_lease_holder(true);
+            let coordinator = Coordinator {
+                webhooks: webhooks.clone(),
+                ..coordinator
+            };
             coordinator
                 .serve(
                     &shutdown,
@@ -186,6 +200,8 @@ pub(crate) struct Coordinator {
     pub(crate) metrics: Arc<Metrics>,
     /// Worker incarnations on this host found dead, whose tasks were taken back (each once).
     pub(crate) buried: HashSet<(String, crate::recovery::Incarnation)>,
+    /// Where job state changes are posted (never waited on).
+    pub(crate) webhooks: crate::webhooks::Webhooks,
 }
 
 impl Coordinator {
@@ -287,6 +303,7 @@ impl Coordinator {
             unplaceable: HashMap::new(),
             metrics,
             buried: HashSet::new(),
+            webhooks: crate::webhooks::Webhooks::none(),
         })
     }
 

@@ -18,9 +18,10 @@ impl Coordinator {
         state: JobState,
         reason: Option<String>,
     ) {
-        let Some(studio) = self.jobs.get(job).map(|j| &j.rec.rec.spec.studio) else {
+        let Some(spec) = self.jobs.get(job).map(|j| &j.rec.rec.spec) else {
             return warn!(job = %job, "no job to announce a state change of");
         };
+        let studio = &spec.studio;
         let subject = nats::job_event_subject(studio, job);
         let ev = JobEvent {
             job: job.clone(),
@@ -28,6 +29,7 @@ impl Coordinator {
             at_ms: now_ms(),
             reason,
         };
+        self.webhooks.notify(studio, &spec.webhooks, &ev);
         let body = match encode(&ev, "job event") {
             Ok(body) => body,
             Err(e) => return warn!(error = %e, "cannot encode a job event"),

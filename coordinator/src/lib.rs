@@ -29,6 +29,7 @@ pub mod release;
 pub mod sim;
 pub mod state;
 pub mod submit;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -65,6 +66,8 @@ pub struct Config {
     /// Take back a restarted (or, on this host, dead) worker's tasks at once instead of
     /// waiting for the queue's ack wait (`recovery`). Off only to measure the difference.
     pub fast_recovery: bool,
+    /// Where job state changes are posted (`--webhook`), and how.
+    pub webhooks: webhooks::WebhookConfig,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             region_lost_after: Duration::from_secs(60),
             metrics_listen: None,
             fast_recovery: true,
+            webhooks: webhooks::WebhookConfig::default(),
         }
     }
 }

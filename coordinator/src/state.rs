@@ -271,6 +271,7 @@ pub(crate) mod tests {
         JobRecord {
             id: JobId::generate(),
             spec: JobSpec {
+                webhooks: vec![],
                 limits: Default::default(),
                 requirements: Default::default(),
                 name: "j".into(),

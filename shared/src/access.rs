@@ -332,6 +332,30 @@ mod subjects {
     ];
     /// Job events, published by the coordinator only (source token `_`).
     pub const JOB_EVENTS: &str = "suanli.evt.*.*.job._";
+
+    /// Reading the stored events on `filter` (`suanli events`): creating an ephemeral ordered
+    /// consumer of `SUANLI_EVENTS` whose filter is in the create subject (nats-server refuses
+    /// a create whose config filters on anything else), and answering its flow control. No
+    /// consumer info, delete or pull: those name consumers, not filters, and would reach the
+    /// coordinator's.
+    pub fn events_reader(filter: &str) -> [String; 2] {
+        let stream = crate::nats::EVENTS_STREAM;
+        [
+            format!("$JS.API.CONSUMER.CREATE.{stream}.*.{filter}"),
+            format!("$JS.FC.{stream}.>"),
+        ]
+    }
+
+    /// What `events_reader` must not allow: a create request naming an existing durable
+    /// consumer of the events stream is an update (nats-server applies it), so a reader could
+    /// narrow the coordinator's consumer to its own events and blind it to everyone else's.
+    pub fn events_durables() -> Vec<String> {
+        let stream = crate::nats::EVENTS_STREAM;
+        [crate::nats::COORDINATOR_CONSUMER]
+            .iter()
+            .map(|name| format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.>"))
+            .collect()
+    }
 }
 
 /// Subjects a role may publish to and subscribe to (nats-server `permissions` allow lists;
@@ -340,6 +364,8 @@ mod subjects {
 pub struct Permissions {
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
+    /// Subjects refused even where `publish` allows them (nats-server `deny` list).
+    pub deny_publish: Vec<String>,
 }
 
 /// Where a role's connection arrives, which decides how JetStream subjects are spelled.
@@ -399,17 +425,24 @@ pub fn permissions(role: &Role, via: Via) -> Permissions {
                 nats::ALL_WORKERS.into(),
                 inbox,
             ],
+            deny_publish: vec![],
         },
         Role::Operator => Permissions {
-            publish: vec![subjects::OPERATOR_API.into()],
+            publish: [subjects::OPERATOR_API.into()]
+                .into_iter()
+                .chain(subjects::events_reader(nats::ALL_EVENTS))
+                .collect(),
             subscribe: vec![nats::ALL_EVENTS.into(), nats::ALL_WORKERS.into(), inbox],
+            deny_publish: subjects::events_durables(),
         },
         Role::Studio(s) => Permissions {
             publish: subjects::STUDIO_TOKENS
                 .iter()
                 .map(|t| format!("suanli.studio.{s}.{t}"))
+                .chain(subjects::events_reader(&nats::studio_events(s)))
                 .collect(),
             subscribe: vec![format!("suanli.evt.{s}.>"), inbox],
+            deny_publish: subjects::events_durables(),
         },
         Role::Worker(r) | Role::Leaf(r) => {
             let tasks = nats::TASKS_STREAM;
@@ -446,7 +479,11 @@ pub fn permissions(role: &Role, via: Via) -> Permissions {
                 subscribe.push("$LDS.>".into());
                 publish.push("$LDS.>".into());
             }
-            Permissions { publish, subscribe }
+            Permissions {
+                publish,
+                subscribe,
+                deny_publish: vec![],
+            }
         }
     }
 }
@@ -581,10 +618,24 @@ mod tests {
     fn a_studio_may_publish_only_its_own_api_subjects() {
         let acme: Studio = "acme".parse().unwrap();
         let p = permissions(&Role::Studio(acme.clone()), Via::Direct);
-        assert!(p
+        let (api, js): (Vec<_>, Vec<_>) = p
             .publish
             .iter()
-            .all(|s| s.starts_with("suanli.studio.acme.")));
+            .partition(|s| s.starts_with("suanli.studio."));
+        assert!(api.iter().all(|s| s.starts_with("suanli.studio.acme.")));
+        // Its only JetStream rights: a reader of its own events, and that reader's flow control.
+        assert_eq!(
+            js,
+            [
+                "$JS.API.CONSUMER.CREATE.SUANLI_EVENTS.*.suanli.evt.acme.>",
+                "$JS.FC.SUANLI_EVENTS.>"
+            ]
+        );
+        // The coordinator's consumer matches that create subject too: named, it is denied.
+        assert_eq!(
+            p.deny_publish,
+            ["$JS.API.CONSUMER.CREATE.SUANLI_EVENTS.coordinator.>"]
+        );
         assert!(!p.publish.iter().any(|s| s.ends_with(".drain")));
         assert!(!p.publish.iter().any(|s| s.ends_with(".workers")));
         assert!(p.subscribe.contains(&"suanli.evt.acme.>".to_string()));

@@ -572,6 +572,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 placement,
                 requirements,
             )| JobSpec {
+                webhooks: vec![],
                 limits: Default::default(),
                 requirements,
                 studio: Studio::default(),

@@ -36,9 +36,14 @@ fn users_block(users: &[User]) -> String {
             Role::Leaf(_) => "LEAFNODE",
             _ => "STANDARD",
         };
+        let deny = if p.deny_publish.is_empty() {
+            String::new()
+        } else {
+            format!(", deny: [{}]", quoted(&p.deny_publish))
+        };
         let _ = write!(
             out,
-            "    # {role}: {what}\n    {{\n      nkey: {key}\n      allowed_connection_types: [{kind:?}]\n      permissions: {{\n        publish: {{ allow: [{publish}] }}\n        subscribe: {{ allow: [{subscribe}] }}\n      }}\n    }}\n",
+            "    # {role}: {what}\n    {{\n      nkey: {key}\n      allowed_connection_types: [{kind:?}]\n      permissions: {{\n        publish: {{ allow: [{publish}]{deny} }}\n        subscribe: {{ allow: [{subscribe}] }}\n      }}\n    }}\n",
             role = u.role,
             what = u.role.describe(),
             key = u.public_key,

@@ -164,9 +164,14 @@ pub async fn submit(
             reply.id, reply.tasks, reply.cached
         );
     }
+    let bar = (!args.json)
+        .then(|| crate::progress::job_bar(crate::progress::Stream::Stderr))
+        .flatten();
     let end = client
         .wait(&reply.id, None, |s| {
-            if !args.json {
+            if let Some(bar) = &bar {
+                crate::progress::show_job(bar, s);
+            } else if !args.json {
                 eprintln!(
                     "  {}: {}/{} frames, {} running",
                     s.state.as_str(),
@@ -178,6 +183,9 @@ pub async fn submit(
         })
         .await?
         .context("wait ended without a result")?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     if args.json {
         print::json(&end);
     } else {
@@ -219,7 +227,19 @@ pub async fn wait(
     json: bool,
 ) -> anyhow::Result<u8> {
     let client = api.connect().await?;
-    let end = client.wait(&job, timeout, |_| {}).await?;
+    let bar = (!json)
+        .then(|| crate::progress::job_bar(crate::progress::Stream::Stderr))
+        .flatten();
+    let end = client
+        .wait(&job, timeout, |s| {
+            if let Some(bar) = &bar {
+                crate::progress::show_job(bar, s);
+            }
+        })
+        .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     match end {
         Some(s) => {
             if json {
@@ -248,7 +268,19 @@ pub async fn fetch(
     let client = api.connect().await?;
     let rec = client.job(&job).await?;
     let store = Store::open(store)?;
-    let report = crate::client::fetch(&rec, &store, out).await?;
+    let bar = (!json).then(crate::progress::bytes_bar).flatten();
+    let report = crate::client::fetch_with_progress(&rec, &store, out, |p| {
+        if let Some(bar) = &bar {
+            match p {
+                crate::client::FetchProgress::Total { bytes, .. } => bar.set_length(bytes),
+                crate::client::FetchProgress::File { bytes } => bar.inc(bytes),
+            }
+        }
+    })
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     if json {
         print::json(&report);
     } else {

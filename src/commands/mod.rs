@@ -2,6 +2,7 @@
 //! arguments it takes. `cli` parses and dispatches to them; these run and return an exit code,
 //! printing through [`crate::print`] and naming failures with [`crate::exit`].
 
+pub mod events;
 pub mod farm;
 pub mod jobs;
 pub mod local;

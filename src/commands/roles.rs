@@ -195,6 +195,14 @@ pub struct CoordinatorArgs {
     /// again at once (only to measure the difference: scripts/chaos.sh --slow-recovery).
     #[arg(long, hide = true)]
     pub no_fast_recovery: bool,
+    /// POST every job's state changes to this URL (repeatable); jobs may name their own
+    /// (`webhooks` in the job file). Signed when a secret is given. See docs/PIPELINES.md.
+    #[arg(long = "webhook", value_name = "URL")]
+    pub webhooks: Vec<String>,
+    /// File holding the webhook signing secret (`X-Suanli-Signature: sha256=<HMAC-SHA256 of
+    /// the body>`); SUANLI_WEBHOOK_SECRET gives it directly.
+    #[arg(long, env = "SUANLI_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -253,8 +261,51 @@ pub async fn coordinator(
     if let Some(path) = &args.studios {
         config.studios = load_studios(path)?;
     }
+    config.webhooks = webhook_config(&args.webhooks, args.webhook_secret_file.as_deref())?;
     suanli_coordinator::run(config, shutdown_on_signals()).await?;
     Ok(0)
+}
+
+/// The coordinator's webhook settings: each URL checked, the secret read from its file (or
+/// `SUANLI_WEBHOOK_SECRET`).
+fn webhook_config(
+    urls: &[String],
+    secret_file: Option<&std::path::Path>,
+) -> anyhow::Result<suanli_coordinator::webhooks::WebhookConfig> {
+    for url in urls {
+        suanli_coordinator::webhooks::check_url(url)
+            .map_err(|e| BadInput(format!("--webhook: {e}")))?;
+    }
+    let secret = match secret_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                BadInput(format!(
+                    "--webhook-secret-file {}: {e} (a file holding the signing secret)",
+                    path.display()
+                ))
+            })?;
+            Some(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
+        }
+        None => std::env::var("SUANLI_WEBHOOK_SECRET")
+            .ok()
+            .map(String::into_bytes),
+    };
+    if secret.as_ref().is_some_and(|s| s.is_empty()) {
+        return Err(BadInput(
+            "the webhook secret is empty: put at least 16 random bytes in it".into(),
+        )
+        .into());
+    }
+    if secret.is_none() && !urls.is_empty() {
+        tracing::warn!(
+            "webhooks without a secret: posts carry no signature (give --webhook-secret-file)"
+        );
+    }
+    Ok(suanli_coordinator::webhooks::WebhookConfig {
+        urls: urls.to_vec(),
+        secret,
+        ..Default::default()
+    })
 }
 
 /// `suanli worker --region R`: renders the region's tasks until a signal, then drains.

@@ -54,6 +54,7 @@ pub async fn empty_inputs_of(store: &Store, studio: &Studio) -> InputManifest {
 /// A two-frame, 16x9 builtin job named "tiny" of `studio` over `inputs` (no retries).
 pub fn tiny_builtin(studio: Studio, inputs: &InputManifest) -> JobSpec {
     JobSpec {
+        webhooks: vec![],
         limits: Default::default(),
         requirements: Default::default(),
         name: "tiny".into(),

@@ -34,7 +34,10 @@ pub use renderer::{
 pub use resources::{
     fmt_mib, parse_size_mib, valid_pool_name, Gpu, Requirements, Resources, Unmet,
 };
-pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
+pub use spec::{
+    check_webhook_url, output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError,
+    MAX_JOB_WEBHOOKS,
+};
 pub use status::{
     BudgetStatus, FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure,
     MAX_FAILURES_SHOWN,

@@ -136,6 +136,49 @@ pub struct JobSpec {
     /// (they do not change pixels).
     #[serde(default, skip_serializing_if = "Requirements::is_empty")]
     pub requirements: Requirements,
+    /// URLs the coordinator posts this job's state changes to, besides the farm's own
+    /// (`--webhook`). Not part of the task key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<String>,
+}
+
+/// Most webhook URLs one job may name.
+pub const MAX_JOB_WEBHOOKS: usize = 8;
+/// Longest webhook URL.
+pub const MAX_WEBHOOK_URL: usize = 2048;
+
+/// Checks a webhook URL: absolute `http` or `https` with a host, no user or password in it
+/// (the signature authenticates the farm), at most [`MAX_WEBHOOK_URL`] bytes.
+pub fn check_webhook_url(text: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "webhook URL '{}' {why}",
+            text.chars().take(80).collect::<String>()
+        ))
+    };
+    if text.len() > MAX_WEBHOOK_URL {
+        return bad(&format!("is longer than {MAX_WEBHOOK_URL} bytes"));
+    }
+    let url = match url::Url::parse(text) {
+        Ok(u) => u,
+        Err(e) => {
+            return bad(&format!(
+                "is not a URL ({e}): give e.g. https://hooks.example/suanli"
+            ))
+        }
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return bad("must be http:// or https://");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return bad("has no host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return bad(
+            "must not carry a user or password: the signature header authenticates the farm",
+        );
+    }
+    Ok(())
 }
 
 /// Why a job spec was refused.
@@ -169,6 +212,8 @@ pub enum SpecError {
     ValueOfHour(f64),
     #[error("deadline {0} is not a Unix time in milliseconds between the years 2000 and 3000 (seconds given by mistake?)")]
     Deadline(u64),
+    #[error("{0}")]
+    Webhook(String),
 }
 
 impl JobSpec {
@@ -216,6 +261,15 @@ impl JobSpec {
             if !DEADLINE_RANGE_MS.contains(&d) {
                 return Err(SpecError::Deadline(d));
             }
+        }
+        if self.webhooks.len() > MAX_JOB_WEBHOOKS {
+            return Err(SpecError::Webhook(format!(
+                "a job names at most {MAX_JOB_WEBHOOKS} webhooks, not {}",
+                self.webhooks.len()
+            )));
+        }
+        for url in &self.webhooks {
+            check_webhook_url(url).map_err(SpecError::Webhook)?;
         }
         Ok(())
     }
@@ -284,6 +338,7 @@ pub(crate) mod tests {
     /// A valid builtin job of 8 frames in chunks of 2.
     pub(crate) fn spec() -> JobSpec {
         JobSpec {
+            webhooks: vec![],
             limits: Default::default(),
             requirements: Default::default(),
             name: "shot010".into(),
