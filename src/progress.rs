@@ -82,3 +82,26 @@ pub fn bytes_bar() -> Option<ProgressBar> {
     );
     Some(bar)
 }
+
+/// Input bytes of a submit (uploaded, or found already stored), on stderr, with the link's
+/// rate and the time left; `None` when stderr is not a terminal.
+pub fn upload_bar() -> Option<ProgressBar> {
+    if !Stream::Stderr.is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("  uploading inputs [{bar:30.cyan/blue}] {msg}")
+            .expect("a valid template")
+            .progress_chars("#>."),
+    );
+    Some(bar)
+}
+
+/// Moves an upload bar to where `progress` stands: bytes dealt with of the total, and the
+/// bytes actually sent, their rate and the time left as the message.
+pub fn show_upload(bar: &ProgressBar, progress: &suanli_shared::transfer::Progress) {
+    bar.set_length(progress.total());
+    bar.set_position(progress.done());
+    bar.set_message(progress.line());
+}

@@ -62,27 +62,25 @@ impl SubmitArgs {
 /// Shows an upload's progress on stderr until `done` is cancelled: one line rewritten every
 /// half second on a terminal, a plain line every 5 seconds otherwise (logs, CI).
 async fn show_progress(progress: Arc<Progress>, done: tokio_util::sync::CancellationToken) {
-    use std::io::IsTerminal as _;
-    let terminal = std::io::stderr().is_terminal();
-    let every = Duration::from_millis(if terminal { 500 } else { 5000 });
+    // On a terminal an indicatif bar (bytes dealt with of the total, the link's rate, the
+    // time left); elsewhere a plain line every 5 s, as logs and scripts read it.
+    let bar = crate::progress::upload_bar();
+    let every = Duration::from_millis(if bar.is_some() { 250 } else { 5000 });
     let mut ticks = tokio::time::interval(every);
     ticks.tick().await;
-    let mut shown = false;
     loop {
         tokio::select! {
             _ = done.cancelled() => break,
-            _ = ticks.tick() => {
-                if terminal {
-                    eprint!("\r\x1b[2Kuploading inputs: {}", progress.line());
-                } else {
-                    eprintln!("uploading inputs: {}", progress.line());
-                }
-                shown = true;
-            }
+            _ = ticks.tick() => match &bar {
+                Some(bar) => crate::progress::show_upload(bar, &progress),
+                None => eprintln!("uploading inputs: {}", progress.line()),
+            },
         }
     }
-    if terminal && shown {
-        eprintln!("\r\x1b[2Kuploaded inputs: {}", progress.line());
+    if let Some(bar) = bar {
+        crate::progress::show_upload(&bar, &progress);
+        bar.finish_and_clear();
+        eprintln!("uploaded inputs: {}", progress.line());
     }
 }
 
