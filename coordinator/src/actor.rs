@@ -186,6 +186,8 @@ pub(crate) struct Coordinator {
     pub(crate) metrics: Arc<Metrics>,
     /// Worker incarnations on this host found dead, whose tasks were taken back (each once).
     pub(crate) buried: HashSet<(String, crate::recovery::Incarnation)>,
+    /// Pre-staging asked per job and region, and how much the regions report there.
+    pub(crate) staging: crate::stage::Staging,
 }
 
 impl Coordinator {
@@ -287,6 +289,7 @@ impl Coordinator {
             unplaceable: HashMap::new(),
             metrics,
             buried: HashSet::new(),
+            staging: Default::default(),
         })
     }
 
@@ -338,6 +341,10 @@ impl Coordinator {
             .await
             .context("cannot subscribe to the studios' API subjects")?;
         let mut api_sub = futures::stream::select(operator_sub, studios_sub);
+        let mut staged_sub = client
+            .subscribe(nats::ALL_STAGED)
+            .await
+            .context("cannot subscribe to pre-staging reports")?;
         let mut events = Some(self.open_events().await?);
         let mut workers_watch = Some(
             self.farm
@@ -359,6 +366,10 @@ impl Coordinator {
                         break;
                     }
                     self.handle_api(msg, &submit_tx).await
+                }
+                Some(msg) = staged_sub.next() => {
+                    self.handle_staged(msg);
+                    continue;
                 }
                 msg = next_of(&mut events) => match msg {
                     Some(Ok(msg)) => {

@@ -232,6 +232,7 @@ impl Coordinator {
     fn status_of(&self, job: &Job) -> JobStatus {
         let mut status = job.status();
         suanli_shared::ledger::price_status(&mut status, &self.config.catalog);
+        status.inputs_in = self.staging.presence(&status.id);
         if !status.state.is_final() && status.tasks.pending + status.tasks.queued > 0 {
             status.waiting = self.no_worker_runs(&job.rec.rec.spec);
             let spec = &job.rec.rec.spec;

@@ -27,6 +27,7 @@ pub mod recovery;
 pub mod region_loss;
 pub mod release;
 pub mod sim;
+pub mod stage;
 pub mod state;
 pub mod submit;
 
@@ -65,6 +66,9 @@ pub struct Config {
     /// Take back a restarted (or, on this host, dead) worker's tasks at once instead of
     /// waiting for the queue's ack wait (`recovery`). Off only to measure the difference.
     pub fast_recovery: bool,
+    /// Ask the regions placement chose for a job to fetch its inputs before its tasks start
+    /// (`stage`). Off only to measure the difference.
+    pub prestage: bool,
 }
 
 impl Config {
@@ -81,6 +85,7 @@ impl Config {
             region_lost_after: Duration::from_secs(60),
             metrics_listen: None,
             fast_recovery: true,
+            prestage: true,
         }
     }
 }

@@ -433,6 +433,7 @@ impl Coordinator {
         for id in touched {
             self.settle_job(&id).await;
         }
+        self.stage_inputs().await;
         self.announce_unplaceable().await;
     }
 

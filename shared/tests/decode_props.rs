@@ -1030,6 +1030,7 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 max_retries,
                 waiting: None,
                 budget: None,
+                inputs_in: Default::default(),
             },
         )
 }

@@ -195,6 +195,10 @@ pub struct CoordinatorArgs {
     /// again at once (only to measure the difference: scripts/chaos.sh --slow-recovery).
     #[arg(long, hide = true)]
     pub no_fast_recovery: bool,
+    /// Do not ask regions to fetch a job's inputs before its tasks start; tasks fetch them
+    /// on demand (only to measure the difference: docs/BENCHMARKS.md).
+    #[arg(long)]
+    pub no_prestage: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -247,6 +251,7 @@ pub async fn coordinator(
     config.prefetch = args.prefetch;
     config.metrics_listen = args.metrics_listen;
     config.fast_recovery = !args.no_fast_recovery;
+    config.prestage = !args.no_prestage;
     if let Some(path) = &args.catalog {
         config.catalog = load_catalog(path)?;
     }

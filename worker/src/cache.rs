@@ -404,6 +404,29 @@ impl Cache {
         result
     }
 
+    /// Pre-staging: fetches every input of a manifest of `studio` into the cache, laying
+    /// nothing out (no task folder). `progress` counts the bytes there (`done`) and moved;
+    /// returns the bytes downloaded. Each blob and chunk goes through the same single flight
+    /// as a task's fetch, so staging and tasks never fetch one twice at once.
+    pub async fn stage(
+        &self,
+        studio: &Studio,
+        manifest: &InputManifest,
+        progress: &Progress,
+    ) -> Result<u64, CacheError> {
+        for (rel, entry) in &manifest.files {
+            check_input(rel, entry.mode)?;
+        }
+        let mut downloaded = 0;
+        for entry in manifest.files.values() {
+            downloaded += self.file(studio, entry, progress).await?.1;
+        }
+        if downloaded > 0 {
+            self.evict_if_needed().await;
+        }
+        Ok(downloaded)
+    }
+
     /// Removes least recently used blobs until the cache is under 90% of its bound.
     async fn evict_if_needed(&self) {
         if self.used_bytes() <= self.max_bytes {

@@ -13,6 +13,7 @@ pub mod records;
 pub mod renderer;
 pub mod resources;
 pub mod spec;
+pub mod stage;
 pub mod status;
 pub mod task_key;
 
@@ -35,6 +36,7 @@ pub use resources::{
     fmt_mib, parse_size_mib, valid_pool_name, Gpu, Requirements, Resources, Unmet,
 };
 pub use spec::{output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError};
+pub use stage::{InputPresence, StageProgress, StageRequest};
 pub use status::{
     BudgetStatus, FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure,
     MAX_FAILURES_SHOWN,

@@ -1,0 +1,292 @@
+//! Pre-staging: once placement has a region for a job, that region starts fetching the job's
+//! inputs before its tasks reach a worker. A job is staged into a region when one of its tasks
+//! is first released there (placement chose it), or, while it waits for slots, into its one
+//! candidate region (the job names one region, or one region is live). Each (job, region) is
+//! asked once, on `suanli.stage.<region>`; one worker of the region takes it (a queue group)
+//! and reports on `suanli.staged.<region>` how much of the input is there, which `status`
+//! shows per region.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use suanli_shared::nats;
+use suanli_shared::protocol::{encode, InputPresence, StageProgress, StageRequest};
+use suanli_shared::{ContentHash, JobId, Region};
+use tracing::{debug, warn};
+
+use crate::actor::Coordinator;
+use crate::state::Job;
+
+/// What pre-staging asked and heard, per job and region.
+#[derive(Default)]
+pub struct Staging {
+    jobs: BTreeMap<JobId, BTreeMap<Region, InputPresence>>,
+}
+
+impl Staging {
+    /// How much of `job`'s input each region asked holds (empty if none was asked).
+    pub fn presence(&self, job: &JobId) -> BTreeMap<String, InputPresence> {
+        self.jobs
+            .get(job)
+            .map(|m| m.iter().map(|(r, p)| (r.to_string(), *p)).collect())
+            .unwrap_or_default()
+    }
+
+    fn asked(&self, job: &JobId, region: &Region) -> bool {
+        self.jobs.get(job).is_some_and(|m| m.contains_key(region))
+    }
+
+    /// Folds a worker's report in: only for a (job, region) that was asked, so a worker
+    /// cannot make up figures for jobs its region was never sent. True when it was taken.
+    pub fn report(&mut self, p: &StageProgress) -> bool {
+        let Some(entry) = self.jobs.get_mut(&p.job).and_then(|m| m.get_mut(&p.region)) else {
+            return false;
+        };
+        if entry.done && !p.done {
+            return false; // a late progress report after the final one
+        }
+        *entry = InputPresence {
+            present_bytes: p.present_bytes,
+            total_bytes: p.total_bytes,
+            done: p.done,
+        };
+        true
+    }
+}
+
+/// The (job, region) pairs to ask now: unfinished jobs with inputs, into each region where
+/// one of their tasks is queued or running, and waiting jobs into their one candidate region;
+/// not where a task with these inputs already finished (`held`), nor where already asked.
+pub fn targets(
+    jobs: &BTreeMap<JobId, Job>,
+    staging: &Staging,
+    live: &BTreeSet<Region>,
+    held: &BTreeMap<Region, BTreeSet<ContentHash>>,
+) -> Vec<(JobId, Region)> {
+    let mut out = Vec::new();
+    for (id, job) in jobs {
+        let rec = &job.rec.rec;
+        if rec.state.is_final() || rec.input_bytes == 0 {
+            continue;
+        }
+        let mut regions: BTreeSet<&Region> = job.in_flight_by_region().keys().collect();
+        if job.n_ready() > 0 {
+            let candidates: Vec<&Region> = if rec.spec.regions.is_empty() {
+                live.iter().collect()
+            } else {
+                rec.spec
+                    .regions
+                    .iter()
+                    .filter(|r| live.contains(*r))
+                    .collect()
+            };
+            if let [only] = candidates.as_slice() {
+                regions.insert(only);
+            }
+        }
+        for region in regions {
+            let there = held
+                .get(region)
+                .is_some_and(|h| h.contains(&rec.spec.inputs));
+            if !there && !staging.asked(id, region) {
+                out.push((id.clone(), region.clone()));
+            }
+        }
+    }
+    out
+}
+
+impl Coordinator {
+    /// Asks regions to pre-stage the inputs of jobs placement has chosen them for (each
+    /// (job, region) once; a publish that fails is tried again next round).
+    pub(crate) async fn stage_inputs(&mut self) {
+        if !self.config.prestage {
+            return;
+        }
+        let jobs = &self.jobs;
+        self.staging.jobs.retain(|id, _| jobs.contains_key(id));
+        let live: BTreeSet<Region> = self.live_workers().map(|w| w.region.clone()).collect();
+        for (id, region) in targets(&self.jobs, &self.staging, &live, &self.learned.held) {
+            let rec = &self.jobs[&id].rec.rec;
+            let request = StageRequest {
+                job: id.clone(),
+                studio: rec.spec.studio.clone(),
+                inputs: rec.spec.inputs,
+                region: region.clone(),
+            };
+            let total = rec.input_bytes;
+            let body = match encode(&request, "stage request") {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(error = %e, "cannot encode a stage request");
+                    continue;
+                }
+            };
+            if let Err(e) = self
+                .farm
+                .client
+                .publish(nats::stage_subject(&region), body)
+                .await
+            {
+                warn!(job = %id, region = %region, error = %e, "cannot ask a region to pre-stage; will retry");
+                continue;
+            }
+            debug!(job = %id, region = %region, "inputs pre-staging asked");
+            self.staging.jobs.entry(id).or_default().insert(
+                region,
+                InputPresence {
+                    present_bytes: 0,
+                    total_bytes: total,
+                    done: false,
+                },
+            );
+        }
+    }
+
+    /// A worker's pre-staging report. Once a region holds all of a job's inputs, placement
+    /// counts them as there.
+    pub(crate) fn handle_staged(&mut self, msg: async_nats::Message) {
+        let p = match nats::decode_staged(msg.subject.as_str(), &msg.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "dropping a stage report");
+                return;
+            }
+        };
+        if !self.staging.report(&p) {
+            return;
+        }
+        if p.done && p.error.is_none() && p.present_bytes == p.total_bytes {
+            if let Some(job) = self.jobs.get(&p.job) {
+                self.learned
+                    .held
+                    .entry(p.region.clone())
+                    .or_default()
+                    .insert(job.rec.rec.spec.inputs);
+            }
+        }
+        if let Some(e) = &p.error {
+            warn!(job = %p.job, region = %p.region, worker = %p.worker, error = %e, "pre-staging stopped short; tasks fetch on demand");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suanli_shared::protocol::TaskState;
+
+    fn progress(job: &JobId, region: &str, present: u64, done: bool) -> StageProgress {
+        StageProgress {
+            job: job.clone(),
+            region: region.parse().unwrap(),
+            worker: "w1".parse().unwrap(),
+            present_bytes: present,
+            total_bytes: 10,
+            moved_bytes: present,
+            done,
+            error: None,
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn reports_count_only_for_regions_asked_and_never_go_back_after_done() {
+        let job = JobId::generate();
+        let guian: Region = "guian".parse().unwrap();
+        let mut s = Staging::default();
+        assert!(!s.report(&progress(&job, "guian", 5, false)), "never asked");
+        s.jobs
+            .entry(job.clone())
+            .or_default()
+            .insert(guian.clone(), InputPresence::default());
+        assert!(
+            !s.report(&progress(&job, "ulanqab", 5, false)),
+            "another region"
+        );
+        assert!(s.report(&progress(&job, "guian", 5, false)));
+        assert!(s.report(&progress(&job, "guian", 10, true)));
+        assert!(!s.report(&progress(&job, "guian", 7, false)), "late report");
+        let p = s.presence(&job)["guian"];
+        assert_eq!((p.present_bytes, p.total_bytes, p.done), (10, 10, true));
+        assert!(s.presence(&JobId::generate()).is_empty());
+    }
+
+    fn job(input_bytes: u64, regions: &[&str], tasks: &[(TaskState, Option<&str>)]) -> Job {
+        use crate::state::Versioned;
+        let mut rec = crate::state::tests::job_record(0);
+        rec.input_bytes = input_bytes;
+        rec.spec.regions = regions.iter().map(|r| r.parse().unwrap()).collect();
+        rec.n_tasks = tasks.len() as u32;
+        let tasks = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, (state, region))| {
+                let mut t = crate::state::new_task(
+                    &rec.id,
+                    i as u32,
+                    ContentHash::of(&[i as u8]),
+                    suanli_shared::FrameChunk::single(i as u32 + 1),
+                    None,
+                );
+                t.state = *state;
+                t.region = region.map(|r| r.parse().unwrap());
+                Versioned { rec: t, rev: 1 }
+            })
+            .collect();
+        Job::new(Versioned { rec, rev: 1 }, tasks)
+    }
+
+    fn regions(names: &[&str]) -> BTreeSet<Region> {
+        names.iter().map(|r| r.parse().unwrap()).collect()
+    }
+
+    fn asked(
+        jobs: &BTreeMap<JobId, Job>,
+        live: &[&str],
+        held: &BTreeMap<Region, BTreeSet<ContentHash>>,
+    ) -> Vec<String> {
+        targets(jobs, &Staging::default(), &regions(live), held)
+            .into_iter()
+            .map(|(_, r)| r.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_job_is_staged_where_placement_chose_or_its_only_candidate_region() {
+        let one = |j: Job| BTreeMap::from([(j.rec.rec.id.clone(), j)]);
+        let none = BTreeMap::new();
+        let two = ["guian", "ulanqab"];
+        // Released into guian: staged there, not into the other live region.
+        let queued = one(job(
+            10,
+            &[],
+            &[
+                (TaskState::Queued, Some("guian")),
+                (TaskState::Pending, None),
+            ],
+        ));
+        assert_eq!(asked(&queued, &two, &none), ["guian"]);
+        // Waiting for slots, free to go anywhere on a two-region farm: placement has not chosen.
+        let waiting = one(job(10, &[], &[(TaskState::Pending, None)]));
+        assert!(asked(&waiting, &two, &none).is_empty());
+        // ... but with one candidate (the only live region, or the one it names) it is staged.
+        assert_eq!(asked(&waiting, &["guian"], &none), ["guian"]);
+        let pinned = one(job(10, &["ulanqab"], &[(TaskState::Pending, None)]));
+        assert_eq!(asked(&pinned, &two, &none), ["ulanqab"]);
+        // No inputs, or inputs the region holds already: nothing to stage.
+        let empty = one(job(0, &[], &[(TaskState::Queued, Some("guian"))]));
+        assert!(asked(&empty, &two, &none).is_empty());
+        let inputs = queued.values().next().unwrap().rec.rec.spec.inputs;
+        let held = BTreeMap::from([("guian".parse().unwrap(), BTreeSet::from([inputs]))]);
+        assert!(asked(&queued, &two, &held).is_empty());
+        // Asked once per (job, region).
+        let mut staging = Staging::default();
+        let (id, region) = targets(&queued, &staging, &regions(&two), &none).remove(0);
+        staging
+            .jobs
+            .entry(id)
+            .or_default()
+            .insert(region, InputPresence::default());
+        assert!(targets(&queued, &staging, &regions(&two), &none).is_empty());
+    }
+}
