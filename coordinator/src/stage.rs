@@ -20,6 +20,9 @@ use crate::state::Job;
 #[derive(Default)]
 pub struct Staging {
     jobs: BTreeMap<JobId, BTreeMap<Region, InputPresence>>,
+    /// Bytes moved by stagings that ended, per job and region: a later staging of the same
+    /// inputs (moving little or nothing) adds to them rather than replacing them.
+    moved_before: BTreeMap<(JobId, Region), u64>,
 }
 
 impl Staging {
@@ -44,11 +47,17 @@ impl Staging {
         if entry.done && !p.done {
             return false; // a late progress report after the final one
         }
+        let key = (p.job.clone(), p.region.clone());
+        let before = self.moved_before.get(&key).copied().unwrap_or(0);
         *entry = InputPresence {
             present_bytes: p.present_bytes,
             total_bytes: p.total_bytes,
+            moved_bytes: before.saturating_add(p.moved_bytes),
             done: p.done,
         };
+        if p.done {
+            self.moved_before.insert(key, entry.moved_bytes);
+        }
         true
     }
 }
@@ -104,6 +113,9 @@ impl Coordinator {
         }
         let jobs = &self.jobs;
         self.staging.jobs.retain(|id, _| jobs.contains_key(id));
+        self.staging
+            .moved_before
+            .retain(|(id, _), _| jobs.contains_key(id));
         let live: BTreeSet<Region> = self.live_workers().map(|w| w.region.clone()).collect();
         for (id, region) in targets(&self.jobs, &self.staging, &live, &self.learned.held) {
             let rec = &self.jobs[&id].rec.rec;
@@ -136,6 +148,7 @@ impl Coordinator {
                 InputPresence {
                     present_bytes: 0,
                     total_bytes: total,
+                    moved_bytes: 0,
                     done: false,
                 },
             );
@@ -208,6 +221,11 @@ mod tests {
         assert!(!s.report(&progress(&job, "guian", 7, false)), "late report");
         let p = s.presence(&job)["guian"];
         assert_eq!((p.present_bytes, p.total_bytes, p.done), (10, 10, true));
+        // Staged again (all there, nothing moved): the bytes moved before still count.
+        let mut again = progress(&job, "guian", 10, true);
+        again.moved_bytes = 0;
+        assert!(s.report(&again));
+        assert_eq!(s.presence(&job)["guian"].moved_bytes, 10);
         assert!(s.presence(&JobId::generate()).is_empty());
     }
 

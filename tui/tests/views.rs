@@ -651,6 +651,7 @@ fn the_job_view_shows_how_much_input_each_pre_staging_region_holds() {
     let presence = |present, done| InputPresence {
         present_bytes: present,
         total_bytes: 400,
+        moved_bytes: present,
         done,
     };
     job.inputs_in.insert("guian".into(), presence(100, false));

@@ -162,6 +162,9 @@ impl Cache {
         let path = self.blob_path(studio, hash);
         if let Some(hit) = self.hit(&path, size).await {
             self.counters.hits.inc();
+            if let Some(p) = progress {
+                p.skipped(size);
+            }
             return Ok((hit, 0));
         }
         let result = self

@@ -67,6 +67,10 @@ impl StageProgress {
 pub struct InputPresence {
     pub present_bytes: u64,
     pub total_bytes: u64,
+    /// Bytes pre-staging moved into the region (chunks actually downloaded): counted in the
+    /// region's `bytes_in`, since the tasks then move none.
+    #[serde(default)]
+    pub moved_bytes: u64,
     /// The region's staging ended (all there, or it gave up and tasks fetch on demand).
     pub done: bool,
 }
@@ -115,6 +119,7 @@ mod tests {
         let p = |present, total| InputPresence {
             present_bytes: present,
             total_bytes: total,
+            moved_bytes: 0,
             done: false,
         };
         assert_eq!(p(0, 0).percent(), 100);
