@@ -855,6 +855,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn staging_beside_a_task_fetches_each_chunk_once_and_lays_nothing_out() {
+        let data = noise(40 << 20, 6);
+        let (dir, store, entry) = chunked_store(&data).await;
+        let folder = dir.path().join("shared-cache");
+        // The worker that stages and another that runs a task, on one folder.
+        let stager = Cache::open(&folder, 1 << 30, store.clone()).await.unwrap();
+        let runner = Cache::open(&folder, 1 << 30, store.clone()).await.unwrap();
+        let before = store.counts();
+        let (m, acme) = (one_file(&entry), acme());
+        let progress = Progress::new(m.total_bytes());
+        let task = dir.path().join("task");
+        let (staged, ran) = tokio::join!(
+            stager.stage(&acme, &m, &progress),
+            runner.materialize(&acme, &m, &task)
+        );
+        let moved = staged.unwrap() + ran.unwrap();
+        let after = store.counts();
+        assert_eq!(after.gets - before.gets, entry.chunks.len() as u64);
+        assert_eq!(moved, data.len() as u64, "each chunk moved once");
+        assert_eq!(progress.done(), data.len() as u64, "all of it there");
+        assert!(std::fs::read(task.join("cache/sim.bin")).unwrap() == data);
+        assert!(stager.blob_path(&acme, &entry.hash).exists());
+        // Staged again: everything is there, nothing moves, nothing is asked of the store.
+        let again = Progress::new(m.total_bytes());
+        assert_eq!(stager.stage(&acme, &m, &again).await.unwrap(), 0);
+        assert_eq!((again.done(), again.moved_bytes()), (data.len() as u64, 0));
+        assert_eq!(store.counts().gets, after.gets);
+        // Staging refuses a manifest a task would refuse.
+        let mut bad = m.clone();
+        let e = bad.files.remove("cache/sim.bin").unwrap();
+        bad.files.insert("../escape.bin".into(), e);
+        assert!(stager.stage(&acme, &bad, &Progress::new(0)).await.is_err());
+    }
+
+    #[tokio::test]
     async fn a_capped_cache_downloads_no_faster_than_its_cap() {
         let data = noise(24 << 20, 5);
         let (dir, store, entry) = chunked_store(&data).await;
