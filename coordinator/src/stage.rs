@@ -14,6 +14,7 @@ use suanli_shared::{ContentHash, JobId, Region};
 use tracing::{debug, warn};
 
 use crate::actor::Coordinator;
+use crate::release::Capacity;
 use crate::state::Job;
 
 /// What pre-staging asked and heard, per job and region.
@@ -63,12 +64,14 @@ impl Staging {
 }
 
 /// The (job, region) pairs to ask now: unfinished jobs with inputs, into each region where
-/// one of their tasks is queued or running, and waiting jobs into their one candidate region;
-/// not where a task with these inputs already finished (`held`), nor where already asked.
+/// one of their tasks is queued or running, and waiting jobs into their one candidate region
+/// (`candidates`: the live regions where a job's tasks could run: its own and its studio's
+/// regions, a worker that fits its requirements and runs its renderer); not where a task with
+/// these inputs already finished (`held`), nor where already asked.
 pub fn targets(
     jobs: &BTreeMap<JobId, Job>,
     staging: &Staging,
-    live: &BTreeSet<Region>,
+    mut candidates: impl FnMut(&Job) -> Vec<Region>,
     held: &BTreeMap<Region, BTreeSet<ContentHash>>,
 ) -> Vec<(JobId, Region)> {
     let mut out = Vec::new();
@@ -77,27 +80,18 @@ pub fn targets(
         if rec.state.is_final() || rec.input_bytes == 0 {
             continue;
         }
-        let mut regions: BTreeSet<&Region> = job.in_flight_by_region().keys().collect();
+        let mut regions: BTreeSet<Region> = job.in_flight_by_region().keys().cloned().collect();
         if job.n_ready() > 0 {
-            let candidates: Vec<&Region> = if rec.spec.regions.is_empty() {
-                live.iter().collect()
-            } else {
-                rec.spec
-                    .regions
-                    .iter()
-                    .filter(|r| live.contains(*r))
-                    .collect()
-            };
-            if let [only] = candidates.as_slice() {
-                regions.insert(only);
+            if let [only] = candidates(job).as_slice() {
+                regions.insert(only.clone());
             }
         }
         for region in regions {
             let there = held
-                .get(region)
+                .get(&region)
                 .is_some_and(|h| h.contains(&rec.spec.inputs));
-            if !there && !staging.asked(id, region) {
-                out.push((id.clone(), region.clone()));
+            if !there && !staging.asked(id, &region) {
+                out.push((id.clone(), region));
             }
         }
     }
@@ -117,7 +111,29 @@ impl Coordinator {
             .moved_before
             .retain(|(id, _), _| jobs.contains_key(id));
         let live: BTreeSet<Region> = self.live_workers().map(|w| w.region.clone()).collect();
-        for (id, region) in targets(&self.jobs, &self.staging, &live, &self.learned.held) {
+        let capacity = Capacity::of(self.live_workers());
+        let candidates = |job: &Job| -> Vec<Region> {
+            let spec = &job.rec.rec.spec;
+            let terms = self.config.studios.terms(&spec.studio);
+            let allowed = terms.allowed_for(&spec.regions);
+            if allowed.is_empty() && !terms.regions.is_empty() {
+                return Vec::new(); // none of its regions is its studio's: it waits
+            }
+            if self.no_worker_runs(spec).is_some() {
+                return Vec::new(); // no live worker runs its renderer
+            }
+            let mut regions: Vec<Region> = if spec.requirements.asks_worker() {
+                capacity.fitting(&spec.requirements).into_keys().collect()
+            } else {
+                live.iter().cloned().collect()
+            };
+            if !allowed.is_empty() {
+                regions.retain(|r| allowed.contains(r));
+            }
+            regions
+        };
+        let asks = targets(&self.jobs, &self.staging, candidates, &self.learned.held);
+        for (id, region) in asks {
             let rec = &self.jobs[&id].rec.rec;
             let request = StageRequest {
                 job: id.clone(),
@@ -167,6 +183,10 @@ impl Coordinator {
         };
         if !self.staging.report(&p) {
             return;
+        }
+        if p.done {
+            self.metrics
+                .staged(&p.region, p.moved_bytes, &self.config.catalog);
         }
         if p.done && p.error.is_none() && p.present_bytes == p.total_bytes {
             if let Some(job) = self.jobs.get(&p.job) {
@@ -258,12 +278,23 @@ mod tests {
         names.iter().map(|r| r.parse().unwrap()).collect()
     }
 
+    /// A job's candidates as the live regions it names (all live ones when it names none).
+    fn candidates<'a>(live: &'a [&'a str]) -> impl FnMut(&Job) -> Vec<Region> + 'a {
+        move |job: &Job| {
+            let named = &job.rec.rec.spec.regions;
+            regions(live)
+                .into_iter()
+                .filter(|r| named.is_empty() || named.contains(r))
+                .collect()
+        }
+    }
+
     fn asked(
         jobs: &BTreeMap<JobId, Job>,
         live: &[&str],
         held: &BTreeMap<Region, BTreeSet<ContentHash>>,
     ) -> Vec<String> {
-        targets(jobs, &Staging::default(), &regions(live), held)
+        targets(jobs, &Staging::default(), candidates(live), held)
             .into_iter()
             .map(|(_, r)| r.to_string())
             .collect()
@@ -291,6 +322,9 @@ mod tests {
         assert_eq!(asked(&waiting, &["guian"], &none), ["guian"]);
         let pinned = one(job(10, &["ulanqab"], &[(TaskState::Pending, None)]));
         assert_eq!(asked(&pinned, &two, &none), ["ulanqab"]);
+        // No candidate (its region is not live; in the coordinator also: no live worker fits
+        // its requirements or runs its renderer): nothing is staged while it waits.
+        assert!(asked(&pinned, &["guian"], &none).is_empty());
         // No inputs, or inputs the region holds already: nothing to stage.
         let empty = one(job(0, &[], &[(TaskState::Queued, Some("guian"))]));
         assert!(asked(&empty, &two, &none).is_empty());
@@ -299,12 +333,12 @@ mod tests {
         assert!(asked(&queued, &two, &held).is_empty());
         // Asked once per (job, region).
         let mut staging = Staging::default();
-        let (id, region) = targets(&queued, &staging, &regions(&two), &none).remove(0);
+        let (id, region) = targets(&queued, &staging, candidates(&two), &none).remove(0);
         staging
             .jobs
             .entry(id)
             .or_default()
             .insert(region, InputPresence::default());
-        assert!(targets(&queued, &staging, &regions(&two), &none).is_empty());
+        assert!(targets(&queued, &staging, candidates(&two), &none).is_empty());
     }
 }
