@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use suanli_shared::nats;
-use suanli_shared::protocol::{encode, InputPresence, StageProgress, StageRequest};
+use suanli_shared::protocol::{encode, now_ms, InputPresence, StageProgress, StageRequest};
 use suanli_shared::{ContentHash, JobId, Region};
 use tracing::{debug, warn};
 
@@ -24,7 +24,13 @@ pub struct Staging {
     /// Bytes moved by stagings that ended, per job and region: a later staging of the same
     /// inputs (moving little or nothing) adds to them rather than replacing them.
     moved_before: BTreeMap<(JobId, Region), u64>,
+    /// When each staging under way was asked or last reported (ms): one silent for
+    /// [`STAGING_SILENCE_MS`] (the request found no worker, or the worker died) is asked again.
+    heard: BTreeMap<(JobId, Region), u64>,
 }
+
+/// A staging reports every second while it runs; this long without a word, it is lost.
+pub const STAGING_SILENCE_MS: u64 = 30_000;
 
 impl Staging {
     /// How much of `job`'s input each region asked holds (empty if none was asked).
@@ -39,9 +45,51 @@ impl Staging {
         self.jobs.get(job).is_some_and(|m| m.contains_key(region))
     }
 
+    /// Records that `region` was asked to stage `job`'s `total` bytes at `now`.
+    fn ask(&mut self, job: &JobId, region: &Region, total: u64, now: u64) {
+        let moved = self
+            .moved_before
+            .get(&(job.clone(), region.clone()))
+            .copied()
+            .unwrap_or(0);
+        self.jobs.entry(job.clone()).or_default().insert(
+            region.clone(),
+            InputPresence {
+                present_bytes: 0,
+                total_bytes: total,
+                moved_bytes: moved,
+                done: false,
+            },
+        );
+        self.heard.insert((job.clone(), region.clone()), now);
+    }
+
+    /// Forgets stagings not done and silent since `now - STAGING_SILENCE_MS`, so they are
+    /// asked again, and everything about jobs `keep` says are gone.
+    fn expire(&mut self, now: u64, keep: impl Fn(&JobId) -> bool) {
+        self.jobs.retain(|id, _| keep(id));
+        self.moved_before.retain(|(id, _), _| keep(id));
+        let silent: Vec<(JobId, Region)> = self
+            .heard
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(**at) >= STAGING_SILENCE_MS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (job, region) in silent {
+            self.heard.remove(&(job.clone(), region.clone()));
+            if let Some(m) = self.jobs.get_mut(&job) {
+                if m.get(&region).is_some_and(|p| !p.done) {
+                    warn!(job = %job, region = %region, "pre-staging went silent; asking again");
+                    m.remove(&region);
+                }
+            }
+        }
+        self.heard.retain(|(id, _), _| keep(id));
+    }
+
     /// Folds a worker's report in: only for a (job, region) that was asked, so a worker
     /// cannot make up figures for jobs its region was never sent. True when it was taken.
-    pub fn report(&mut self, p: &StageProgress) -> bool {
+    pub fn report(&mut self, p: &StageProgress, now: u64) -> bool {
         let Some(entry) = self.jobs.get_mut(&p.job).and_then(|m| m.get_mut(&p.region)) else {
             return false;
         };
@@ -57,7 +105,10 @@ impl Staging {
             done: p.done,
         };
         if p.done {
-            self.moved_before.insert(key, entry.moved_bytes);
+            self.moved_before.insert(key.clone(), entry.moved_bytes);
+            self.heard.remove(&key);
+        } else {
+            self.heard.insert(key, now);
         }
         true
     }
@@ -105,11 +156,9 @@ impl Coordinator {
         if !self.config.prestage {
             return;
         }
+        let now = now_ms();
         let jobs = &self.jobs;
-        self.staging.jobs.retain(|id, _| jobs.contains_key(id));
-        self.staging
-            .moved_before
-            .retain(|(id, _), _| jobs.contains_key(id));
+        self.staging.expire(now, |id| jobs.contains_key(id));
         let live: BTreeSet<Region> = self.live_workers().map(|w| w.region.clone()).collect();
         let capacity = Capacity::of(self.live_workers());
         let candidates = |job: &Job| -> Vec<Region> {
@@ -159,15 +208,7 @@ impl Coordinator {
                 continue;
             }
             debug!(job = %id, region = %region, "inputs pre-staging asked");
-            self.staging.jobs.entry(id).or_default().insert(
-                region,
-                InputPresence {
-                    present_bytes: 0,
-                    total_bytes: total,
-                    moved_bytes: 0,
-                    done: false,
-                },
-            );
+            self.staging.ask(&id, &region, total, now);
         }
     }
 
@@ -181,7 +222,7 @@ impl Coordinator {
                 return;
             }
         };
-        if !self.staging.report(&p) {
+        if !self.staging.report(&p, now_ms()) {
             return;
         }
         if p.done {
@@ -227,24 +268,25 @@ mod tests {
         let job = JobId::generate();
         let guian: Region = "guian".parse().unwrap();
         let mut s = Staging::default();
-        assert!(!s.report(&progress(&job, "guian", 5, false)), "never asked");
-        s.jobs
-            .entry(job.clone())
-            .or_default()
-            .insert(guian.clone(), InputPresence::default());
         assert!(
-            !s.report(&progress(&job, "ulanqab", 5, false)),
-            "another region"
+            !s.report(&progress(&job, "guian", 5, false), 0),
+            "never asked"
         );
-        assert!(s.report(&progress(&job, "guian", 5, false)));
-        assert!(s.report(&progress(&job, "guian", 10, true)));
-        assert!(!s.report(&progress(&job, "guian", 7, false)), "late report");
+        s.ask(&job, &guian, 10, 0);
+        let other = progress(&job, "ulanqab", 5, false);
+        assert!(!s.report(&other, 1), "another region");
+        assert!(s.report(&progress(&job, "guian", 5, false), 1));
+        assert!(s.report(&progress(&job, "guian", 10, true), 2));
+        assert!(
+            !s.report(&progress(&job, "guian", 7, false), 3),
+            "late report"
+        );
         let p = s.presence(&job)["guian"];
         assert_eq!((p.present_bytes, p.total_bytes, p.done), (10, 10, true));
         // Staged again (all there, nothing moved): the bytes moved before still count.
         let mut again = progress(&job, "guian", 10, true);
         again.moved_bytes = 0;
-        assert!(s.report(&again));
+        assert!(s.report(&again, 4));
         assert_eq!(s.presence(&job)["guian"].moved_bytes, 10);
         assert!(s.presence(&JobId::generate()).is_empty());
     }
@@ -334,11 +376,29 @@ mod tests {
         // Asked once per (job, region).
         let mut staging = Staging::default();
         let (id, region) = targets(&queued, &staging, candidates(&two), &none).remove(0);
-        staging
-            .jobs
-            .entry(id)
-            .or_default()
-            .insert(region, InputPresence::default());
+        staging.ask(&id, &region, 10, 0);
         assert!(targets(&queued, &staging, candidates(&two), &none).is_empty());
+    }
+
+    #[test]
+    fn a_silent_staging_is_asked_again_and_a_finished_one_is_not() {
+        let job = JobId::generate();
+        let (guian, ulanqab): (Region, Region) =
+            ("guian".parse().unwrap(), "ulanqab".parse().unwrap());
+        let mut s = Staging::default();
+        s.ask(&job, &guian, 10, 0);
+        s.ask(&job, &ulanqab, 10, 0);
+        assert!(s.report(&progress(&job, "ulanqab", 10, true), 1_000));
+        // Reporting keeps a staging alive.
+        assert!(s.report(&progress(&job, "guian", 3, false), 20_000));
+        s.expire(STAGING_SILENCE_MS + 1_000, |_| true);
+        assert!(s.asked(&job, &guian) && s.asked(&job, &ulanqab));
+        // Silent for the whole window: forgotten (asked again); the finished one stays.
+        s.expire(20_000 + STAGING_SILENCE_MS, |_| true);
+        assert!(!s.asked(&job, &guian));
+        assert!(s.asked(&job, &ulanqab));
+        // A job gone takes its figures with it.
+        s.expire(u64::MAX, |_| false);
+        assert!(s.presence(&job).is_empty());
     }
 }
