@@ -133,6 +133,9 @@ async fn a_live_farm_serves_metrics_with_the_values_of_a_known_job() {
             "127.0.0.1:0",
             "--catalog",
             catalog.to_str().unwrap(),
+            // Whether a staging or the first task looks the input up first is a race; the
+            // counts below are of tasks alone (tests/prestage.rs covers staging).
+            "--no-prestage",
         ],
     );
     let worker = farm.worker("guian", "w1", &["--metrics-listen", "127.0.0.1:0"]);
@@ -231,9 +234,8 @@ async fn a_live_farm_serves_metrics_with_the_values_of_a_known_job() {
         ),
         3.0
     );
-    // Pre-staging looks the input up once more (a miss or a hit, whichever comes first).
     assert_eq!(value(&w, "suanli_worker_cache_misses_total", &[]), 1.0);
-    assert_eq!(value(&w, "suanli_worker_cache_hits_total", &[]), 3.0);
+    assert_eq!(value(&w, "suanli_worker_cache_hits_total", &[]), 2.0);
     assert_eq!(value(&w, "suanli_worker_download_bytes_total", &[]), 5.0);
     assert_eq!(value(&w, "suanli_worker_cache_used_bytes", &[]), 5.0);
     assert_eq!(value(&w, "suanli_worker_slots", &[]), 1.0);
@@ -244,8 +246,7 @@ async fn a_live_farm_serves_metrics_with_the_values_of_a_known_job() {
     let again = client.submit(spec).await.unwrap().id;
     assert_eq!(wait_done(&client, &again).await.state, JobState::Done);
     let w = scrape(w_addr).await;
-    // The region holds these inputs now: not staged again.
-    assert_eq!(value(&w, "suanli_worker_cache_hits_total", &[]), 5.0);
+    assert_eq!(value(&w, "suanli_worker_cache_hits_total", &[]), 4.0);
     assert_eq!(value(&w, "suanli_worker_cache_misses_total", &[]), 1.0);
     assert_eq!(value(&w, "suanli_worker_download_bytes_total", &[]), 5.0);
     assert_eq!(value(&w, "suanli_worker_upload_bytes_total", &[]), 35.0);

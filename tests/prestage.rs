@@ -7,12 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{sh_flags, wait_for_text, write, ProcFarm};
+use common::{sh_flags, wait_for_text, wait_until, write, ProcFarm, Role};
 use futures::StreamExt;
 use suanli::jobfile::Overrides;
 use suanli_shared::nats;
 use suanli_shared::protocol::{encode, JobState, StageProgress, StageRequest, TaskState};
 use suanli_shared::Region;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Deterministic incompressible bytes.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -29,10 +30,46 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// The coordinator's `suanli_transfer_bytes_total` into `region`, from its `/metrics`.
+async fn bytes_in_metric(coordinator: &Role, region: &str) -> f64 {
+    let prefix = "serving metrics on http://";
+    let addr: std::net::SocketAddr = wait_until(Duration::from_secs(30), || {
+        let log = coordinator.log_text();
+        let rest = &log[log.find(prefix)? + prefix.len()..];
+        rest[..rest.find("/metrics")?].parse().ok()
+    })
+    .await
+    .expect("the coordinator serves metrics");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(LIMIT, s.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "suanli_transfer_bytes_total"
+                && s.labels.get("region") == Some(region)
+                && s.labels.get("direction") == Some("in")
+        })
+        .expect("a transfer series");
+    match sample.value {
+        prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) => n,
+        ref v => panic!("{v:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_job_has_its_inputs_staged_before_its_task_starts() {
     let farm = ProcFarm::start();
-    let _coordinator = farm.coordinator("coordinator", &[]);
+    let coordinator = farm.coordinator("coordinator", &["--metrics-listen", "127.0.0.1:0"]);
     let worker = farm.worker("guian", "w1", &["--slots", "1"]);
     let client = farm.client().await;
     farm.wait_for_workers(&client, 1).await;
@@ -150,5 +187,16 @@ async fn a_waiting_job_has_its_inputs_staged_before_its_task_starts() {
     );
     // The region's input bytes are the staged chunks, counted once.
     assert_eq!(done.regions["guian"].bytes_in, p.moved_bytes, "{done:#?}");
+    // Farm-wide, the metric is both jobs' input bytes: A's task's and B's staged chunks.
+    let a_done = client
+        .wait(&a.id, Some(LIMIT), |_| {})
+        .await
+        .unwrap()
+        .expect("A finished");
+    assert_eq!(
+        bytes_in_metric(&coordinator, "guian").await,
+        (a_done.regions["guian"].bytes_in + p.moved_bytes) as f64,
+        "the metric counts the staged chunks too"
+    );
     assert!(worker.log_text().contains("pre-staging inputs"));
 }

@@ -27,7 +27,13 @@ pub struct Staging {
     /// When each staging under way was asked or last reported (ms): one silent for
     /// [`STAGING_SILENCE_MS`] (the request found no worker, or the worker died) is asked again.
     heard: BTreeMap<(JobId, Region), u64>,
+    /// When the last round looked for jobs to stage (ms): dispatch runs after every input,
+    /// and this walk over the jobs needs to run only a few times a second.
+    looked_ms: u64,
 }
+
+/// The least time between two walks over the jobs for stagings to ask.
+const LOOK_EVERY_MS: u64 = 200;
 
 /// A staging reports every second while it runs; this long without a word, it is lost.
 pub const STAGING_SILENCE_MS: u64 = 30_000;
@@ -157,6 +163,10 @@ impl Coordinator {
             return;
         }
         let now = now_ms();
+        if now.saturating_sub(self.staging.looked_ms) < LOOK_EVERY_MS {
+            return;
+        }
+        self.staging.looked_ms = now;
         let jobs = &self.jobs;
         self.staging.expire(now, |id| jobs.contains_key(id));
         let live: BTreeSet<Region> = self.live_workers().map(|w| w.region.clone()).collect();
