@@ -37,6 +37,16 @@
 #     --rate R=MBIT,...  link caps in Mbit/s; a region it does not name takes the catalog's
 #                        bandwidth_mbps, else guian 40, ulanqab 10, any other 20
 #     --input-mb N       size of the job's input file (default 8)
+#     --first-task SECS  instead of the usual job, measure pre-staging (docs/BENCHMARKS.md):
+#                        twice, with pre-staging and with the coordinator's --no-prestage
+#                        (a fresh random input each time), a blocker job holds every slot
+#                        for SECS seconds while a one-frame job with the input waits; its
+#                        render writes the time it began. Prints when the first task began
+#                        rendering after its slot freed and after submit, how much of the
+#                        input the region held when the slot freed, and the link's rate
+#                        against its cap. Workers run with --allow-any-command, and the
+#                        workers of a region share one cache folder (DIR/cache-<region>):
+#                        one worker stages for all of them.
 # Environment: SUANLI_BIN (default target/debug/suanli, built when missing),
 #              SUANLI_NATS_SERVER (default .tools/bin/nats-server, then PATH),
 #              SUANLI_MOTO_SERVER (--netns; default .tools/bin/moto_server, then PATH).
@@ -60,6 +70,7 @@ netns=0
 rates=""
 input_mb=8
 secure=0
+first_task=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --regions) regions=$2; shift 2 ;;
@@ -74,6 +85,7 @@ while [ $# -gt 0 ]; do
     --rate) rates=$2; shift 2 ;;
     --input-mb) input_mb=$2; shift 2 ;;
     --secure) secure=1; shift ;;
+    --first-task) first_task=$2; shift 2 ;;
     -h|--help) sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "cluster: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -82,6 +94,12 @@ IFS=',' read -r -a region_list <<<"$regions"
 if [ "${#region_list[@]}" -eq 0 ]; then
   echo "cluster: --regions needs at least one region" >&2
   exit 2
+fi
+if [ -n "$first_task" ]; then
+  if [ "$netns" != 1 ] || ! [[ "$first_task" =~ ^[1-9][0-9]*$ ]]; then
+    echo "cluster: --first-task wants --netns and a whole number of seconds, not '$first_task'" >&2
+    exit 2
+  fi
 fi
 if [ -n "$catalog" ]; then
   case "$catalog" in /*) ;; *) catalog="$here/$catalog" ;; esac
@@ -452,6 +470,7 @@ fi
 as_role coordinator
 RUST_LOG=$role_log "$bin" "${role_flags[@]}" coordinator --nats "$hub_url" "${coordinator_args[@]}" \
   >>"$dir/logs/coordinator.log" 2>&1 &
+coordinator_pid=$!
 pids+=($!)
 wait_for "the coordinator" 30 "$bin" "${operator[@]}" workers --nats "$hub_url"
 for region in "${region_list[@]}"; do
@@ -462,8 +481,12 @@ for region in "${region_list[@]}"; do
   as_role "worker-$region"
   for n in $(seq "$workers"); do
     name="$region-w$n"
+    cache="$dir/cache-$name"
+    [ -z "$first_task" ] || cache="$dir/cache-$region"
     RUST_LOG=$role_log "${run_in[@]}" "$bin" "${role_flags[@]}" worker --nats "${leaf_url[$region]}" --region "$region" --name "$name" \
-      --slots "$slots" --cache-dir "$dir/cache-$name" >>"$dir/logs/worker-$name.log" 2>&1 &
+      --slots "$slots" --cache-dir "$cache" \
+      ${first_task:+--allow-any-command} \
+      >>"$dir/logs/worker-$name.log" 2>&1 &
     pids+=($!)
   done
 done
@@ -473,6 +496,138 @@ workers_up() {
 }
 wait_for "$want_workers workers to register through their leaves" 60 workers_up
 echo "cluster: coordinator and $want_workers workers up" >&2
+
+# --first-task: pre-staging measured against fetch-on-demand, then done.
+if [ -n "$first_task" ]; then
+  n_slots=$((want_workers * slots))
+  link_args=()
+  for region in "${region_list[@]}"; do
+    link_args+=("$region" "${rate_of[$region]}")
+  done
+  # first_task_round LABEL [COORDINATOR FLAGS]: restarts the coordinator with the flags, then
+  # blocker, waiting job, figures.
+  first_task_round() {
+    local label=$1 jobdir="$dir/job-$1" main t_submit t_free began
+    shift
+    kill "$coordinator_pid" 2>/dev/null || true
+    wait "$coordinator_pid" 2>/dev/null || true
+    as_role coordinator
+    RUST_LOG=$role_log "$bin" "${role_flags[@]}" coordinator --nats "$hub_url" "${coordinator_args[@]}" "$@" \
+      >>"$dir/logs/coordinator-$label.log" 2>&1 &
+    coordinator_pid=$!
+    pids+=($!)
+    wait_for "the coordinator ($label)" 60 workers_up
+    mkdir -p "$jobdir"
+    head -c $((input_mb * 1024 * 1024)) /dev/urandom >"$jobdir/plate.bin"
+    echo "$label" >"$jobdir/scene.txt"
+    # One blocker per region, holding each of its slots (placement alone might stack them in
+    # one region's queue).
+    blockers=()
+    for region in "${region_list[@]}"; do
+      blockers+=("$(cd "$jobdir" && "$bin" "${operator[@]}" submit --nats "$hub_url" \
+        --frames "1-$((workers * slots))" --regions "$region" --renderer command \
+        --scene scene.txt --ext txt --name "blocker-$label-$region" --json \
+        -- sh -c "sleep $first_task; printf x > {output}/frame_{frame:04}.txt" | json "d['id']")")
+    done
+    blockers_running() {
+      local b n=0
+      for b in "${blockers[@]}"; do
+        n=$((n + $("$bin" "${operator[@]}" status "$b" --nats "$hub_url" --json | json "d['tasks']['running']")))
+      done
+      [ "$n" -eq "$n_slots" ]
+    }
+    wait_for "the blockers to hold all $n_slots slots" 60 blockers_running
+    touch "$dir/sampling"
+    LC_ALL=C sample_links >"$dir/link-samples-$label.txt" &
+    local sampler=$!
+    pids+=($sampler)
+    t_submit=$EPOCHREALTIME
+    main=$(cd "$jobdir" && "$bin" "${operator[@]}" submit --nats "$hub_url" --frames 1 \
+      --renderer command --scene scene.txt --ext txt --input plate.bin --name "first-task-$label" --json \
+      -- sh -c 'date +%s.%N > {output}/frame_{frame:04}.txt' | json "d['id']")
+    # What the regions hold until the first blocker ends and frees a slot.
+    blocker_done() {
+      local b
+      for b in "${blockers[@]}"; do
+        [ "$("$bin" "${operator[@]}" status "$b" --nats "$hub_url" --json | json "d['state']")" != done ] || return 0
+      done
+      return 1
+    }
+    until blocker_done; do
+      "$bin" "${operator[@]}" status "$main" --nats "$hub_url" --json >"$dir/main-$label.json"
+      sleep 0.2
+    done
+    "$bin" "${operator[@]}" wait "$main" --nats "$hub_url" --timeout "${limit_s}s" >/dev/null
+    t_done=$EPOCHREALTIME
+    rm -f "$dir/sampling"
+    wait "$sampler" 2>/dev/null || true
+    # The slot it took: its region's blocker's end.
+    local i where
+    where=$("$bin" "${operator[@]}" status "$main" --nats "$hub_url" --json \
+      | json "[r for r, f in d['regions'].items() if f['frames_done'] > 0][0]")
+    for i in "${!region_list[@]}"; do
+      if [ "${region_list[$i]}" = "$where" ]; then
+        t_free=$("$bin" "${operator[@]}" status "${blockers[$i]}" --nats "$hub_url" --json | json "d['finished_ms'] / 1000")
+      fi
+    done
+    "$bin" "${operator[@]}" fetch "$main" --nats "$hub_url" --out "$dir/frames-$label" --json >/dev/null
+    began=$(cat "$(find "$dir/frames-$label" -name '*.txt' | head -n 1)")
+    "$bin" "${operator[@]}" status "$main" --nats "$hub_url" --json >"$dir/main-done-$label.json"
+    python3 - "$label" "$t_submit" "$t_free" "$began" "$t_done" "$dir/main-$label.json" \
+      "$dir/main-done-$label.json" "$dir/link-samples-$label.txt" "${link_args[@]}" <<'PY'
+import json, sys
+
+label, t_submit, t_free, began, t_done = sys.argv[1], *map(float, sys.argv[2:6])
+at_free = json.load(open(sys.argv[6]))
+done = json.load(open(sys.argv[7]))
+pairs = sys.argv[9:]
+links = [(pairs[k], float(pairs[k + 1])) for k in range(0, len(pairs), 2)]
+held = ", ".join(
+    f"{r} {p['present_bytes'] / 1e6:.1f} of {p['total_bytes'] / 1e6:.1f} MB"
+    for r, p in sorted(at_free.get("inputs_in", {}).items())
+) or "none staged"
+where = [r for r, f in done.get("regions", {}).items() if f.get("frames_done", 0) > 0]
+print(f"cluster: first task ({label}): in {', '.join(where)}, began rendering "
+      f"{began - t_free:.2f} s after its slot freed, {began - t_submit:.2f} s after submit; "
+      f"inputs there when a slot first freed: {held}", file=sys.stderr)
+rows = []
+for line in open(sys.argv[8]):
+    f = line.split()
+    if len(f) == 1 + 2 * len(links):
+        rows.append((float(f[0]), [int(x) for x in f[1:]]))
+for k, (region, cap) in enumerate(links):
+    ledger = done.get("regions", {}).get(region, {}).get("bytes_in", 0)
+    busy_s = busy_b = 0.0
+    for a, b in zip(rows, rows[1:]):
+        dt, db = b[0] - a[0], b[1][2 * k] - a[1][2 * k]
+        if dt > 0 and db * 8 / dt / 1e6 > cap / 2:
+            busy_s += dt
+            busy_b += db
+    rate = busy_b * 8 / busy_s / 1e6 if busy_s > 0 else 0.0
+    print(f"cluster: first task ({label}): region {region}: {ledger / 1e6:.1f} MB in by the "
+          f"ledger; link busy {busy_s:.1f} s at {rate:.1f} Mbit/s = {100 * rate / cap:.0f} % "
+          f"of its {cap:g} Mbit/s cap", file=sys.stderr)
+PY
+  }
+  sample_links() {
+    local end=$((SECONDS + limit_s + 60)) line l tx rx
+    while [ -e "$dir/sampling" ] && [ "$SECONDS" -lt "$end" ]; do
+      line=$EPOCHREALTIME
+      for l in "${host_links[@]}"; do
+        read -r tx <"/sys/class/net/$l/statistics/tx_bytes"
+        read -r rx <"/sys/class/net/$l/statistics/rx_bytes"
+        line+=" $tx $rx"
+      done
+      echo "$line"
+      sleep 0.1
+    done
+  }
+  echo "cluster: first task: $input_mb MiB input, blocker of ${first_task}s on $n_slots slot(s)" >&2
+  first_task_round prestage
+  first_task_round on-demand --no-prestage
+  echo "cluster: ok: first-task figures above" >&2
+  exit 0
+fi
 
 # --netns: sample each link's byte counters (root side: tx is into the region, rx out of it)
 # every 0.1 s while the job runs, to measure what crossed it and how fast.

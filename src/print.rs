@@ -48,6 +48,15 @@ pub fn status(s: &JobStatus) {
             r.frames_done, r.core_seconds, r.cost, r.energy_kwh, r.carbon_kg, r.bytes_in as f64 / 1e6
         );
     }
+    for (region, p) in &s.inputs_in {
+        println!(
+            "  inputs in {region}: {:.1} of {:.1} MB ({}%){}",
+            p.present_bytes as f64 / 1e6,
+            p.total_bytes as f64 / 1e6,
+            p.percent(),
+            if p.done { "" } else { ", pre-staging" }
+        );
+    }
     if let Some(waiting) = &s.waiting {
         println!("  waiting: {waiting}");
     }

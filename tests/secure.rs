@@ -164,6 +164,62 @@ async fn each_role_can_do_its_job_and_nothing_else() {
         },
     )
     .await;
+    // Pre-staging: a worker takes only its own region's requests and reports only for it;
+    // asking a region to stage is the coordinator's.
+    assert_denied(
+        &farm,
+        &guian,
+        "take another region's pre-stage requests",
+        "suanli.stage.ulanqab",
+        |c| async move {
+            c.queue_subscribe("suanli.stage.ulanqab", "stage-ulanqab".into())
+                .await
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert_denied(
+        &farm,
+        &guian,
+        "report pre-staging for another region",
+        "suanli.staged.ulanqab",
+        |c| async move { c.publish("suanli.staged.ulanqab", Bytes::new()).await },
+    )
+    .await;
+    assert_denied(
+        &farm,
+        &guian,
+        "ask a region to pre-stage",
+        "suanli.stage.guian",
+        |c| async move { c.publish("suanli.stage.guian", Bytes::new()).await },
+    )
+    .await;
+    assert_denied(
+        &farm,
+        &guian,
+        "read the pre-staging reports",
+        "suanli.staged.",
+        |c| async move { c.subscribe("suanli.staged.*").await.map(|_| ()) },
+    )
+    .await;
+    assert_allowed(
+        &farm,
+        &guian,
+        "take its own region's pre-stage requests",
+        |c| async move {
+            c.queue_subscribe("suanli.stage.guian", "stage-guian".into())
+                .await
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert_allowed(
+        &farm,
+        &guian,
+        "report its own region's pre-staging",
+        |c| async move { c.publish("suanli.staged.guian", Bytes::new()).await },
+    )
+    .await;
     assert_denied(
         &farm,
         &guian,

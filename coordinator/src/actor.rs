@@ -202,6 +202,8 @@ pub(crate) struct Coordinator {
     pub(crate) buried: HashSet<(String, crate::recovery::Incarnation)>,
     /// Where job state changes are posted (never waited on).
     pub(crate) webhooks: crate::webhooks::Webhooks,
+    /// Pre-staging asked per job and region, and how much the regions report there.
+    pub(crate) staging: crate::stage::Staging,
 }
 
 impl Coordinator {
@@ -304,6 +306,7 @@ impl Coordinator {
             metrics,
             buried: HashSet::new(),
             webhooks: crate::webhooks::Webhooks::none(),
+            staging: Default::default(),
         })
     }
 
@@ -355,6 +358,10 @@ impl Coordinator {
             .await
             .context("cannot subscribe to the studios' API subjects")?;
         let mut api_sub = futures::stream::select(operator_sub, studios_sub);
+        let mut staged_sub = client
+            .subscribe(nats::ALL_STAGED)
+            .await
+            .context("cannot subscribe to pre-staging reports")?;
         let mut events = Some(self.open_events().await?);
         let mut workers_watch = Some(
             self.farm
@@ -376,6 +383,10 @@ impl Coordinator {
                         break;
                     }
                     self.handle_api(msg, &submit_tx).await
+                }
+                Some(msg) = staged_sub.next() => {
+                    self.handle_staged(msg);
+                    continue;
                 }
                 msg = next_of(&mut events) => match msg {
                     Some(Ok(msg)) => {

@@ -231,6 +231,14 @@ impl Coordinator {
     /// A job's status with its ledger priced from the region catalog.
     fn status_of(&self, job: &Job) -> JobStatus {
         let mut status = job.status();
+        status.inputs_in = self.staging.presence(&status.id);
+        // The bytes pre-staging moved are the region's input bytes too (its tasks then find
+        // them there and move none), priced as egress with the rest.
+        for (region, p) in &status.inputs_in {
+            if p.moved_bytes > 0 {
+                status.regions.entry(region.clone()).or_default().bytes_in += p.moved_bytes;
+            }
+        }
         suanli_shared::ledger::price_status(&mut status, &self.config.catalog);
         if !status.state.is_final() && status.tasks.pending + status.tasks.queued > 0 {
             status.waiting = self.no_worker_runs(&job.rec.rec.spec);

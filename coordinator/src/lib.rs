@@ -27,6 +27,7 @@ pub mod recovery;
 pub mod region_loss;
 pub mod release;
 pub mod sim;
+pub mod stage;
 pub mod state;
 pub mod submit;
 pub mod webhooks;
@@ -68,6 +69,9 @@ pub struct Config {
     pub fast_recovery: bool,
     /// Where job state changes are posted (`--webhook`), and how.
     pub webhooks: webhooks::WebhookConfig,
+    /// Ask the regions placement chose for a job to fetch its inputs before its tasks start
+    /// (`stage`). Off only to measure the difference.
+    pub prestage: bool,
 }
 
 impl Config {
@@ -85,6 +89,7 @@ impl Config {
             metrics_listen: None,
             fast_recovery: true,
             webhooks: webhooks::WebhookConfig::default(),
+            prestage: true,
         }
     }
 }

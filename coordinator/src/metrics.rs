@@ -434,6 +434,31 @@ impl Metrics {
         }
     }
 
+    /// Counts the bytes a finished pre-staging moved into `region`, and their egress, as a
+    /// task's `bytes_in` is counted (its tasks then move none).
+    pub fn staged(&self, region: &suanli_shared::Region, bytes: u64, catalog: &RegionCatalog) {
+        if bytes == 0 {
+            return;
+        }
+        self.transfer_bytes
+            .get_or_create(&RegionDirection {
+                region: region.to_string(),
+                direction: "in".into(),
+            })
+            .inc_by(bytes);
+        let mut figures = RegionFigures {
+            bytes_in: bytes,
+            ..Default::default()
+        };
+        figures.price(&catalog.profile(region));
+        self.cost
+            .get_or_create(&RegionCurrency {
+                region: region.to_string(),
+                currency: catalog.currency.clone(),
+            })
+            .inc_by(figures.cost);
+    }
+
     /// Counts tasks taken back from where they were and released again.
     pub fn rereleased(&self, reason: &str, n: u64) {
         self.rereleases

@@ -100,7 +100,7 @@ impl Capacity {
     /// Per region with a live worker that could run a task with these requirements, how
     /// many such tasks its workers could run at once (each worker: what its resources hold,
     /// at most its slots). O(workers), whatever the job's size.
-    fn fitting(&self, req: &Requirements) -> BTreeMap<Region, u32> {
+    pub(crate) fn fitting(&self, req: &Requirements) -> BTreeMap<Region, u32> {
         self.resources
             .iter()
             .filter_map(|(region, ws)| {
@@ -433,6 +433,7 @@ impl Coordinator {
         for id in touched {
             self.settle_job(&id).await;
         }
+        self.stage_inputs().await;
         self.announce_unplaceable().await;
     }
 

@@ -231,6 +231,7 @@ impl Job {
             waiting: None,
             budget: None,
             requirements: rec.spec.requirements.clone(),
+            inputs_in: Default::default(),
         }
     }
 

@@ -414,6 +414,7 @@ pub fn permissions(role: &Role, via: Via) -> Permissions {
                 "$JS.FC.>".into(),
                 "$KV.>".into(),
                 "suanli.task.*".into(),
+                "suanli.stage.*".into(),
                 subjects::JOB_EVENTS.into(),
                 "suanli.ctl.>".into(),
                 // Replies to every caller's inbox.
@@ -423,6 +424,7 @@ pub fn permissions(role: &Role, via: Via) -> Permissions {
                 subjects::OPERATOR_API.into(),
                 subjects::STUDIO_API.into(),
                 nats::ALL_WORKERS.into(),
+                nats::ALL_STAGED.into(),
                 inbox,
             ],
             deny_publish: vec![],
@@ -469,7 +471,9 @@ pub fn permissions(role: &Role, via: Via) -> Permissions {
                     .map(|kind| format!("suanli.evt.*.*.{kind}.{r}")),
             );
             publish.push(format!("suanli.worker.{r}.*"));
+            publish.push(nats::staged_subject(r));
             let mut subscribe = vec![
+                nats::stage_subject(r),
                 nats::CANCEL_ALL.into(),
                 format!("suanli.ctl.drain.{r}.*"),
                 format!("{}.>", Role::Worker(r.clone()).inbox_prefix()),

@@ -173,6 +173,7 @@ mod tests {
             blocklist: vec![],
             max_retries: 0,
             waiting: None,
+            inputs_in: Default::default(),
             budget: None,
         }
     }

@@ -1031,6 +1031,7 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 max_retries,
                 waiting: None,
                 budget: None,
+                inputs_in: Default::default(),
             },
         )
 }

@@ -203,6 +203,10 @@ pub struct CoordinatorArgs {
     /// the body>`); SUANLI_WEBHOOK_SECRET gives it directly.
     #[arg(long, env = "SUANLI_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Do not ask regions to fetch a job's inputs before its tasks start; tasks fetch them
+    /// on demand (only to measure the difference: docs/BENCHMARKS.md).
+    #[arg(long)]
+    pub no_prestage: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -255,6 +259,7 @@ pub async fn coordinator(
     config.prefetch = args.prefetch;
     config.metrics_listen = args.metrics_listen;
     config.fast_recovery = !args.no_fast_recovery;
+    config.prestage = !args.no_prestage;
     if let Some(path) = &args.catalog {
         config.catalog = load_catalog(path)?;
     }

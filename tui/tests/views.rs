@@ -636,3 +636,31 @@ fn gpus_show_in_the_regions_and_workers_views_and_requirements_in_the_job_view()
         "{lines:#?}"
     );
 }
+
+#[test]
+fn the_job_view_shows_how_much_input_each_pre_staging_region_holds() {
+    use suanli_shared::protocol::InputPresence;
+    let mut s = job_view((120, 30));
+    // Nothing is said while no region was asked.
+    assert!(!screen(&s).iter().any(|l| l.contains("inputs ")));
+    let job = s
+        .jobs
+        .iter_mut()
+        .find(|j| j.id == fixtures::job_id(3))
+        .unwrap();
+    let presence = |present, done| InputPresence {
+        present_bytes: present,
+        total_bytes: 400,
+        moved_bytes: present,
+        done,
+    };
+    job.inputs_in.insert("guian".into(), presence(100, false));
+    job.inputs_in.insert("ulanqab".into(), presence(400, true));
+    let lines = screen(&s);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("· inputs guian 25%, ulanqab 100%")),
+        "{lines:#?}"
+    );
+}

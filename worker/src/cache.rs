@@ -162,6 +162,9 @@ impl Cache {
         let path = self.blob_path(studio, hash);
         if let Some(hit) = self.hit(&path, size).await {
             self.counters.hits.inc();
+            if let Some(p) = progress {
+                p.skipped(size);
+            }
             return Ok((hit, 0));
         }
         let result = self
@@ -402,6 +405,29 @@ impl Cache {
             self.evict_if_needed().await;
         }
         result
+    }
+
+    /// Pre-staging: fetches every input of a manifest of `studio` into the cache, laying
+    /// nothing out (no task folder). `progress` counts the bytes there (`done`) and moved;
+    /// returns the bytes downloaded. Each blob and chunk goes through the same single flight
+    /// as a task's fetch, so staging and tasks never fetch one twice at once.
+    pub async fn stage(
+        &self,
+        studio: &Studio,
+        manifest: &InputManifest,
+        progress: &Progress,
+    ) -> Result<u64, CacheError> {
+        for (rel, entry) in &manifest.files {
+            check_input(rel, entry.mode)?;
+        }
+        let mut downloaded = 0;
+        for entry in manifest.files.values() {
+            downloaded += self.file(studio, entry, progress).await?.1;
+        }
+        if downloaded > 0 {
+            self.evict_if_needed().await;
+        }
+        Ok(downloaded)
     }
 
     /// Removes least recently used blobs until the cache is under 90% of its bound.
@@ -826,6 +852,41 @@ mod tests {
         for t in ["ta", "tb"] {
             assert!(std::fs::read(dir.path().join(t).join("cache/sim.bin")).unwrap() == data);
         }
+    }
+
+    #[tokio::test]
+    async fn staging_beside_a_task_fetches_each_chunk_once_and_lays_nothing_out() {
+        let data = noise(40 << 20, 6);
+        let (dir, store, entry) = chunked_store(&data).await;
+        let folder = dir.path().join("shared-cache");
+        // The worker that stages and another that runs a task, on one folder.
+        let stager = Cache::open(&folder, 1 << 30, store.clone()).await.unwrap();
+        let runner = Cache::open(&folder, 1 << 30, store.clone()).await.unwrap();
+        let before = store.counts();
+        let (m, acme) = (one_file(&entry), acme());
+        let progress = Progress::new(m.total_bytes());
+        let task = dir.path().join("task");
+        let (staged, ran) = tokio::join!(
+            stager.stage(&acme, &m, &progress),
+            runner.materialize(&acme, &m, &task)
+        );
+        let moved = staged.unwrap() + ran.unwrap();
+        let after = store.counts();
+        assert_eq!(after.gets - before.gets, entry.chunks.len() as u64);
+        assert_eq!(moved, data.len() as u64, "each chunk moved once");
+        assert_eq!(progress.done(), data.len() as u64, "all of it there");
+        assert!(std::fs::read(task.join("cache/sim.bin")).unwrap() == data);
+        assert!(stager.blob_path(&acme, &entry.hash).exists());
+        // Staged again: everything is there, nothing moves, nothing is asked of the store.
+        let again = Progress::new(m.total_bytes());
+        assert_eq!(stager.stage(&acme, &m, &again).await.unwrap(), 0);
+        assert_eq!((again.done(), again.moved_bytes()), (data.len() as u64, 0));
+        assert_eq!(store.counts().gets, after.gets);
+        // Staging refuses a manifest a task would refuse.
+        let mut bad = m.clone();
+        let e = bad.files.remove("cache/sim.bin").unwrap();
+        bad.files.insert("../escape.bin".into(), e);
+        assert!(stager.stage(&acme, &bad, &Progress::new(0)).await.is_err());
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ pub mod render;
 mod report;
 pub mod resources;
 mod run;
+mod stage;
 mod state;
 mod task;
 

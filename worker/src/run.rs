@@ -27,6 +27,7 @@ use crate::presence::{heartbeats, register};
 use crate::render;
 use crate::render::sandbox::Confinement;
 use crate::resources::Pool;
+use crate::stage::stage_listener;
 use crate::state::{lock, Shared};
 use crate::task::handle;
 
@@ -103,6 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         stop.clone(),
     ));
     tracker.spawn(cancel_listener(shared.clone(), background.clone()));
+    tracker.spawn(stage_listener(shared.clone(), background.clone()));
     tracker.spawn(drain_listener(shared.clone(), background.clone(), stop));
 
     let tasks = TaskTracker::new();

@@ -231,6 +231,47 @@ pub fn worker_subject(region: &Region, worker: &WorkerId) -> String {
     format!("suanli.worker.{region}.{worker}")
 }
 
+/// Pre-stage requests to one region (core NATS): fetch a job's inputs into its cache. The
+/// region's workers take them in one queue group, [`stage_queue`], so one worker stages each.
+pub fn stage_subject(region: &Region) -> String {
+    format!("suanli.stage.{region}")
+}
+
+/// The queue group a region's workers take pre-stage requests in.
+pub fn stage_queue(region: &Region) -> String {
+    format!("stage-{region}")
+}
+
+/// Pre-staging progress from a worker of `region` (core NATS, to the coordinator).
+pub fn staged_subject(region: &Region) -> String {
+    format!("suanli.staged.{region}")
+}
+
+/// Every region's pre-staging progress.
+pub const ALL_STAGED: &str = "suanli.staged.*";
+
+/// Decodes a pre-staging report received on `subject`: the region in its body must be the
+/// subject's, so a worker cannot report for another region.
+pub fn decode_staged(
+    subject: &str,
+    payload: &[u8],
+) -> Result<crate::protocol::StageProgress, DecodeError> {
+    let region = subject.strip_prefix("suanli.staged.").ok_or_else(|| {
+        DecodeError::invalid(
+            "stage progress",
+            format!("{subject} is not a stage subject"),
+        )
+    })?;
+    let p = crate::protocol::StageProgress::decode(payload)?;
+    if p.region.as_str() != region {
+        return Err(DecodeError::invalid(
+            "stage progress",
+            format!("a report from region {} on {subject}", p.region),
+        ));
+    }
+    Ok(p)
+}
+
 /// Every worker's live heartbeat.
 pub const ALL_WORKERS: &str = "suanli.worker.>";
 
@@ -349,5 +390,29 @@ mod tests {
             err.contains(&format!("an event about job {job} on")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn stage_reports_must_come_from_their_region() {
+        let region: Region = "guian".parse().unwrap();
+        let p = crate::protocol::StageProgress {
+            job: JobId::generate(),
+            region: region.clone(),
+            worker: "w1".parse().unwrap(),
+            present_bytes: 1,
+            total_bytes: 2,
+            moved_bytes: 1,
+            done: false,
+            error: None,
+            at_ms: 1,
+        };
+        let body = serde_json::to_vec(&p).unwrap();
+        assert_eq!(decode_staged(&staged_subject(&region), &body).unwrap(), p);
+        let other: Region = "ulanqab".parse().unwrap();
+        let err = decode_staged(&staged_subject(&other), &body)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from region guian"), "{err}");
+        assert!(decode_staged("suanli.task.guian", &body).is_err());
     }
 }

@@ -13,6 +13,7 @@ pub mod records;
 pub mod renderer;
 pub mod resources;
 pub mod spec;
+pub mod stage;
 pub mod status;
 pub mod task_key;
 
@@ -38,6 +39,7 @@ pub use spec::{
     check_webhook_url, output_file_name, JobSpec, Placement, Policy, PolicyError, SpecError,
     MAX_JOB_WEBHOOKS,
 };
+pub use stage::{InputPresence, StageProgress, StageRequest};
 pub use status::{
     BudgetStatus, FrameCounts, JobStatus, RegionFigures, TaskCounts, TaskFailure,
     MAX_FAILURES_SHOWN,

@@ -110,6 +110,9 @@ pub struct JobStatus {
         skip_serializing_if = "super::resources::Requirements::is_empty"
     )]
     pub requirements: super::resources::Requirements,
+    /// Per region pre-staging the job's inputs: how much of them is there already.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs_in: BTreeMap<String, super::stage::InputPresence>,
 }
 
 /// A studio's spend in a calendar month against its budget, priced by the ledger's model.

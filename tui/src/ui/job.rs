@@ -74,6 +74,15 @@ fn draw_header(frame: &mut Frame, state: &State, jv: &JobView, area: Rect) {
             if !job.requirements.is_empty() {
                 text.push_str(&format!(" · needs {}", job.requirements.summary()));
             }
+            // How much of the input each pre-staging region holds, while any is asked.
+            if !job.inputs_in.is_empty() {
+                let there: Vec<String> = job
+                    .inputs_in
+                    .iter()
+                    .map(|(region, p)| format!("{region} {}%", p.percent()))
+                    .collect();
+                text.push_str(&format!(" · inputs {}", there.join(", ")));
+            }
             if spent.gpu_seconds > 0.0 {
                 text.push_str(&format!(
                     " · {} GPU-h",
