@@ -498,6 +498,22 @@ wait_for "$want_workers workers to register through their leaves" 60 workers_up
 echo "cluster: coordinator and $want_workers workers up" >&2
 
 # --first-task: pre-staging measured against fetch-on-demand, then done.
+# --netns: each link's byte counters (root side: tx is into the region, rx out of it) every
+# 0.1 s while "$dir/sampling" exists, to measure what crossed it and how fast.
+sample_links() {
+  local end=$((SECONDS + limit_s + 60)) line l tx rx
+  while [ -e "$dir/sampling" ] && [ "$SECONDS" -lt "$end" ]; do
+    line=$EPOCHREALTIME
+    for l in "${host_links[@]}"; do
+      read -r tx <"/sys/class/net/$l/statistics/tx_bytes"
+      read -r rx <"/sys/class/net/$l/statistics/rx_bytes"
+      line+=" $tx $rx"
+    done
+    echo "$line"
+    sleep 0.1
+  done
+}
+
 if [ -n "$first_task" ]; then
   n_slots=$((want_workers * slots))
   link_args=()
@@ -609,19 +625,6 @@ for k, (region, cap) in enumerate(links):
           f"of its {cap:g} Mbit/s cap", file=sys.stderr)
 PY
   }
-  sample_links() {
-    local end=$((SECONDS + limit_s + 60)) line l tx rx
-    while [ -e "$dir/sampling" ] && [ "$SECONDS" -lt "$end" ]; do
-      line=$EPOCHREALTIME
-      for l in "${host_links[@]}"; do
-        read -r tx <"/sys/class/net/$l/statistics/tx_bytes"
-        read -r rx <"/sys/class/net/$l/statistics/rx_bytes"
-        line+=" $tx $rx"
-      done
-      echo "$line"
-      sleep 0.1
-    done
-  }
   echo "cluster: first task: $input_mb MiB input, blocker of ${first_task}s on $n_slots slot(s)" >&2
   first_task_round prestage
   first_task_round on-demand --no-prestage
@@ -640,19 +643,6 @@ if [ "$netns" = 1 ]; then
   head -c $((input_mb * 1024 * 1024)) /dev/urandom >"$dir/job/plate.bin"
   job_args=(--input plate.bin)
   touch "$dir/sampling"
-  sample_links() {
-    local end=$((SECONDS + limit_s + 60)) line l tx rx
-    while [ -e "$dir/sampling" ] && [ "$SECONDS" -lt "$end" ]; do
-      line=$EPOCHREALTIME
-      for l in "${host_links[@]}"; do
-        read -r tx <"/sys/class/net/$l/statistics/tx_bytes"
-        read -r rx <"/sys/class/net/$l/statistics/rx_bytes"
-        line+=" $tx $rx"
-      done
-      echo "$line"
-      sleep 0.1
-    done
-  }
   LC_ALL=C sample_links >"$dir/link-samples.txt" &
   sampler=$!
   pids+=($sampler)

@@ -452,18 +452,7 @@ mod tests {
         assert!(refusal(&shot, &["../secret.txt"]).contains("outside the job's folder"));
     }
 
-    /// Deterministic incompressible bytes.
-    pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    pub(crate) use suanli_shared::chunks::pseudo_random as noise;
 
     #[tokio::test]
     async fn large_files_go_up_as_chunks_and_a_change_sends_only_its_chunks() {

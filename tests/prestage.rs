@@ -15,18 +15,7 @@ use suanli_shared::protocol::{encode, JobState, StageProgress, StageRequest, Tas
 use suanli_shared::Region;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use suanli_shared::chunks::pseudo_random as noise;
 
 const LIMIT: Duration = Duration::from_secs(120);
 

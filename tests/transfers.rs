@@ -10,18 +10,7 @@ use std::time::Duration;
 use common::wait_until;
 use suanli::localfarm::{FarmOptions, LocalFarm};
 
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use suanli_shared::chunks::pseudo_random as noise;
 
 fn suanli(args: &[&str], farm: &LocalFarm, cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_suanli"));

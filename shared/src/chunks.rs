@@ -341,22 +341,25 @@ pub fn rebuild(
     Ok(())
 }
 
+/// Deterministic, incompressible bytes (xorshift): inputs for tests and benchmarks that no
+/// chunker or compressor can shortcut, the same for the same `seed`.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Deterministic incompressible bytes.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use super::pseudo_random as noise;
 
     fn cut(data: &[u8]) -> FileDigest {
         chunk_stream(data, |_, _| Ok(())).unwrap()

@@ -686,18 +686,7 @@ mod tests {
             assert!(!out.join("ok.bin").exists(), "{path}: nothing laid out");
         }
     }
-    /// Deterministic incompressible bytes.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use suanli_shared::chunks::pseudo_random as noise;
 
     /// A store holding `data` as a chunked file of acme, and its manifest entry.
     async fn chunked_store(data: &[u8]) -> (tempfile::TempDir, Store, InputEntry) {
