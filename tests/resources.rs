@@ -315,22 +315,6 @@ fn spans(dir: &Path, prefix: &str) -> Vec<(u128, u128)> {
         .collect()
 }
 
-/// The most spans open at one instant.
-fn peak(spans: &[(u128, u128)]) -> usize {
-    let mut edges: Vec<(u128, i32)> = spans
-        .iter()
-        .flat_map(|(s, e)| [(*s, 1), (*e, -1)])
-        .collect();
-    // At one instant an end comes before a start: a seat given back can be taken again.
-    edges.sort();
-    let (mut open, mut most) = (0i32, 0i32);
-    for (_, d) in edges {
-        open += d;
-        most = most.max(open);
-    }
-    most as usize
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_licence_pool_of_three_is_never_exceeded_across_two_regions_and_a_coordinator_restart() {
     let farm = ProcFarm::start();
@@ -407,7 +391,10 @@ async fn a_licence_pool_of_three_is_never_exceeded_across_two_regions_and_a_coor
     // Twelve renders in two regions, never more than three at once.
     let spans = spans(&marks_dir, "rs-");
     assert_eq!(spans.len(), 12);
-    assert!(peak(&spans) <= 3, "more than 3 seats in use: {spans:?}");
+    assert!(
+        common::most_at_once(spans.iter().copied()) <= 3,
+        "more than 3 seats in use: {spans:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

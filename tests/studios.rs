@@ -55,19 +55,11 @@ fn busy_within(tasks: &[TaskRecord], from: u64, to: u64) -> u64 {
 
 /// The most tasks of `tasks` running at once, from their start and finish times.
 fn most_at_once(tasks: &[TaskRecord]) -> usize {
-    let mut edges: Vec<(u64, i32)> = tasks
-        .iter()
-        .filter_map(|t| Some((t.started_ms?, t.finished_ms?)))
-        .flat_map(|(s, f)| [(s, 1), (f, -1)])
-        .collect();
-    // A finish and a start at the same ms: the finish first.
-    edges.sort();
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        most = most.max(now);
-    }
-    most as usize
+    common::most_at_once(
+        tasks
+            .iter()
+            .filter_map(|t| Some((t.started_ms?, t.finished_ms?))),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

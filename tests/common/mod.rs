@@ -341,3 +341,19 @@ impl Drop for Role {
         }
     }
 }
+
+/// The most of these (start, end) spans open at one instant. At one instant an end comes
+/// before a start: a slot or seat given back can be taken again at once.
+pub fn most_at_once<T: Ord + Copy>(spans: impl IntoIterator<Item = (T, T)>) -> usize {
+    let mut edges: Vec<(T, i32)> = spans
+        .into_iter()
+        .flat_map(|(s, e)| [(s, 1), (e, -1)])
+        .collect();
+    edges.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        most = most.max(open);
+    }
+    most as usize
+}
