@@ -60,20 +60,30 @@ pub fn in_use<'a>(jobs: impl IntoIterator<Item = &'a Job>) -> Pools {
     used
 }
 
-/// Keeps the planned releases whose seats are free, in plan order; the others stay ready for
-/// a later round. Tasks of jobs that ask for no licence always pass.
+/// Free seats per pool: the pools less what queued and running tasks hold (nothing to count
+/// on a farm without pools).
+pub fn free<'a>(pools: &Pools, jobs: impl IntoIterator<Item = &'a Job>) -> Pools {
+    let mut free = pools.clone();
+    if pools.is_empty() {
+        return free;
+    }
+    for (name, used) in in_use(jobs) {
+        if let Some(f) = free.get_mut(&name) {
+            *f = f.saturating_sub(used);
+        }
+    }
+    free
+}
+
+/// Keeps the planned releases whose seats are among the `free` ones ([`free`]), in plan order;
+/// the others stay ready for a later round. Tasks of jobs that ask for no licence always pass.
 pub fn within_pools(
     planned: Vec<Planned>,
     jobs: &BTreeMap<JobId, Job>,
-    pools: &Pools,
+    mut free: Pools,
 ) -> Vec<Planned> {
-    if pools.is_empty() {
+    if free.is_empty() {
         return planned;
-    }
-    let mut free: Pools = pools.clone();
-    for (name, used) in in_use(jobs.values()) {
-        let f = free.entry(name).or_default();
-        *f = f.saturating_sub(used);
     }
     planned
         .into_iter()

@@ -397,14 +397,8 @@ impl Coordinator {
                 .filter(|j| !j.rec.rec.state.is_final())
                 .map(|j| (&j.rec.rec.spec.studio, j.in_flight())),
         );
-        let pools = &self.config.catalog.licenses;
-        let mut seats = pools.clone();
-        for (name, used) in licenses::in_use(self.jobs.values()) {
-            if let Some(free) = seats.get_mut(&name) {
-                *free = free.saturating_sub(used);
-            }
-        }
-        let capacity = Capacity::of(self.live_workers()).with_seats(seats);
+        let seats = licenses::free(&self.config.catalog.licenses, self.jobs.values());
+        let capacity = Capacity::of(self.live_workers()).with_seats(seats.clone());
         let planned = plan_round(
             &mut self.jobs,
             &capacity,
@@ -419,7 +413,7 @@ impl Coordinator {
         );
         // Jobs sharing a pool may be planned past its seats in one round: the plan is
         // trimmed to the seats, and what is left waits for the next round.
-        let planned = licenses::within_pools(planned, &self.jobs, pools);
+        let planned = licenses::within_pools(planned, &self.jobs, seats);
         let mut touched = Vec::new();
         for p in planned {
             if let Err(e) = self.release(&p.job, p.task, &p.region).await {
